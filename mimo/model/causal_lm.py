@@ -1,0 +1,141 @@
+"""The whole network: embedding, hybrid decoder stack, final norm, untied lm_head, MTP blocks (spec §2, §3).
+
+One code path serves training, prefill, decode and speculative verification: callers pass
+token ids with explicit positions and, optionally, a KV cache. Logits are a separate step
+(:meth:`CausalLM.compute_logits`) so callers compute them only where needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mimo.config import FULL, SLIDING, MiMoConfig
+from mimo.model.decoder import DecoderLayer
+from mimo.model.layers import Attention, Experts, KVCache, RMSNorm, Router
+from mimo.model.mtp import MTPBlock
+from mimo.ops.rope import cos_sin, inv_freq
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor | None  # [B, T, V]
+    hidden_states: torch.Tensor  # [B, T, D] after model.norm: h^(0), the MTP chain's start
+
+
+class RotaryTables(nn.Module):
+    """Inverse frequencies per attention kind (not saved: derived from the config)."""
+
+    def __init__(self, config: MiMoConfig) -> None:
+        super().__init__()
+        for kind, name in ((FULL, "full"), (SLIDING, "sliding")):
+            self.register_buffer(name, inv_freq(config.rotary_dim(kind), config.theta(kind)), persistent=False)
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {FULL: cos_sin(positions, self.full, dtype), SLIDING: cos_sin(positions, self.sliding, dtype)}
+
+
+class Backbone(nn.Module):
+    """``model.*`` in the checkpoint."""
+
+    def __init__(self, config: MiMoConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mtp = nn.Module()
+        self.mtp.layers = nn.ModuleList(MTPBlock(config, i) for i in range(config.num_mtp_layers))
+
+
+class CausalLM(nn.Module):
+    def __init__(self, config: MiMoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = RotaryTables(config)
+
+    # ------------------------------------------------------------------ forward pieces
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.config.vocab_size}); got range "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        return self.model.embed_tokens(input_ids)
+
+    def trunk(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        positions: torch.Tensor | None = None,  # [B, T]; default 0..T-1
+        cache: KVCache | None = None,
+        router_out: list | None = None,
+    ) -> torch.Tensor:
+        """Hidden states after ``model.norm`` [B, T, D]."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+        x = self.embed(input_ids)
+        rope = self.rotary.tables(positions, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, positions, rope[layer.kind], cache, router_out)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    def mtp_block(
+        self,
+        depth: int,  # 1-based
+        token_ids: torch.Tensor,  # [B, L] the tokens t[i+depth]
+        chain: torch.Tensor,  # [B, L, D] h^(depth-1)[i]
+        positions: torch.Tensor,  # [B, L] positions i
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """h^(depth) [B, L, D]; its logits predict t[i+depth+1]. Inputs aligned by :func:`mtp_shift`."""
+        n = self.config.num_mtp_layers
+        if not 1 <= depth <= n:
+            raise ValueError(f"MTP depth {depth} is out of range: this model has {n} MTP block(s)")
+        emb = self.embed(token_ids)
+        rope = self.rotary.tables(positions, emb.dtype)[SLIDING]
+        return self.model.mtp.layers[depth - 1](emb, chain, positions, rope, cache)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> CausalLMOutput:
+        hidden = self.trunk(input_ids, positions, cache)
+        return CausalLMOutput(logits=self.compute_logits(hidden), hidden_states=hidden)
+
+    # ------------------------------------------------------------------ conveniences
+    def set_attention_backend(self, backend: str) -> None:
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.backend = backend
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Random initialisation (normal, std = initializer_range; norms 1; sinks and router bias 0)."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear | nn.Embedding):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+            elif isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
+            elif isinstance(m, Experts):
+                m.gate_up_proj.copy_(torch.randn(m.gate_up_proj.shape, generator=g) * std)
+                m.down_proj.copy_(torch.randn(m.down_proj.shape, generator=g) * std)
+            elif isinstance(m, Router):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                m.e_score_correction_bias.zero_()
+            if isinstance(m, Attention) and m.attention_sink_bias is not None:
+                m.attention_sink_bias.zero_()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,32 @@
+"""One pre-norm decoder layer (spec §2.2): x + attn(norm(x)), then + ffn(norm(.))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mimo.config import MiMoConfig
+from mimo.model.layers import MLP, Attention, KVCache, MoE, RMSNorm
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: MiMoConfig, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self.kind = config.layer_types[index]
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, self.kind)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MoE(config) if config.is_moe(index) else MLP(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None = None,
+        router_out: list | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, self.index)
+        h = self.post_attention_layernorm(x)
+        return x + (self.mlp(h, router_out) if isinstance(self.mlp, MoE) else self.mlp(h))
