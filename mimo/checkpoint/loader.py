@@ -69,7 +69,7 @@ def _plan(model: CausalLM, files: dict[str, str]) -> dict[str, list[tuple[str, T
         plan[t.name].append((hub, t))
     cfg = model.config
     missing = []
-    for name, p in expected.items():
+    for name in expected:
         got = plan.get(name, [])
         if name.endswith(".experts.gate_up_proj"):
             need = {(e, h) for e in range(cfg.n_routed_experts) for h in (0, 1)}
@@ -139,6 +139,12 @@ def load_pretrained(
     config = config or MiMoConfig.from_pretrained(path)
     dtype = resolve_dtype(dtype, config)
     files = weight_files(path)
+    if config.num_mtp_layers and not any(k.startswith("model.mtp.") for k in files):
+        # transformers drops model.mtp.* on load and so on save, but keeps the config field: a
+        # documented exception to strictness, since the trunk is complete and usable on its own.
+        logger.warning("config.json declares %d MTP block(s) but the checkpoint has no model.mtp.* tensors "
+                       "(re-saved by transformers?); loading without MTP", config.num_mtp_layers)
+        config = config.replace(num_nextn_predict_layers=0)
     with torch.device("meta"):
         model = model_cls(config)
     plan = _plan(model, files)

@@ -1,0 +1,52 @@
+"""Builders for tiny random checkpoints shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from mimo.checkpoint import MiMoForCausalLM
+from mimo.config import MiMoConfig, preset
+
+
+def tiny_config(**changes) -> MiMoConfig:
+    if "num_hidden_layers" in changes:  # re-derive the per-layer lists unless given
+        changes.setdefault("layer_types", ())
+        changes.setdefault("mlp_layer_types", ())
+    return preset("tiny").replace(**changes)
+
+
+def random_model(config: MiMoConfig | None = None, seed: int = 0, nontrivial: bool = True) -> MiMoForCausalLM:
+    """A random model whose sinks, router biases and norms are far from their neutral init."""
+    model = MiMoForCausalLM.from_config(config or tiny_config(), seed=seed)
+    if nontrivial:
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+                if name.endswith("attention_sink_bias"):
+                    p.copy_(torch.randn(p.shape, generator=g))
+                elif name.endswith("e_score_correction_bias"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+                elif name.endswith("norm.weight"):
+                    p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def rewrite_config(directory: str, keep: str) -> dict:
+    """Rewrite config.json keeping only one spelling: 'hub' or 'transformers'."""
+    path = os.path.join(directory, "config.json")
+    d = MiMoConfig.from_pretrained(directory).to_dict()
+    hub_only = {"hybrid_layer_pattern", "moe_layer_freq", "sliding_window_size", "layernorm_epsilon", "rope_theta",
+                "swa_rope_theta", "partial_rotary_factor", "swa_num_attention_heads", "swa_num_key_value_heads",
+                "swa_head_dim", "swa_v_head_dim", "add_swa_attention_sink_bias", "add_full_attention_sink_bias",
+                "n_shared_experts", "scoring_func", "topk_method"}
+    native_only = {"layer_types", "mlp_layer_types", "rms_norm_eps", "rope_parameters"}
+    drop = native_only if keep == "hub" else hub_only
+    d = {k: v for k, v in d.items() if k not in drop}
+    if keep == "hub":
+        d["sliding_window"] = d["sliding_window_size"]  # the released file says 128 in both keys
+    with open(path, "w") as f:
+        json.dump(d, f, indent=2)
+    return d
