@@ -1,0 +1,577 @@
+"""Tokenizer: byte-level BPE training, the ChatML chat template, and incremental detokenisation.
+
+This module owns everything between text and token ids (spec §5):
+
+* :func:`train_bpe` trains the byte-level BPE of mimo-nano with the ``tokenizers`` library. The
+  added special tokens come first (``<|endoftext|>`` is id 0), in the order of :data:`SPECIAL_TOKENS`.
+* :class:`Tokenizer` wraps a ``tokenizers.Tokenizer`` and reads/writes a Hugging Face model
+  directory (``tokenizer.json`` + ``tokenizer_config.json``), so transformers' ``AutoTokenizer``
+  loads what we save and we load what the hub ships (including the released MiMo tokenizer).
+* :data:`CHAT_TEMPLATE` is a ChatML Jinja template rendered exactly as transformers renders
+  templates (sandboxed, ``trim_blocks``/``lstrip_blocks``, the same ``tojson``), so
+  ``Tokenizer.apply_chat_template`` and transformers' ``apply_chat_template`` give identical text.
+  Thinking is off by default, as in the released model: the generation prompt then carries an
+  empty ``<think>\\n\\n</think>\\n\\n`` stub. Tool calls use the Qwen3-Coder XML form the released
+  model emits (``<tool_call>\\n<function=NAME>\\n<parameter=P>\\nVALUE\\n</parameter>...``).
+* :class:`IncrementalDetokenizer` turns a stream of ids into text deltas without ever emitting
+  half of a multi-byte UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import codecs
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import jinja2.ext
+import tokenizers
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+logger = logging.getLogger(__name__)
+
+ENDOFTEXT = "<|endoftext|>"
+SPECIAL_TOKENS: tuple[str, ...] = (
+    ENDOFTEXT, "<|im_start|>", "<|im_end|>", "<think>", "</think>",
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+)
+ROLES = ("system", "user", "assistant", "tool")
+DEFAULT_MODEL_MAX_LENGTH = 32768
+# transformers passes a message's reasoning under any of these names; we alias them the same way.
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+# The tool instructions follow Qwen3-Coder's wording, the family whose XML call format the
+# released model uses (spec §5); MiMo's own wording is not public.
+_TOOLS_PREAMBLE = (
+    "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+)
+_TOOLS_HOWTO = (
+    "\n</tools>\n\n"
+    "If you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
+    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
+    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n"
+    "</parameter>\n</function>\n</tool_call>\n\n"
+    "<IMPORTANT>\nReminder:\n"
+    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested "
+    "within <tool_call></tool_call> XML tags\n"
+    "- Required parameters MUST be specified\n"
+    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, "
+    "but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge and "
+    "do not tell the user about function calls\n</IMPORTANT>"
+)
+
+# ChatML. Every piece of output is an explicit {{- ... }} so that the text does not depend on the
+# template's own layout; trim_blocks/lstrip_blocks are set anyway, as transformers sets them.
+CHAT_TEMPLATE = (
+    """{%- macro render_content(content) -%}
+    {%- if content is not defined or content is none -%}
+    {%- elif content is string -%}
+        {{- content -}}
+    {%- elif content is iterable and content is not mapping -%}
+        {%- for part in content -%}
+            {%- if part.type == "text" -%}
+                {{- part.text -}}
+            {%- else -%}
+                {{- raise_exception("only text content parts are supported") -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{- raise_exception("message content must be a string or a list of text parts") -}}
+    {%- endif -%}
+{%- endmacro -%}
+{%- set has_tools = tools is defined and tools is not none and tools | length > 0 -%}
+{%- if messages | length > 0 and messages[0].role == "system" -%}
+    {%- set system_content = render_content(messages[0].content) -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set system_content = none -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- if system_content is not none or has_tools -%}
+    {{- "<|im_start|>system\\n" -}}
+    {%- if system_content -%}
+        {{- system_content -}}
+        {%- if has_tools -%}
+            {{- "\\n\\n" -}}
+        {%- endif -%}
+    {%- endif -%}
+    {%- if has_tools -%}
+        {{- """ + json.dumps(_TOOLS_PREAMBLE) + """ -}}
+        {%- for tool in tools -%}
+            {{- "\\n" ~ (tool | tojson) -}}
+        {%- endfor -%}
+        {{- """ + json.dumps(_TOOLS_HOWTO) + """ -}}
+    {%- endif -%}
+    {{- "<|im_end|>\\n" -}}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if message.role == "tool" -%}
+        {%- if loop.first or loop.previtem.role != "tool" -%}
+            {{- "<|im_start|>user" -}}
+        {%- endif -%}
+        {{- "\\n<tool_response>\\n" ~ render_content(message.content) ~ "\\n</tool_response>" -}}
+        {%- if loop.last or loop.nextitem.role != "tool" -%}
+            {{- "<|im_end|>\\n" -}}
+        {%- endif -%}
+    {%- elif message.role == "assistant" -%}
+        {{- "<|im_start|>assistant\\n" -}}
+        {%- if message.reasoning_content is defined and message.reasoning_content is string
+              and message.reasoning_content -%}
+            {{- "<think>\\n" ~ message.reasoning_content.strip("\\n") ~ "\\n</think>\\n\\n" -}}
+        {%- endif -%}
+        {%- set content = render_content(message.content) -%}
+        {{- content -}}
+        {%- if message.tool_calls is defined and message.tool_calls -%}
+            {%- for tool_call in message.tool_calls -%}
+                {%- set call = tool_call.function if tool_call.function is defined else tool_call -%}
+                {%- if content or not loop.first -%}
+                    {{- "\\n" -}}
+                {%- endif -%}
+                {{- "<tool_call>\\n<function=" ~ call.name ~ ">\\n" -}}
+                {%- if call.arguments is mapping -%}
+                    {%- for name, value in call.arguments | items -%}
+                        {{- "<parameter=" ~ name ~ ">\\n" -}}
+                        {%- if value is string -%}
+                            {{- value -}}
+                        {%- else -%}
+                            {{- value | tojson -}}
+                        {%- endif -%}
+                        {{- "\\n</parameter>\\n" -}}
+                    {%- endfor -%}
+                {%- elif call.arguments is defined and call.arguments is not none -%}
+                    {{- raise_exception("tool call arguments must be a mapping; parse JSON-string arguments first") -}}
+                {%- endif -%}
+                {{- "</function>\\n</tool_call>" -}}
+            {%- endfor -%}
+        {%- endif -%}
+        {{- "<|im_end|>\\n" -}}
+    {%- else -%}
+        {{- "<|im_start|>" ~ message.role ~ "\\n" ~ render_content(message.content) ~ "<|im_end|>\\n" -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- "<|im_start|>assistant\\n" -}}
+    {%- if not (enable_thinking is defined and enable_thinking) -%}
+        {{- "<think>\\n\\n</think>\\n\\n" -}}
+    {%- endif -%}
+{%- endif -%}
+"""
+)
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "DEFAULT_MODEL_MAX_LENGTH",
+    "ENDOFTEXT",
+    "ROLES",
+    "SPECIAL_TOKENS",
+    "IncrementalDetokenizer",
+    "Tokenizer",
+    "render_chat_template",
+    "train_bpe",
+]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> tokenizers.Tokenizer:
+    """Train a byte-level BPE on ``texts``; :data:`SPECIAL_TOKENS` get ids ``0..8``.
+
+    The 256 byte symbols are always in the vocabulary, so any text round-trips. The result is a
+    function of the multiset of texts only: the trainer breaks count ties by pair ids, which
+    are fixed by the sorted byte alphabet.
+    """
+    minimum = len(SPECIAL_TOKENS) + 256
+    if vocab_size < minimum:
+        raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {minimum} "
+                         f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
+    tok = tokenizers.Tokenizer(models.BPE())  # no unk token: every byte is in the alphabet
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat template rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    # Same as transformers' override: Jinja's own tojson HTML-escapes and sorts keys, which would
+    # change the text the model sees.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str) -> jinja2.Template:
+    # Mirrors transformers' _compile_jinja_template: chat templates are untrusted code from the hub.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(template)
+
+
+def _check_content(content: Any, where: str) -> None:
+    if isinstance(content, str):
+        return
+    if isinstance(content, list) and all(
+        isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return
+    raise ValueError(f"{where}: content must be a string or a list of {{'type': 'text', 'text': str}} parts, "
+                     f"got {type(content).__name__}")
+
+
+def _prepare_tool_call(call: Any, where: str) -> dict[str, Any]:
+    if not isinstance(call, Mapping):
+        raise ValueError(f"{where}: each tool call must be a dict, got {type(call).__name__}")
+    call = dict(call)
+    fn = call.get("function", call)
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise ValueError(f"{where}: a tool call needs function.name (OpenAI shape "
+                         "{'type': 'function', 'function': {'name': ..., 'arguments': ...}})")
+    fn = dict(fn)
+    args = fn.get("arguments")
+    if args is None or args == "":
+        args = {}
+    if isinstance(args, str):
+        # The OpenAI API sends arguments as a JSON string; the template renders one parameter per key.
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: tool call {fn['name']!r} has arguments that are not valid JSON: {e}") from e
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{where}: tool call {fn['name']!r} arguments must be a JSON object, "
+                         f"got {type(args).__name__}")
+    fn["arguments"] = dict(args)
+    if "function" in call:
+        call["function"] = fn
+        return call
+    return fn
+
+
+def _prepare_messages(messages: Any) -> list[dict[str, Any]]:
+    """Validate messages and return copies in the shape the template reads."""
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(f"messages must be a list of dicts with 'role' and 'content', got {type(messages).__name__}")
+    out = []
+    for i, msg in enumerate(messages):
+        where = f"message {i}"
+        if not isinstance(msg, Mapping):
+            raise ValueError(f"{where} must be a dict with 'role' and 'content', got {type(msg).__name__}")
+        msg = copy.deepcopy(dict(msg))
+        role = msg.get("role")
+        if role not in ROLES:
+            raise ValueError(f"{where} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        where = f"message {i} ({role})"
+        tool_calls = msg.get("tool_calls")
+        if tool_calls is not None:
+            if role != "assistant":
+                raise ValueError(f"{where}: only assistant messages may carry tool_calls")
+            if not isinstance(tool_calls, list):
+                raise ValueError(f"{where}: tool_calls must be a list, got {type(tool_calls).__name__}")
+            msg["tool_calls"] = [_prepare_tool_call(c, where) for c in tool_calls]
+        if msg.get("content") is None:
+            if not msg.get("tool_calls"):
+                raise ValueError(f"{where} has no content")
+            msg["content"] = ""
+        _check_content(msg["content"], where)
+        reasoning = next((msg[k] for k in _REASONING_FIELDS if msg.get(k) is not None), None)
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise ValueError(f"{where}: reasoning_content must be a string, got {type(reasoning).__name__}")
+            msg["reasoning_content"] = reasoning
+        out.append(msg)
+    return out
+
+
+def render_chat_template(
+    template: str,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+    enable_thinking: bool = False,
+    **kwargs: Any,
+) -> str:
+    """Validate ``messages`` and render ``template`` the way transformers does."""
+    if tools is not None:
+        if not isinstance(tools, (list, tuple)) or not all(isinstance(t, Mapping) for t in tools):
+            raise ValueError("tools must be a list of JSON-schema dicts (OpenAI shape {'type': 'function', "
+                             "'function': {...}})")
+        tools = [copy.deepcopy(dict(t)) for t in tools]
+    try:
+        return _compile(template).render(
+            messages=_prepare_messages(messages),
+            tools=tools,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=enable_thinking,
+            **kwargs,
+        )
+    except jinja2.exceptions.TemplateError as e:
+        raise ValueError(f"chat template failed: {e}") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer wrapper
+# ---------------------------------------------------------------------------------------------
+
+
+def _token_content(value: Any) -> str | None:
+    # tokenizer_config.json spells tokens either as strings or as AddedToken dicts.
+    if isinstance(value, Mapping):
+        return value.get("content")
+    return value
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's byte <-> printable-char table, the one the ByteLevel pre-tokenizer and decoder use.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+class Tokenizer:
+    """A ``tokenizers.Tokenizer`` plus the metadata of ``tokenizer_config.json``."""
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        *,
+        eos_token: str = ENDOFTEXT,
+        pad_token: str | None = ENDOFTEXT,
+        bos_token: str | None = None,
+        chat_template: str | None = CHAT_TEMPLATE,
+        model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    ) -> None:
+        self.backend = tokenizer
+        self.eos_token, self.pad_token, self.bos_token = eos_token, pad_token, bos_token
+        self.chat_template = chat_template
+        self.model_max_length = model_max_length
+        if not eos_token:
+            raise ValueError("the tokenizer needs an eos_token (tokenizer_config.json has none)")
+        for name, token in (("eos_token", eos_token), ("pad_token", pad_token), ("bos_token", bos_token)):
+            if token is not None and tokenizer.token_to_id(token) is None:
+                raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
+        self._token_bytes: dict[int, bytes] = {}
+
+    # -- loading and saving --------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+        """Load ``tokenizer.json`` and ``tokenizer_config.json`` (and ``chat_template.jinja``) from a model dir."""
+        directory = os.fspath(directory)
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no tokenizer.json in {directory}")
+        backend = tokenizers.Tokenizer.from_file(path)
+        config: dict[str, Any] = {}
+        config_path = os.path.join(directory, "tokenizer_config.json")
+        if os.path.exists(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        else:
+            logger.warning("%s has no tokenizer_config.json; using mimo's defaults (eos %s)", directory, ENDOFTEXT)
+        template = config.get("chat_template", CHAT_TEMPLATE if not config else None)
+        if isinstance(template, list):  # older configs hold named templates
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        jinja_path = os.path.join(directory, "chat_template.jinja")
+        if os.path.exists(jinja_path):  # transformers >= 4.43 saves the template next to the config
+            with open(jinja_path, encoding="utf-8") as f:
+                template = f.read()
+        return cls(
+            backend,
+            eos_token=_token_content(config.get("eos_token", ENDOFTEXT)),
+            pad_token=_token_content(config.get("pad_token", ENDOFTEXT)),
+            bos_token=_token_content(config.get("bos_token")),
+            chat_template=template,
+            model_max_length=int(config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)),
+        )
+
+    def config_dict(self) -> dict[str, Any]:
+        """The ``tokenizer_config.json`` contents, in the shape transformers writes."""
+        added = {
+            str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                     "single_word": t.single_word, "special": t.special}
+            for i, t in sorted(self.backend.get_added_tokens_decoder().items())
+        }
+        return {
+            "added_tokens_decoder": added,
+            "bos_token": self.bos_token,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": self.eos_token,
+            "model_max_length": self.model_max_length,
+            "pad_token": self.pad_token,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        self.backend.save(os.path.join(directory, "tokenizer.json"))
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(self.config_dict(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    # -- vocabulary ----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, added tokens included (the embedding needs at least this many rows)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.backend.token_to_id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return None if self.pad_token is None else self.backend.token_to_id(self.pad_token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return None if self.bos_token is None else self.backend.token_to_id(self.bos_token)
+
+    @property
+    def special_token_ids(self) -> frozenset[int]:
+        return frozenset(i for i, t in self.backend.get_added_tokens_decoder().items() if t.special)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or ``None`` when it is not in the vocabulary."""
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``; special-token strings inside ``text`` become their ids."""
+        if not isinstance(text, str):
+            raise ValueError(f"encode expects a str, got {type(text).__name__}")
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """:meth:`encode` over many texts, in parallel inside ``tokenizers``."""
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for (what the ByteLevel decoder turns it into)."""
+        b = self._token_bytes.get(token_id)
+        if b is None:
+            token = self.backend.id_to_token(token_id)
+            if token is None:
+                raise ValueError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
+            table = _byte_decoder()
+            # Like tokenizers' ByteLevel decoder: a token with any char outside the table (an added
+            # token such as "<|im_end|>" is plain text) decodes to its own UTF-8 bytes.
+            if all(c in table for c in token):
+                b = bytes(table[c] for c in token)
+            else:
+                b = token.encode("utf-8")
+            self._token_bytes[token_id] = b
+        return b
+
+    @property
+    def is_byte_level(self) -> bool:
+        return isinstance(self.backend.decoder, decoders.ByteLevel)
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool = False,
+        tokenize: bool = False,
+        **kwargs: Any,
+    ) -> str | list[int]:
+        """Render a conversation with the chat template; token ids when ``tokenize`` is true."""
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat_template (tokenizer_config.json has none)")
+        kwargs.setdefault("eos_token", self.eos_token)
+        kwargs.setdefault("pad_token", self.pad_token)
+        kwargs.setdefault("bos_token", self.bos_token)
+        text = render_chat_template(self.chat_template, messages, tools=tools,
+                                    add_generation_prompt=add_generation_prompt,
+                                    enable_thinking=enable_thinking, **kwargs)
+        return self.encode(text) if tokenize else text
+
+
+class IncrementalDetokenizer:
+    """Turn a stream of token ids into text deltas.
+
+    Token bytes go through an incremental UTF-8 decoder, so a character split across tokens
+    (CJK, emoji) is held back until its last byte arrives, and U+FFFD is only emitted for bytes
+    that can never become valid. Cost per token is O(1), unlike re-decoding a growing suffix.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False) -> None:
+        if not tokenizer.is_byte_level:
+            raise ValueError("IncrementalDetokenizer needs a byte-level BPE tokenizer (ByteLevel decoder)")
+        self._tok = tokenizer
+        self._skip = tokenizer.special_token_ids if skip_special_tokens else frozenset()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._parts: list[str] = []
+        self.token_ids: list[int] = []
+
+    def add(self, token_id: int) -> str:
+        """Feed one id; return the newly completed text (possibly empty)."""
+        token_id = int(token_id)
+        self.token_ids.append(token_id)
+        if token_id in self._skip:
+            return ""
+        delta = self._decoder.decode(self._tok.token_bytes(token_id))
+        if delta:
+            self._parts.append(delta)
+        return delta
+
+    def add_many(self, token_ids: Iterable[int]) -> str:
+        return "".join(self.add(i) for i in token_ids)
+
+    def flush(self) -> str:
+        """End of stream: bytes still held back can no longer complete, so they become U+FFFD."""
+        delta = self._decoder.decode(b"", final=True)
+        if delta:
+            self._parts.append(delta)
+        return delta
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)

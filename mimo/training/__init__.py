@@ -1,0 +1,1 @@
+"""Training: data pipeline, losses (next-token + MTP), optimiser, trainer loop, distillation."""
