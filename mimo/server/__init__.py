@@ -1,0 +1,9 @@
+"""The OpenAI-compatible HTTP server: request/response models, output parsers and the FastAPI app.
+
+* :mod:`mimo.server.protocol`: pydantic models for ``/v1/completions``, ``/v1/chat/completions`` and
+  ``/v1/models``, their validation, and the OpenAI error body.
+* :mod:`mimo.server.parsers`: turns generated text into ``reasoning_content``, ``content`` and
+  ``tool_calls``, whole or streamed (built on :mod:`mimo.server.reasoning` and :mod:`mimo.server.tool_calls`).
+
+Protocol and parsers need only the standard library and pydantic, so they are tested without an engine.
+"""
