@@ -48,22 +48,20 @@ def experts_forward(
     experts_TK: torch.Tensor,
 ) -> torch.Tensor:
     """Sum over each token's chosen experts of weight * down(silu(gate(x)) * up(x))."""
-    n_exp = w_gate_up_EFD.shape[0]
-    out_TD = torch.zeros_like(x_TD)
+    n_tok, k = experts_TK.shape
     flat_e = experts_TK.reshape(-1)
+    # Group the T*K (token, expert) assignments by expert so each expert runs one matmul.
     order = torch.argsort(flat_e, stable=True)
-    counts = torch.bincount(flat_e, minlength=n_exp).tolist()
-    tok_of = order // experts_TK.shape[1]  # token index of each sorted assignment
+    counts = torch.bincount(flat_e, minlength=w_gate_up_EFD.shape[0]).tolist()
+    x_sorted = x_TD[order // k]
     w_sorted = weights_TK.reshape(-1)[order]
-    start = 0
+    parts, start = [], 0
     for e, c in enumerate(counts):
         if c == 0:
             continue
-        idx = tok_of[start : start + c]
-        h = F.linear(x_TD[idx], w_gate_up_EFD[e])
-        gate, up = h.chunk(2, dim=-1)
-        y = F.linear(F.silu(gate) * up, w_down_EDI[e])
-        y = y * w_sorted[start : start + c, None].to(y.dtype)
-        out_TD.index_add_(0, idx, y.to(out_TD.dtype))
+        gate, up = F.linear(x_sorted[start : start + c], w_gate_up_EFD[e]).chunk(2, dim=-1)
+        parts.append(F.linear(F.silu(gate) * up, w_down_EDI[e]))
         start += c
-    return out_TD
+    y_sorted = torch.cat(parts) * w_sorted[:, None].to(x_TD.dtype)
+    # Undo the sort and add each token's k contributions: a gather and a sum, no scatter-add.
+    return y_sorted[torch.argsort(order)].view(n_tok, k, -1).sum(1)
