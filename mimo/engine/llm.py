@@ -1,0 +1,78 @@
+"""``LLM``: offline generation in vLLM's shape — ``LLM(model_dir).generate(prompts, SamplingParams(...))``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from mimo.checkpoint import MiMoForCausalLM
+from mimo.engine.engine import Engine
+from mimo.engine.outputs import RequestOutput, StreamDelta
+from mimo.engine.params import SamplingParams
+from mimo.tokenizer import Tokenizer
+
+
+class LLM:
+    def __init__(
+        self,
+        model: str | os.PathLike | MiMoForCausalLM,
+        dtype: str | torch.dtype = "float32",
+        num_speculative_tokens: int = 0,
+        max_num_seqs: int = 16,
+        max_model_len: int | None = None,
+        tokenizer: Tokenizer | None = None,
+        attention_backend: str = "sdpa",
+        prefill_chunk: int = 512,
+    ) -> None:
+        if isinstance(model, str | os.PathLike):
+            path = os.fspath(model)
+            self.model = MiMoForCausalLM.from_pretrained(path, dtype=dtype)
+            if tokenizer is None and os.path.exists(os.path.join(path, "tokenizer.json")):
+                tokenizer = Tokenizer.from_pretrained(path)
+        else:
+            self.model = model
+        self.model.set_attention_backend(attention_backend)
+        self.tokenizer = tokenizer
+        self.engine = Engine(self.model, tokenizer, num_speculative_tokens, max_num_seqs, max_model_len, prefill_chunk)
+
+    def generate(
+        self,
+        prompts: str | list[int] | list[str | list[int]],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order. A single string or a single token-id list is one prompt."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        params = sampling_params or SamplingParams()
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
+        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        bar = tqdm(total=len(ids), desc="generating", disable=not use_tqdm)
+        done: set[str] = set()
+        try:
+            while self.engine.has_unfinished():
+                for d in self.engine.step():
+                    if d.finish_reason and d.request_id not in done and self.engine.output(d.request_id).finished:
+                        done.add(d.request_id)
+                        bar.update(1)
+            return [self.engine.output(i) for i in ids]
+        finally:
+            bar.close()
+            for i in ids:
+                self.engine.release(i)
+
+    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Iterator[StreamDelta]:
+        """Deltas (new text and token ids) for one request as they are generated."""
+        rid = self.engine.add_request(prompt, sampling_params or SamplingParams())
+        try:
+            while not self.engine.output(rid).finished:
+                for d in self.engine.step():
+                    if d.request_id == rid:
+                        yield d
+        finally:
+            self.engine.release(rid)

@@ -1,0 +1,71 @@
+"""What the engine hands back: vLLM's RequestOutput / CompletionOutput shape plus speculative statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), best first
+
+
+@dataclass
+class SpecStats:
+    """Per request: main-model forward passes spent decoding, drafted and accepted tokens."""
+
+    decode_steps: int = 0  # main-model forward passes after prefill (one per decode / verify step)
+    prefill_chunks: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    decode_tokens: int = 0  # tokens emitted by decode steps (the first token comes from prefill)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens per main-model decode forward (1.0 without speculation; at most k + 1)."""
+        return self.decode_tokens / self.decode_steps if self.decode_steps else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    logprobs: list[TokenLogprob] | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    stats: SpecStats = field(default_factory=SpecStats)
+    cache_bytes: int = 0  # KV-cache bytes the request held at its peak
+
+
+@dataclass
+class StreamDelta:
+    """One step's news for one request (the server streams these)."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    error: str | None = None

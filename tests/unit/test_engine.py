@@ -1,0 +1,212 @@
+"""Engine invariants: speculative greedy == plain greedy, exact rejection sampling, bounded cache, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from mimo import LLM, SamplingParams
+from mimo.engine.engine import Engine
+from tests.helpers import random_model, tiny_config
+
+GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+
+
+def _prompts(seed=0, lengths=(2, 11, 30)):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 128, (n,), generator=g).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=2)
+
+
+def test_speculative_greedy_equals_plain_greedy(model):
+    prompts = _prompts()
+    plain = [o.outputs[0].token_ids for o in LLM(model).generate(prompts, GREEDY)]
+    for k in (1, 2, 3):
+        outs = LLM(model, num_speculative_tokens=k).generate(prompts, GREEDY)
+        assert [o.outputs[0].token_ids for o in outs] == plain, k
+        for o in outs:
+            assert o.stats.drafted == k * o.stats.decode_steps
+            assert 1.0 <= o.stats.acceptance_length <= k + 1
+
+
+def _oracle_model():
+    """Residual stream = token embedding only, so next token = f(current token), and every MTP block
+    computes f of its input token exactly: all drafts are right."""
+    cfg = tiny_config(sliding_window=5, num_hidden_layers=6)
+    m = random_model(cfg, seed=5, nontrivial=False)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            if hasattr(layer.mlp, "experts"):
+                layer.mlp.experts.down_proj.zero_()
+            else:
+                layer.mlp.down_proj.weight.zero_()
+        d = cfg.hidden_size
+        for blk in m.model.mtp.layers:
+            blk.eh_proj.weight.zero_()
+            blk.eh_proj.weight[:, :d] = torch.eye(d)
+            blk.self_attn.o_proj.weight.zero_()
+            blk.mlp.down_proj.weight.zero_()
+            blk.enorm.weight.fill_(1.0)
+            blk.final_layernorm.weight.copy_(m.model.norm.weight)
+    return m
+
+
+def test_every_draft_accepted_in_constructed_case():
+    m = _oracle_model()
+    prompts = _prompts(1)
+    plain = [o.outputs[0].token_ids for o in LLM(m).generate(prompts, GREEDY)]
+    for k in (1, 2, 3):
+        outs = LLM(m, num_speculative_tokens=k).generate(prompts, GREEDY)
+        assert [o.outputs[0].token_ids for o in outs] == plain
+        for o in outs:
+            assert o.stats.accepted == o.stats.drafted  # nothing rejected
+            # 47 decode tokens in steps of k+1 (the last step may be cut by max_tokens)
+            assert o.stats.decode_steps == math.ceil(47 / (k + 1))
+
+
+def test_rejection_sampling_preserves_the_target_distribution():
+    """Exact marginal of the 2nd generated token vs 2000 speculative samples (chi-square, fixed seed)."""
+    cfg = tiny_config(vocab_size=12, sliding_window=5)
+    m = random_model(cfg, seed=9)
+    with torch.no_grad():
+        m.lm_head.weight.mul_(40)  # a peaked but not degenerate distribution
+    prompt = [1, 2, 3]
+    with torch.no_grad():
+        p1 = torch.softmax(m(torch.tensor([prompt])).logits[0, -1], -1)
+        ctx = torch.tensor([prompt + [t] for t in range(12)])
+        p2_given = torch.softmax(m(ctx).logits[:, -1], -1)  # [t1, t2]
+    p2 = (p1[:, None] * p2_given).sum(0)
+    n = 2000
+    llm = LLM(m, num_speculative_tokens=3, max_num_seqs=n)
+    out = llm.generate(prompt, SamplingParams(n=n, temperature=1.0, max_tokens=2, seed=1234, ignore_eos=True))[0]
+    assert out.stats.drafted > 0
+    second = torch.tensor([c.token_ids[1] for c in out.outputs])
+    counts = torch.bincount(second, minlength=12).double()
+    expected = p2.double() * n
+    keep = expected >= 5
+    chi2 = (((counts - expected) ** 2) / expected)[keep].sum().item()
+    dof = int(keep.sum()) - 1
+    # 0.999 quantile of chi-square: mean + 3.1 sd is a safe bound for dof <= 11
+    assert chi2 < dof + 3.1 * math.sqrt(2 * dof) + 3, (chi2, dof)
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(model):
+    sp = SamplingParams(temperature=0.9, top_p=0.9, max_tokens=20, seed=7, ignore_eos=True)
+    alone = LLM(model).generate(_prompts()[1], sp)[0].outputs[0].token_ids
+    batch = LLM(model).generate(_prompts(), [GREEDY, sp, GREEDY])[1].outputs[0].token_ids
+    assert alone == batch
+
+
+def test_requests_join_between_steps(model):
+    prompts = _prompts()
+    want = [o.outputs[0].token_ids for o in LLM(model).generate(prompts, GREEDY)]
+    eng = Engine(model, max_num_seqs=2)
+    ids = [eng.add_request(prompts[0], GREEDY)]
+    for _ in range(5):
+        eng.step()
+    ids += [eng.add_request(p, GREEDY) for p in prompts[1:]]  # one must wait for a free slot
+    while eng.has_unfinished():
+        eng.step()
+    assert [eng.output(i).outputs[0].token_ids for i in ids] == want
+    assert eng.cache_bytes_in_use() == 0
+
+
+def test_stop_token_ids_and_logprobs(model):
+    base = LLM(model).generate([5, 6, 7], GREEDY)[0].outputs[0].token_ids
+    stop_at = base[10]
+    o = LLM(model).generate([5, 6, 7], SamplingParams(temperature=0, max_tokens=48, stop_token_ids=[stop_at],
+                                                      logprobs=3))[0].outputs[0]
+    first = base.index(stop_at)
+    assert o.token_ids == base[: first + 1] and o.finish_reason == "stop" and o.stop_reason == stop_at
+    assert len(o.logprobs) == len(o.token_ids)
+    assert all(lp.top[0][0] == lp.token_id for lp in o.logprobs)  # greedy: chosen = most likely
+    assert all(len(lp.top) == 3 and lp.logprob <= 0 for lp in o.logprobs)
+
+
+def test_abort_frees_the_slot(model):
+    eng = Engine(model, max_num_seqs=2, num_speculative_tokens=2)
+    rid = eng.add_request([1, 2, 3], SamplingParams(max_tokens=100))
+    eng.step()
+    eng.step()
+    assert eng.num_running == 1
+    assert eng.abort(rid)
+    assert eng.num_running == 0 and eng.cache_bytes_in_use() == 0
+    assert eng.output(rid).outputs[0].finish_reason == "abort"
+
+
+@pytest.mark.parametrize(
+    "prompt, params, message",
+    [
+        ([], {}, "prompt is empty"),
+        ([1] * 5000, {}, "max_model_len"),
+        ([1, 2, 999], {}, "outside the vocabulary"),
+        ([1, -1], {}, "outside the vocabulary"),
+        ([1, 2], {"max_tokens": 0}, "max_tokens"),
+        ([1, 2], {"top_p": 0.0}, "top_p"),
+        ([1, 2], {"top_p": 1.5}, "top_p"),
+        ([1, 2], {"temperature": -1.0}, "temperature"),
+        ([1, 2], {"stop": [""]}, "stop strings"),
+        ([1, 2], {"top_k": -5}, "top_k"),
+        ("text", {}, "needs a tokenizer"),
+    ],
+)
+def test_bad_input_is_rejected_and_others_keep_running(model, prompt, params, message):
+    eng = Engine(model, max_num_seqs=4, max_model_len=4096)
+    good = eng.add_request([3, 4], SamplingParams(temperature=0, max_tokens=8))
+    eng.step()
+    with pytest.raises(ValueError, match=message):
+        eng.add_request(prompt, SamplingParams(**params))
+    while eng.has_unfinished():
+        eng.step()
+    out = eng.output(good).outputs[0]
+    assert len(out.token_ids) == 8 and out.finish_reason == "length"
+
+
+def test_speculation_without_mtp_blocks_is_a_clear_error():
+    m = random_model(tiny_config(num_nextn_predict_layers=0))
+    with pytest.raises(ValueError, match="needs 1 MTP block.*has 0"):
+        Engine(m, num_speculative_tokens=1)
+    with pytest.raises(ValueError, match="needs 3 MTP"):
+        Engine(random_model(tiny_config(num_nextn_predict_layers=2)), num_speculative_tokens=3)
+
+
+def test_cache_size_at_32k_context_is_the_theoretical_size():
+    """Drive the cache through 32K positions in prefill-sized chunks (no attention maths: this is about bytes)."""
+    from mimo.engine.kv_cache import HybridKVCache
+
+    cfg = tiny_config(max_position_embeddings=40000)
+    lookahead = 4
+    cache = HybridKVCache(cfg, max_seqs=1, max_len=40000, lookahead=lookahead).bind([0])
+    per_tok = {kind: cfg.kv_values_per_token(kind) * 4 for kind in ("full_attention", "sliding_attention")}
+    n_full = cfg.layer_types.count("full_attention")
+    n_ring = cfg.num_hidden_layers - n_full + cfg.num_mtp_layers
+    ring_bytes = []
+    pos = 0
+    for context in (8192, 32768):
+        while pos < context:
+            p = torch.arange(pos, pos + 2048)[None]
+            for layer, kind in list(enumerate(cfg.layer_types)) + [(("mtp", i), "sliding_attention") for i in range(3)]:
+                h, dk, dv = cfg.num_kv_heads(kind), cfg.qk_head_dim(kind), cfg.v_dim(kind)
+                cache.ensure_capacity(pos + 2048)
+                cache.update(layer, torch.randn(1, h, 2048, dk), torch.randn(1, h, 2048, dv), p)
+            pos += 2048
+        theory = n_full * per_tok["full_attention"] * context + n_ring * per_tok["sliding_attention"] * (
+            cfg.sliding_window + lookahead)
+        assert abs(cache.allocated_bytes() - theory) / theory < 0.10, (context, cache.allocated_bytes(), theory)
+        assert abs(cache.sequence_bytes(context) - theory) / theory < 0.10
+        ring_bytes.append(sum(r.nbytes() for r in cache.rings.values()))
+        # the ring holds exactly the newest window + lookahead positions
+        assert sorted(cache.rings[1].pos[0].tolist()) == list(range(context - cache.ring_size, context))
+    assert ring_bytes[0] == ring_bytes[1]  # sliding layers and MTP blocks stay flat as the context grows
+
+
+def test_engine_reports_cache_bytes_per_request(model):
+    out = LLM(model, num_speculative_tokens=2).generate(_prompts()[2], GREEDY)[0]
+    eng_cache = LLM(model, num_speculative_tokens=2).engine.cache
+    cached = len(out.prompt_token_ids) + len(out.outputs[0].token_ids) - 1  # the last token is never fed back
+    assert out.cache_bytes == eng_cache.sequence_bytes(cached)
