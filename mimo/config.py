@@ -532,7 +532,24 @@ def _bench() -> MiMoConfig:
     )
 
 
-PRESETS = {"flash": _flash, "tiny": _tiny, "bench": _bench}
+def _nano() -> MiMoConfig:
+    """mimo-nano, the shipped default model: the released shape in small, trained on 2 CPU cores.
+
+    Full attention at layer 0 and 5, sliding window (the hub's 128 + the query) with sinks
+    elsewhere, a dense first layer, sigmoid-routed MoE (8 experts, top-2) after it, three MTP
+    blocks and the 4096-token byte-level BPE (``<|endoftext|>`` = 0).
+    """
+    return MiMoConfig(
+        vocab_size=4096, hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=1,
+        intermediate_size=768, moe_intermediate_size=256, head_dim=64, v_head_dim=48,
+        swa_num_key_value_heads=2, sliding_window=129, partial_rotary_factor=0.375,  # 24 of 64 dims: ~1/3, even
+        n_routed_experts=8, num_experts_per_tok=2,
+        num_nextn_predict_layers=3, max_position_embeddings=4096, eos_token_id=0, pad_token_id=0,
+        torch_dtype="bfloat16",
+    )
+
+
+PRESETS = {"flash": _flash, "nano": _nano, "tiny": _tiny, "bench": _bench}
 
 
 def preset(name: str) -> MiMoConfig:

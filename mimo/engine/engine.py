@@ -314,7 +314,7 @@ class Engine:
         s.sent_chars, s.sent_tokens = upto, len(s.output_ids)
         if not text and not toks and not s.finished:
             return None
-        return StreamDelta(s.request_id, text, toks, s.finish_reason, s.stop_reason, lps, s.error)
+        return StreamDelta(s.request_id, text, toks, s.index, s.finish_reason, s.stop_reason, lps, s.error)
 
     def _free(self, seq: Sequence) -> None:
         slot = seq.slot

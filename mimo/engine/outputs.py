@@ -65,6 +65,7 @@ class StreamDelta:
     request_id: str
     text: str
     token_ids: list[int]
+    index: int = 0  # which of the request's n samples
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprob] | None = None
