@@ -50,3 +50,21 @@ def rewrite_config(directory: str, keep: str) -> dict:
     with open(path, "w") as f:
         json.dump(d, f, indent=2)
     return d
+
+
+def tiny_model_dir(directory, vocab_size: int = 320, seed: int = 0) -> str:
+    """A tiny random model with a real (tiny) byte-level BPE tokenizer, in the hub layout."""
+    import sysconfig
+
+    from mimo.tokenizer import Tokenizer, train_bpe
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    texts = []
+    for name in ("abc.py", "bisect.py", "colorsys.py"):
+        with open(os.path.join(stdlib, name), encoding="utf-8") as f:
+            texts.append(f.read())
+    tok = Tokenizer(train_bpe(texts, vocab_size))
+    model = random_model(tiny_config(vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id), seed=seed)
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return str(directory)

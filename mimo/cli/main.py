@@ -10,6 +10,9 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "info": ("mimo.cli.info", "parameter counts and KV-cache sizes of a preset or model directory"),
+    "generate": ("mimo.cli.generate", "complete a prompt with a model (default: the shipped mimo-nano)"),
+    "eval": ("mimo.cli.eval", "held-out loss, bits per byte vs unigram and zlib, MTP accuracy, acceptance length"),
+    "bench": ("mimo.cli.bench", "prefill and decode speed, with and without MTP, as a table and JSON"),
 }
 
 
@@ -45,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `mimo info | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

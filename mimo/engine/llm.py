@@ -36,6 +36,7 @@ class LLM:
             self.model = model
         self.model.set_attention_backend(attention_backend)
         self.tokenizer = tokenizer
+        self.last_output: RequestOutput | None = None  # the final output of the last stream()
         self.engine = Engine(self.model, tokenizer, num_speculative_tokens, max_num_seqs, max_model_len, prefill_chunk)
 
     def generate(
@@ -74,5 +75,6 @@ class LLM:
                 for d in self.engine.step():
                     if d.request_id == rid:
                         yield d
+            self.last_output = self.engine.output(rid)
         finally:
             self.engine.release(rid)

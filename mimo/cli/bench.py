@@ -1,0 +1,77 @@
+"""``mimo bench``: prefill tokens/s, batch-1 and batch-8 decode tokens/s with and without MTP, cache bytes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="model directory (default: the shipped models/mimo-nano)")
+    src.add_argument("--preset", help="benchmark a randomly initialised preset instead (e.g. bench)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prefill-tokens", type=int, default=512)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--batches", default="1,8", help="comma-separated decode batch sizes (default 1,8)")
+    p.add_argument("--mtp", type=int, default=None, help="MTP draft tokens to compare against 0 (default: all blocks)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json-out", help="also write the results to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mimo.checkpoint import MiMoForCausalLM
+    from mimo.config import preset
+    from mimo.eval.speed import measure_decode, measure_prefill
+    from mimo.utils.paths import resolve_model_dir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    prompts = None
+    if args.preset:
+        model, name = MiMoForCausalLM.from_config(preset(args.preset), seed=0, dtype=dtype), f"preset:{args.preset}"
+    else:
+        path = resolve_model_dir(args.model)
+        model, name = MiMoForCausalLM.from_pretrained(path, dtype=dtype), path
+        prompts = _code_prompts(path)
+    model.set_attention_backend("sdpa")
+    k = model.config.num_mtp_layers if args.mtp is None else args.mtp
+    result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(),
+              "prefill_tokens_per_s": measure_prefill(model, args.prefill_tokens), "decode": []}
+    for b in [int(x) for x in args.batches.split(",")]:
+        for mtp in sorted({0, k}):
+            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts)
+            result["decode"].append(r.as_dict())
+    print(f"model {name} ({args.dtype}, {result['threads']} threads)")
+    print(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
+    print(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14}")
+    for r in result["decode"]:
+        print(f"{r['batch']:>5} {r['mtp']:>3} {r['tokens_per_s']:>9.1f} {r['acceptance_length']:>10.2f} "
+              f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB")
+    print(json.dumps(result))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _code_prompts(path: str) -> list[list[int]] | None:
+    """Prompts from real code (held-out stdlib files) when the model has a tokenizer: MTP is never
+    measured on random tokens, where nothing can be predicted."""
+    import os
+
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        return None
+    from mimo.tokenizer import Tokenizer
+    from mimo.training.data import split_files, stdlib_files
+
+    tok = Tokenizer.from_pretrained(path)
+    _, held = split_files(stdlib_files())
+    out = []
+    for _, abspath in held[:8]:
+        with open(abspath, encoding="utf-8") as f:
+            out.append(tok.encode(f.read()[:2000]))
+    return out

@@ -1,0 +1,65 @@
+"""``mimo eval``: held-out loss and bits per byte (with unigram and zlib baselines), MTP accuracy, acceptance length."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import asdict
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory with tokenizer files (default: the shipped models/mimo-nano)")
+    p.add_argument("--seq-len", type=int, default=512, help="scoring window in tokens (default 512)")
+    p.add_argument("--max-files", type=int, default=None, help="score only the first N held-out files")
+    p.add_argument("--prefix-tokens", type=int, default=96, help="prompt length for acceptance length (default 96)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt (default 64)")
+    p.add_argument("--max-prompts", type=int, default=16)
+    p.add_argument("--no-unigram", action="store_true", help="skip the unigram baseline (it tokenizes the train split)")
+    p.add_argument("--cache-dir", default=None, help="token cache for the unigram baseline (default: a temp dir)")
+    p.add_argument("--json-out", help="also write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mimo.checkpoint import MiMoForCausalLM
+    from mimo.eval.lm import acceptance, score_files, unigram_bits_per_byte
+    from mimo.tokenizer import Tokenizer
+    from mimo.training.data import build_token_cache, split_files, stdlib_files
+    from mimo.utils.paths import resolve_model_dir
+
+    path = resolve_model_dir(args.model)
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise ValueError(f"{path} has no tokenizer.json; mimo eval needs the model's tokenizer")
+    model = MiMoForCausalLM.from_pretrained(path)
+    model.set_attention_backend("sdpa")
+    tok = Tokenizer.from_pretrained(path)
+    train, held = split_files(stdlib_files())
+    held = held[: args.max_files] if args.max_files else held
+    texts = []
+    for _, abspath in held:
+        with open(abspath, encoding="utf-8") as f:
+            texts.append(f.read())
+    report = score_files(model, tok, texts, args.seq_len)
+    if not args.no_unigram:
+        with tempfile.TemporaryDirectory() as tmp:
+            tokens = build_token_cache(tok, train, args.cache_dir or tmp)
+            report.unigram_bits_per_byte = unigram_bits_per_byte(tokens, tok, texts)
+    al, speedup, same = acceptance(model, tok, texts, args.prefix_tokens, args.new_tokens, args.max_prompts)
+    report.acceptance_length, report.speculative_speedup, report.speculative_outputs_identical = al, speedup, same
+    print(f"held-out: {report.files} files, {report.tokens} tokens, {report.bytes} bytes")
+    print(f"  loss {report.loss_nats_per_token:.4f} nats/token, {report.bits_per_byte:.4f} bits/byte")
+    if report.unigram_bits_per_byte is not None:
+        print(f"  unigram baseline {report.unigram_bits_per_byte:.4f} bits/byte")
+    print(f"  zlib -9 {report.zlib_bits_per_byte:.4f} bits/byte")
+    for k, acc in enumerate(report.mtp_top1_accuracy, 1):
+        print(f"  MTP depth {k} top-1 accuracy {acc:.4f}")
+    for k, v in report.acceptance_length.items():
+        print(f"  acceptance length k={k}: {v:.3f} tokens per decode forward (greedy)")
+    if speedup is not None:
+        print(f"  wall-clock decode speed k={max(al)} vs k=0: {speedup:.2f}x; outputs identical: {same}")
+    print(json.dumps(asdict(report)))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(asdict(report), f, indent=2)
+    return 0

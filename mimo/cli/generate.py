@@ -1,0 +1,60 @@
+"""``mimo generate``: complete a prompt, streaming text to the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from mimo.utils.paths import resolve_model_dir
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt_text", nargs="?", help="the prompt (or use --prompt)")
+    p.add_argument("--prompt", help="the prompt text")
+    p.add_argument("--model", help="model directory (default: the shipped models/mimo-nano)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--mtp", type=int, default=0, metavar="K", help="draft K tokens per step with the MTP blocks (0-3)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--stats", action="store_true", help="print speed and MTP acceptance to stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mimo.engine.llm import LLM
+    from mimo.engine.params import SamplingParams
+
+    prompt = args.prompt if args.prompt is not None else args.prompt_text
+    if not prompt:
+        raise ValueError("give a prompt: mimo generate 'def fib(n):'  (or --prompt TEXT)")
+    llm = LLM(resolve_model_dir(args.model), dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=1)
+    if llm.tokenizer is None:
+        raise ValueError("this model directory has no tokenizer.json; mimo generate needs one")
+    params = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens, seed=args.seed, stop=args.stop,
+    )
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    n = 0
+    last = None
+    for delta in llm.stream(prompt, params):
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
+        n += len(delta.token_ids)
+        last = delta
+    sys.stdout.write("\n")
+    dt = time.perf_counter() - t0
+    if args.stats:
+        st = llm.last_output.stats if llm.last_output else None
+        extra = f"; acceptance length {st.acceptance_length:.2f}" if st and args.mtp else ""
+        print(f"[{n} tokens in {dt:.2f}s = {n / dt:.1f} tok/s; finish: {last.finish_reason if last else None}{extra}]",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,77 @@
+"""Speed measurements of the engine: prefill and decode tokens/s, MTP acceptance, cache bytes.
+
+Used by ``mimo bench`` and ``benchmarks/``. Timings are wall-clock on whatever threads torch
+uses; nothing here asserts anything about speed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mimo.engine.engine import Engine
+from mimo.engine.params import SamplingParams
+from mimo.model.causal_lm import CausalLM
+
+
+@dataclass
+class DecodeResult:
+    batch: int
+    mtp: int
+    tokens: int  # generated tokens after the first (which prefill produces)
+    seconds: float
+    acceptance_length: float
+    cache_bytes_per_request: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def prompts_for(model: CausalLM, batch: int, length: int, seed: int = 0, source: list[list[int]] | None = None):
+    if source:
+        return [source[i % len(source)][:length] for i in range(batch)]
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, model.config.vocab_size, (length,), generator=g).tolist() for _ in range(batch)]
+
+
+@torch.no_grad()
+def measure_prefill(model: CausalLM, length: int = 512, repeats: int = 3, chunk: int = 512) -> float:
+    """Prompt tokens/s of the engine's prefill (best of ``repeats``)."""
+    best = float("inf")
+    prompt = prompts_for(model, 1, length)[0]
+    for _ in range(repeats):
+        eng = Engine(model, max_num_seqs=1, prefill_chunk=chunk, max_model_len=length + 8)
+        eng.add_request(prompt, SamplingParams(max_tokens=1, temperature=0))
+        t = time.perf_counter()
+        while eng.has_unfinished():
+            eng.step()
+        best = min(best, time.perf_counter() - t)
+    return length / best
+
+
+@torch.no_grad()
+def measure_decode(
+    model: CausalLM, batch: int, new_tokens: int, mtp: int = 0, prompt_len: int = 32,
+    prompts: list[list[int]] | None = None,
+) -> DecodeResult:
+    """Decode tokens/s for a batch of greedy requests, timed from the first generated token on."""
+    eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch)
+    ids = [eng.add_request(p, SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True))
+           for p in prompts_for(model, batch, prompt_len, source=prompts)]
+    while any(not eng.output(i).outputs[0].token_ids for i in ids):  # prefill, untimed
+        eng.step()
+    start_tokens = sum(len(eng.output(i).outputs[0].token_ids) for i in ids)
+    t = time.perf_counter()
+    while eng.has_unfinished():
+        eng.step()
+    dt = time.perf_counter() - t
+    outs = [eng.output(i) for i in ids]
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs) - start_tokens
+    al = sum(o.stats.decode_tokens for o in outs) / max(1, sum(o.stats.decode_steps for o in outs))
+    return DecodeResult(batch, mtp, tokens, dt, al, max(o.cache_bytes for o in outs))

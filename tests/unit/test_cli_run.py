@@ -1,0 +1,48 @@
+"""The commands that run a model: generate, eval, bench (on a tiny random model with a real tokenizer)."""
+
+import json
+
+import pytest
+
+from mimo.cli.main import main
+from tests.helpers import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def test_generate_streams_a_completion(model_dir, capsys):
+    assert main(["generate", "--model", model_dir, "def fibonacci(n):", "--max-tokens", "8", "--mtp", "2",
+                 "--stats"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("def fibonacci(n):") and len(out) > len("def fibonacci(n):\n")
+    assert "tok/s" in err and "acceptance length" in err
+
+
+def test_generate_errors(model_dir, tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path), "x"]) == 2
+    assert "no model" in capsys.readouterr().err
+    assert main(["generate", "--model", model_dir]) == 2
+    assert "give a prompt" in capsys.readouterr().err
+    assert main(["generate", "--model", model_dir, "x", "--temperature", "-1"]) == 2
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_eval_reports_every_figure(model_dir, tmp_path, capsys):
+    out_json = tmp_path / "eval.json"
+    assert main(["eval", "--model", model_dir, "--max-files", "1", "--seq-len", "128", "--no-unigram",
+                 "--max-prompts", "1", "--prefix-tokens", "16", "--new-tokens", "6", "--json-out", str(out_json)]) == 0
+    d = json.loads(out_json.read_text())
+    assert d["bits_per_byte"] > 0 and d["zlib_bits_per_byte"] > 0
+    assert len(d["mtp_top1_accuracy"]) == 3
+    assert set(d["acceptance_length"]) == {"1", "2", "3"}
+    assert d["speculative_outputs_identical"] is True
+
+
+def test_bench_prints_table_and_json(model_dir, capsys):
+    assert main(["bench", "--model", model_dir, "--new-tokens", "4", "--batches", "1", "--prefill-tokens", "32"]) == 0
+    out = capsys.readouterr().out
+    d = json.loads(out.strip().splitlines()[-1])
+    assert {r["mtp"] for r in d["decode"]} == {0, 3}
