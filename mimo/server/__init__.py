@@ -5,5 +5,11 @@
 * :mod:`mimo.server.parsers`: turns generated text into ``reasoning_content``, ``content`` and
   ``tool_calls``, whole or streamed (built on :mod:`mimo.server.reasoning` and :mod:`mimo.server.tool_calls`).
 
-Protocol and parsers need only the standard library and pydantic, so they are tested without an engine.
+* :mod:`mimo.server.async_engine`: the engine's stepping thread (continuous batching, cancellation, metrics).
+* :mod:`mimo.server.app`: the FastAPI app (auth, limits, errors) over :mod:`mimo.server.chat` and
+  :mod:`mimo.server.completions`, which share :mod:`mimo.server.serving`; :mod:`mimo.server.metrics` is
+  the Prometheus text format.
+
+Protocol and parsers need only the standard library and pydantic, so they are tested without an engine;
+the server uses only the engine's public API, so it runs on a fake engine too.
 """

@@ -1,0 +1,91 @@
+"""``mimo serve``: the OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/completions``, ...).
+
+Binds to loopback by default; the API key comes from ``--api-key`` or the ``MIMO_API_KEY`` environment
+variable. Without ``--model`` it serves the shipped mimo-nano from ``models/mimo-nano`` in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import mimo
+
+logger = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    return Path(mimo.__file__).resolve().parents[1] / "models" / "mimo-nano"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model directory in the Hugging Face layout with tokenizer.json "
+                                   f"(default: {default_model_dir()})")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MIMO_API_KEY, else no key)")
+    p.add_argument("--served-model-name", help="the model id clients send (default: the model directory's name)")
+    p.add_argument("--max-model-len", type=int, help="context length: prompt + completion tokens (default: the model's)")
+    p.add_argument("--mtp", type=int, default=0, metavar="K",
+                   help="MTP speculative decoding with K draft tokens, 0-3 (default 0: off)")
+    p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 503 (default 256)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype (default float32)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn log level (default info)")
+
+
+def _check_model_dir(path: Path, explicit: bool) -> None:
+    if not (path / "config.json").is_file():
+        hint = ("pass --model DIR with a Hugging Face-layout model (config.json, *.safetensors, tokenizer.json)"
+                if explicit else
+                "the default model mimo-nano is not in this checkout; train or fetch it into models/mimo-nano "
+                "(see the README), or pass --model DIR with a Hugging Face-layout model (config.json, "
+                "*.safetensors, tokenizer.json)")
+        raise FileNotFoundError(f"no model at {path} (config.json missing): {hint}")
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path} has no tokenizer.json: the server needs the model's tokenizer to read "
+                                "prompts and render chats")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: `mimo info` must not pay for the server stack
+
+    from mimo.engine.llm import LLM
+    from mimo.server.app import build_app
+    from mimo.server.async_engine import AsyncEngine
+
+    path = Path(args.model) if args.model else default_model_dir()
+    _check_model_dir(path, explicit=bool(args.model))
+    if args.max_model_len is not None and args.max_model_len < 2:
+        raise ValueError(f"--max-model-len must be at least 2, got {args.max_model_len}")
+    if args.max_num_seqs < 1:
+        raise ValueError(f"--max-num-seqs must be at least 1, got {args.max_num_seqs}")
+    api_key = args.api_key or os.environ.get("MIMO_API_KEY") or None
+    if not _is_loopback(args.host) and api_key is None:
+        logger.warning("serving on %s without an API key: anyone who can reach the port can use the model", args.host)
+    llm = LLM(path, dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=args.max_num_seqs,
+              max_model_len=args.max_model_len)
+    assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
+    engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
+    name = args.served_model_name or path.resolve().name
+    app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len)
+    print(f"mimo serve: {name} ({path}) on http://{args.host}:{args.port}/v1 "
+          f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        engine.close()
+    return 0
