@@ -526,7 +526,7 @@ def _bench() -> MiMoConfig:
     """The engine benchmark shape: 12 layers, hidden 512, 64 experts top-8, window 128, vocab 32000."""
     return MiMoConfig(
         vocab_size=32000, hidden_size=512, num_hidden_layers=12, num_attention_heads=8, num_key_value_heads=2,
-        intermediate_size=1536, moe_intermediate_size=256, head_dim=64, v_head_dim=48, sliding_window=129,
+        intermediate_size=1536, moe_intermediate_size=256, head_dim=96, v_head_dim=64, sliding_window=129,
         n_routed_experts=64, num_experts_per_tok=8, num_nextn_predict_layers=3, max_position_embeddings=32768,
         eos_token_id=1,
     )

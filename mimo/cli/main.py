@@ -10,6 +10,8 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "info": ("mimo.cli.info", "parameter counts and KV-cache sizes of a preset or model directory"),
+    "serve": ("mimo.cli.serve", "OpenAI-compatible HTTP server (chat, completions, streaming, tools, metrics)"),
+    "train": ("mimo.cli.train", "pre-train a preset (mimo-nano by default) on the Python standard library"),
     "generate": ("mimo.cli.generate", "complete a prompt with a model (default: the shipped mimo-nano)"),
     "eval": ("mimo.cli.eval", "held-out loss, bits per byte vs unigram and zlib, MTP accuracy, acceptance length"),
     "bench": ("mimo.cli.bench", "prefill and decode speed, with and without MTP, as a table and JSON"),
