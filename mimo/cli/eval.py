@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import tempfile
@@ -13,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory with tokenizer files (default: the shipped models/mimo-nano)")
     p.add_argument("--seq-len", type=int, default=512, help="scoring window in tokens (default 512)")
     p.add_argument("--max-files", type=int, default=None, help="score only the first N held-out files")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out held-out files whose relative path matches (repeatable), e.g. 'encodings/cp*'")
     p.add_argument("--prefix-tokens", type=int, default=96, help="prompt length for acceptance length (default 96)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt (default 64)")
     p.add_argument("--max-prompts", type=int, default=16)
@@ -35,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     model.set_attention_backend("sdpa")
     tok = Tokenizer.from_pretrained(path)
     train, held = split_files(stdlib_files())
+    held = [(rel, p) for rel, p in held if not any(fnmatch.fnmatch(rel, g) for g in args.exclude)]
     held = held[: args.max_files] if args.max_files else held
+    if not held:
+        raise ValueError("no held-out files left to score")
     texts = []
     for _, abspath in held:
         with open(abspath, encoding="utf-8") as f:
