@@ -23,7 +23,7 @@ async def stream(c: httpx.AsyncClient, prompt: str, max_tokens: int) -> int:
     body = {"model": "mimo", "prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
             "temperature": 0.8, "stream_options": {"include_usage": True}}
     usage = None
-    async with c.stream("POST", "/v1/completions", json=body) as r:
+    async with c.stream("POST", "/v1/completions", json=body) as r:  # base_url is the server root
         r.raise_for_status()
         async for line in r.aiter_lines():
             if line.startswith("data: {"):
@@ -68,7 +68,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        res = {"model": args.model, "mtp": args.mtp, **asyncio.run(run(url + "/v1", args.clients, args.max_tokens))}
+        res = {"model": args.model, "mtp": args.mtp, **asyncio.run(run(url, args.clients, args.max_tokens))}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
