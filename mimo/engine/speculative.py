@@ -37,12 +37,7 @@ def draft(model: CausalLM, cache: HybridKVCache, seqs: list[Sequence], k_max: in
         for j, s in enumerate(seqs):
             lo, hi = s.frontier[k - 1] + 1, q[j]
             commit_end = q[j] - k + 1
-            n_prompt, out_ids = len(s.prompt_ids), s.output_ids
-
-            def committed(idx: int, n_prompt=n_prompt, out_ids=out_ids, s=s) -> int:
-                return s.prompt_ids[idx] if idx < n_prompt else out_ids[idx - n_prompt]
-
-            toks = [committed(i + k) if i + k <= q[j] + 1 else int(drafts[j, i + k - q[j] - 2]) for i in range(lo, hi + 1)]
+            toks = [_token(s, i + k) if i + k <= q[j] + 1 else int(drafts[j, i + k - q[j] - 2]) for i in range(lo, hi + 1)]
             known_end = min(hi, s.chain[k - 1].end() - 1)
             parts = [s.chain[k - 1].get(range(lo, known_end + 1))] if known_end >= lo else []
             if known_end < hi:
@@ -79,6 +74,12 @@ def draft(model: CausalLM, cache: HybridKVCache, seqs: list[Sequence], k_max: in
         drafts[:, k - 1] = sample(p, [s.generator for s in seqs])
         probs[:, k - 1] = p
     return drafts, probs
+
+
+def _token(seq: Sequence, index: int) -> int:
+    """Committed token ``index`` of prompt + output, without concatenating the two lists."""
+    n = len(seq.prompt_ids)
+    return seq.prompt_ids[index] if index < n else seq.output_ids[index - n]
 
 
 def start_chain(seq: Sequence, hidden: torch.Tensor, first_pos: int, k_max: int) -> None:
