@@ -7,7 +7,6 @@ for batch-1 decode (bytes of active weights read per token / measured copy bandw
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -16,6 +15,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _results import write_json  # noqa: E402
 
 from mimo.checkpoint import MiMoForCausalLM  # noqa: E402
 from mimo.config import preset  # noqa: E402
@@ -109,10 +110,7 @@ def main() -> None:
     res["mimo_b1_fraction_of_bound"] = res["mimo_decode_b1_tps"] / res["bandwidth_bound_decode_b1_tps"]
     for k, v in res.items():
         print(f"{k:>34}: {v:.3g}" if isinstance(v, float) else f"{k:>34}: {v}")
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json_out, res)
 
 
 if __name__ == "__main__":

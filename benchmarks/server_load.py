@@ -18,6 +18,9 @@ import time
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import write_json  # noqa: E402
+
 
 async def stream(c: httpx.AsyncClient, prompt: str, max_tokens: int) -> int:
     body = {"model": "mimo", "prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
@@ -73,10 +76,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     print(json.dumps(res, indent=2))
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json_out, res)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ class Engine:
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(seqs), logits.shape[-1]
         flat_params = [s.params for s in seqs for _ in range(k + 1)]
-        if any(p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty for p in flat_params):
+        if any(p.has_penalties for p in flat_params):
             # position i is scored as if drafts 1..i were already generated
             histories = [s.output_ids + drafts[j, :i].tolist() for j, s in enumerate(seqs) for i in range(k + 1)]
             prompts = [s.prompt_ids for s in seqs for _ in range(k + 1)]

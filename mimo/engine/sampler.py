@@ -15,7 +15,7 @@ def target_probs(
     logits: torch.Tensor, params: Seq[SamplingParams], prompts: Seq[Seq[int]], outputs: Seq[Seq[int]]
 ) -> torch.Tensor:
     """The distribution each row samples from: penalties (with each row's own history), then filters."""
-    if any(p.repetition_penalty != 1 or p.presence_penalty or p.frequency_penalty for p in params):
+    if any(p.has_penalties for p in params):
         logits = ops.apply_penalties(
             logits.float(), prompts, outputs,
             [p.repetition_penalty for p in params], [p.presence_penalty for p in params],
