@@ -54,6 +54,8 @@ def save_pretrained(
         keep_fp32 = hub.endswith((".mlp.gate.weight", ".mlp.gate.e_score_correction_bias"))
         x = x.detach().to("cpu", torch.float32 if keep_fp32 else (dtype or x.dtype)).contiguous()
         nbytes = x.numel() * x.element_size()
+        if x.untyped_storage().nbytes() != nbytes:
+            x = x.clone()  # a view (fused projections, a slice of a stacked expert tensor): safetensors wants its own storage
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0

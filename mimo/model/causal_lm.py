@@ -14,9 +14,10 @@ from torch import nn
 
 from mimo.config import FULL, SLIDING, MiMoConfig
 from mimo.model.decoder import DecoderLayer
-from mimo.model.layers import Attention, Experts, KVCache, RMSNorm, Router
+from mimo.model.layers import MLP, Attention, Experts, KVCache, RMSNorm, Router
 from mimo.model.mtp import MTPBlock
-from mimo.ops.rope import cos_sin, inv_freq
+from mimo.ops.attention import check_backend
+from mimo.ops.rope import Rope, inv_freq, rope_tables, rotate_half_perm
 
 
 @dataclass
@@ -30,11 +31,18 @@ class RotaryTables(nn.Module):
 
     def __init__(self, config: MiMoConfig) -> None:
         super().__init__()
+        self.head_dims = {FULL: config.qk_head_dim(FULL), SLIDING: config.qk_head_dim(SLIDING)}
         for kind, name in ((FULL, "full"), (SLIDING, "sliding")):
             self.register_buffer(name, inv_freq(config.rotary_dim(kind), config.theta(kind)), persistent=False)
+            perm = rotate_half_perm(config.rotary_dim(kind), self.head_dims[kind])
+            self.register_buffer(name + "_perm", perm, persistent=False)
 
-    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {FULL: cos_sin(positions, self.full, dtype), SLIDING: cos_sin(positions, self.sliding, dtype)}
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, Rope]:
+        """One :class:`Rope` per attention kind, shared by every layer of that kind in a forward."""
+        return {
+            FULL: rope_tables(positions, self.full, self.head_dims[FULL], self.full_perm, dtype),
+            SLIDING: rope_tables(positions, self.sliding, self.head_dims[SLIDING], self.sliding_perm, dtype),
+        }
 
 
 class Backbone(nn.Module):
@@ -59,6 +67,8 @@ class CausalLM(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # the compiled decode's ids come from the engine, checked on entry
+            return self.model.embed_tokens(input_ids)
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
             raise ValueError(
                 f"token ids must be in [0, {self.config.vocab_size}); got range "
@@ -80,8 +90,9 @@ class CausalLM(nn.Module):
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
         x = self.embed(input_ids)
         rope = self.rotary.tables(positions, x.dtype)
+        masks: dict = {}  # one attention mask per kind, built by the kind's first layer
         for layer in self.model.layers:
-            x = layer(x, positions, rope[layer.kind], cache, router_out)
+            x = layer(x, positions, rope[layer.kind], cache, router_out, masks)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -114,9 +125,18 @@ class CausalLM(nn.Module):
 
     # ------------------------------------------------------------------ conveniences
     def set_attention_backend(self, backend: str) -> None:
+        check_backend(backend)
         for m in self.modules():
             if isinstance(m, Attention):
                 m.backend = backend
+
+    def fuse_projections(self) -> None:
+        """Inference speed-up: q/k/v and gate/up weights become views of one fused weight each, so
+        each takes one matmul. Parameters, state_dict and training are unaffected (autograd and
+        replaced weights fall back to the separate projections)."""
+        for m in self.modules():
+            if isinstance(m, Attention | MLP):
+                m.fuse_projections()
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

@@ -7,6 +7,7 @@ from torch import nn
 
 from mimo.config import MiMoConfig
 from mimo.model.layers import MLP, Attention, KVCache, MoE, RMSNorm
+from mimo.ops.rope import Rope
 
 
 class DecoderLayer(nn.Module):
@@ -23,10 +24,11 @@ class DecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         positions: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         cache: KVCache | None = None,
         router_out: list | None = None,
+        masks: dict | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, self.index)
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, self.index, masks)
         h = self.post_attention_layernorm(x)
         return x + (self.mlp(h, router_out) if isinstance(self.mlp, MoE) else self.mlp(h))

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimo.config import MiMoConfig
-from mimo.ops.attention import attention
+from mimo.ops.attention import Visibility, attention
 from mimo.ops.moe import experts_forward, route
 from mimo.ops.norm import rms_norm
-from mimo.ops.rope import apply_partial_rope
+from mimo.ops.rope import Rope, apply_rope
 
 
 class KVCache(Protocol):
@@ -43,6 +43,36 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+def fuse_linears(*linears: nn.Linear) -> Fused:
+    """Concatenate the weights of linears that read the same input into one tensor; each weight
+    becomes a view of it, so one matmul computes all of them and no memory is duplicated."""
+    fused = torch.cat([m.weight.detach() for m in linears], dim=0)
+    offset = 0
+    for m in linears:
+        n = m.weight.shape[0]
+        m.weight.data = fused[offset : offset + n]
+        offset += n
+    return Fused(fused, linears)
+
+
+class Fused:
+    """A fused weight, usable only while every member weight is still a view of it and no
+    gradient is needed (a plain tensor: autograd would not reach the member parameters)."""
+
+    def __init__(self, weight: torch.Tensor, linears: tuple[nn.Linear, ...]) -> None:
+        self.weight = weight
+        self.linears = linears
+        self.ptrs = [m.weight.data_ptr() for m in linears]
+
+    def intact(self) -> bool:
+        return [m.weight.data_ptr() for m in self.linears] == self.ptrs
+
+    def usable(self) -> bool:
+        if torch.compiler.is_compiling():
+            return True  # only the engine compiles, after fusing, without grad (pointer checks would break the graph)
+        return not torch.is_grad_enabled() and self.intact()
+
+
 class Attention(nn.Module):
     def __init__(self, config: MiMoConfig, kind: str) -> None:
         super().__init__()
@@ -64,29 +94,48 @@ class Attention(nn.Module):
         else:
             self.register_parameter("attention_sink_bias", None)
         self.backend = "reference"
+        self.qkv: Fused | None = None
+
+    def fuse_projections(self) -> None:
+        if self.qkv is None or not self.qkv.intact():
+            self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(
         self,
         x: torch.Tensor,  # [B, T, D]
         positions: torch.Tensor,  # [B, T]
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         cache: KVCache | None = None,
         cache_key: object = None,
+        masks: dict | None = None,  # this forward's Visibility per attention kind, shared by its layers
     ) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.qk_dim).transpose(1, 2)  # [B, Hq, T, Dqk]
-        k = self.k_proj(x).view(b, t, self.n_kv, self.qk_dim).transpose(1, 2)  # [B, Hkv, T, Dqk]
-        # The value scale is applied before caching, as in transformers (same result as scaling the output).
-        v = self.v_proj(x).view(b, t, self.n_kv, self.v_dim).transpose(1, 2) * self.v_scale  # [B, Hkv, T, Dv]
-        cos, sin = rope
-        q = apply_partial_rope(q, cos, sin)
-        k = apply_partial_rope(k, cos, sin)
+        hq, hkv = self.n_heads, self.n_kv
+        if self.qkv is not None and self.qkv.usable():
+            qkv = F.linear(x, self.qkv.weight)
+            n_qk = (hq + hkv) * self.qk_dim
+            qk = apply_rope(qkv[..., :n_qk].view(b, t, hq + hkv, self.qk_dim), rope)  # one RoPE for q and k
+            q, k = qk[:, :, :hq], qk[:, :, hq:]
+            v = qkv[..., n_qk:].view(b, t, hkv, self.v_dim)
+        else:
+            q = apply_rope(self.q_proj(x).view(b, t, hq, self.qk_dim), rope)
+            k = apply_rope(self.k_proj(x).view(b, t, hkv, self.qk_dim), rope)
+            v = self.v_proj(x).view(b, t, hkv, self.v_dim)
+        if self.v_scale != 1.0:
+            # Applied before caching, as in transformers (same result as scaling the output).
+            v = v * self.v_scale
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, Dh]
         if cache is not None:
             k, v, k_pos = cache.update(cache_key, k, v, positions)
         else:
             k_pos = positions
-        o = attention(q, k, v, positions, k_pos, self.window, self.scale, self.attention_sink_bias, self.backend)
-        return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_heads * self.v_dim))
+        vis = masks.get(self.kind) if masks is not None else None
+        if vis is None:
+            vis = Visibility(positions, k_pos, self.window)
+            if masks is not None:
+                masks[self.kind] = vis
+        o = attention(q, k, v, vis, self.scale, self.attention_sink_bias, self.backend)
+        return self.o_proj(o.transpose(1, 2).reshape(b, t, hq * self.v_dim))
 
 
 class MLP(nn.Module):
@@ -95,8 +144,16 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up: Fused | None = None
+
+    def fuse_projections(self) -> None:
+        if self.gate_up is None or not self.gate_up.intact():
+            self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None and self.gate_up.usable():
+            gate, up = F.linear(x, self.gate_up.weight).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from mimo.config import SLIDING, MiMoConfig
 from mimo.model.layers import MLP, Attention, KVCache, RMSNorm
+from mimo.ops.rope import Rope
 
 
 def mtp_shift(tokens: torch.Tensor, chain: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +63,7 @@ class MTPBlock(nn.Module):
         emb: torch.Tensor,  # [B, L, D] embeddings of the tokens t[i+k]
         chain: torch.Tensor,  # [B, L, D] h^(k-1)[i]
         positions: torch.Tensor,  # [B, L] positions i
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: Rope,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         z = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(chain)], dim=-1))

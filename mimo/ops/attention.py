@@ -9,11 +9,19 @@ training, prefill, decode over a ring buffer, speculative verify — and a slot 
 Sinks (gpt-oss / MiMo, paper eq. 2-3): one learnable logit per query head joins the softmax
 denominator but carries no value, so each row's weights sum to less than one.
 
-Two implementations of the same function:
+The mask depends only on positions, and every layer of one attention kind sees the same
+positions in a forward pass, so callers build a :class:`Visibility` once per kind per forward
+and hand it to every layer of that kind (it also caches the additive-bias form per dtype).
+
+Three implementations of the same function:
 
 * ``reference``: explicit fp32 scores, mask, sink column, softmax, drop the column;
+* ``grouped``: the same arithmetic in the activation dtype with an additive bias, query heads
+  grouped onto their KV head (no K/V copies): the fast path for a few queries (decode, verify);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with the sink expressed as an
-  extra all-zero key/value whose additive mask entry is the sink logit (score = 0 + sink).
+  extra all-zero key/value whose additive mask entry is the sink logit (score = 0 + sink); the
+  backend for long chunks (prefill, training). Short chunks under ``sdpa`` take ``grouped``,
+  which avoids SDPA's per-call K/V copies.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 _NEG = torch.finfo(torch.float32).min  # finite, so rows with no visible key stay NaN-free
+SHORT_QUERY = 16  # chunks of at most this many queries use the grouped path under "sdpa"
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -34,11 +43,40 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> tor
     return m
 
 
+class Visibility:
+    """One forward's mask for one attention kind, with its additive-bias form cached per dtype."""
+
+    __slots__ = ("mask", "_bias")
+
+    def __init__(self, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> None:
+        self.mask = visible(q_pos, k_pos, window)
+        self._bias: dict[object, torch.Tensor] = {}
+
+    def bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """[B, T, S]: 0 where visible, the dtype's most negative finite value elsewhere."""
+        b = self._bias.get(dtype)
+        if b is None:
+            b = torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, torch.finfo(dtype).min)
+            self._bias[dtype] = b
+        return b
+
+    def grouped_bias(self, dtype: torch.dtype, hkv: int, rep: int) -> torch.Tensor:
+        """[B*Hkv, rep*T, S]: the bias laid out like grouped scores (query heads of a KV head together)."""
+        key = (dtype, hkv, rep)
+        g = self._bias.get(key)
+        if g is None:
+            bias = self.bias(dtype)
+            b, t, s = bias.shape
+            g = bias[:, None, None].expand(b, hkv, rep, t, s).reshape(b * hkv, rep * t, s)
+            self._bias[key] = g
+        return g
+
+
 def attention_reference(
     q: torch.Tensor,  # [B, Hq, T, Dqk]
     k: torch.Tensor,  # [B, Hkv, S, Dqk]
     v: torch.Tensor,  # [B, Hkv, S, Dv]
-    mask: torch.Tensor,  # bool [B, T, S]
+    vis: Visibility,
     scale: float,
     sinks: torch.Tensor | None,  # [Hq]
 ) -> torch.Tensor:  # [B, Hq, T, Dv]
@@ -48,7 +86,7 @@ def attention_reference(
     # Query head h reads KV head h // rep: group the query heads instead of copying K and V.
     qg = q.float().view(b, hkv, rep, t, d)
     scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)) * scale  # [B, Hkv, rep, T, S]
-    scores = scores.masked_fill(~mask[:, None, None], _NEG)
+    scores = scores.masked_fill(~vis.mask[:, None, None], _NEG)
     if sinks is not None:
         sink_col = sinks.float().view(1, hkv, rep, 1, 1).expand(b, hkv, rep, t, 1)
         scores = torch.cat([scores, sink_col], dim=-1)
@@ -59,12 +97,34 @@ def attention_reference(
     return out.reshape(b, hq, t, v.shape[-1]).to(q.dtype)
 
 
+def attention_grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility, scale: float, sinks: torch.Tensor | None
+) -> torch.Tensor:
+    b, hq, t, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    rep = hq // hkv
+    # Rows of a KV head's group are (query head in group, query): a view of [B, Hq, T, D].
+    qg = q.reshape(b * hkv, rep * t, d)
+    scores = torch.baddbmm(
+        vis.grouped_bias(q.dtype, hkv, rep), qg, k.reshape(b * hkv, s, d).transpose(1, 2),
+        alpha=scale,
+    )  # [B*Hkv, rep*T, S]
+    if sinks is not None:
+        sink_col = sinks.to(scores.dtype).view(1, hq, 1).expand(b, hq, t).reshape(b * hkv, rep * t, 1)
+        probs = torch.softmax(torch.cat([scores, sink_col], dim=-1), dim=-1)[..., :s]
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    out = torch.bmm(probs, v.reshape(b * hkv, s, v.shape[-1]))  # [B*Hkv, rep*T, Dv]
+    return out.view(b, hq, t, v.shape[-1])
+
+
 def attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, sinks: torch.Tensor | None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility, scale: float, sinks: torch.Tensor | None
 ) -> torch.Tensor:
     b, hq, t, _ = q.shape
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
-    bias = bias[:, None]  # [B, 1, T, S]
+    if t <= SHORT_QUERY:
+        return attention_grouped(q, k, v, vis, scale, sinks)
+    bias = vis.bias(q.dtype)[:, None]  # [B, 1, T, S]
     if sinks is not None:
         hkv = k.shape[1]
         k = torch.cat([k, k.new_zeros(b, hkv, 1, k.shape[-1])], dim=2)
@@ -74,22 +134,22 @@ def attention_sdpa(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
 
 
-BACKENDS = {"reference": attention_reference, "sdpa": attention_sdpa}
+BACKENDS = {"reference": attention_reference, "grouped": attention_grouped, "sdpa": attention_sdpa}
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    return backend
 
 
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    window: int | None,
+    vis: Visibility,
     scale: float,
     sinks: torch.Tensor | None = None,
     backend: str = "reference",
 ) -> torch.Tensor:
-    try:
-        fn = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown attention backend {backend!r}; choose from {', '.join(BACKENDS)}") from None
-    return fn(q, k, v, visible(q_pos, k_pos, window), scale, sinks)
+    return BACKENDS[check_backend(backend)](q, k, v, vis, scale, sinks)

@@ -47,21 +47,88 @@ def experts_forward(
     weights_TK: torch.Tensor,
     experts_TK: torch.Tensor,
 ) -> torch.Tensor:
-    """Sum over each token's chosen experts of weight * down(silu(gate(x)) * up(x))."""
+    """Sum over each token's chosen experts of weight * down(silu(gate(x)) * up(x)).
+
+    Four ways to the same sum, by situation:
+
+    * inside ``torch.compile`` with few assignments (decode): the chosen experts' weights are
+      indexed inside two einsums, which inductor turns into reductions that read each chosen
+      weight once, with no Python loop and no host sync;
+    * one token without autograd (eager batch-1 decode): a loop over its k experts, each output
+      accumulated in place with its weight folded into the matmul;
+    * many assignments without autograd (batched decode, verify, prefill): two grouped matmuls
+      (``torch._grouped_mm``: one C++ loop over all experts);
+    * otherwise (autograd: the CPU grouped matmul has no backward): one ``F.linear`` pair per
+      used expert.
+    """
+    n_tok, k = experts_TK.shape
+    if torch.compiler.is_compiling():
+        if n_tok * k <= w_gate_up_EFD.shape[0]:
+            return _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+        return _eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)  # a graph break
+    if n_tok == 1 and not torch.is_grad_enabled():
+        return _one_token(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+    return _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+
+
+def _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
+    """Group the T*K (token, expert) assignments by expert; each expert runs once over its tokens."""
     n_tok, k = experts_TK.shape
     flat_e = experts_TK.reshape(-1)
-    # Group the T*K (token, expert) assignments by expert so each expert runs one matmul.
     order = torch.argsort(flat_e, stable=True)
-    counts = torch.bincount(flat_e, minlength=w_gate_up_EFD.shape[0]).tolist()
-    x_sorted = x_TD[order // k]
-    w_sorted = weights_TK.reshape(-1)[order]
-    parts, start = [], 0
-    for e, c in enumerate(counts):
-        if c == 0:
-            continue
-        gate, up = F.linear(x_sorted[start : start + c], w_gate_up_EFD[e]).chunk(2, dim=-1)
-        parts.append(F.linear(F.silu(gate) * up, w_down_EDI[e]))
-        start += c
-    y_sorted = torch.cat(parts) * w_sorted[:, None].to(x_TD.dtype)
-    # Undo the sort and add each token's k contributions: a gather and a sum, no scatter-add.
-    return y_sorted[torch.argsort(order)].view(n_tok, k, -1).sum(1)
+    x_sorted = x_TD.index_select(0, order // k)
+    n_exp = w_gate_up_EFD.shape[0]
+    w_sorted = weights_TK.reshape(-1)[order, None].to(x_TD.dtype)
+    # The grouped matmul visits every expert, used or not; a few assignments go faster one by one.
+    if _GROUPED and not torch.is_grad_enabled() and 2 * flat_e.numel() >= n_exp:
+        offs = torch.bincount(flat_e, minlength=n_exp).cumsum(0, dtype=torch.int32)
+        gate, up = torch._grouped_mm(x_sorted, w_gate_up_EFD.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+        act = F.silu(gate).mul_(up).mul_(w_sorted)  # down is linear: weight the narrower activation
+        y_sorted = torch._grouped_mm(act, w_down_EDI.transpose(1, 2), offs=offs)
+    else:
+        counts = torch.bincount(flat_e, minlength=n_exp).tolist()
+        parts, start = [], 0
+        for e, c in enumerate(counts):
+            if c == 0:
+                continue
+            gate, up = F.linear(x_sorted[start : start + c], w_gate_up_EFD[e]).chunk(2, dim=-1)
+            parts.append(F.linear(F.silu(gate) * up, w_down_EDI[e]))
+            start += c
+        y_sorted = torch.cat(parts) * w_sorted
+    # Each token's k contributions, added back in its row (sequential reads; no un-sorting copy).
+    return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, order // k, y_sorted)
+
+
+@torch.compiler.disable
+def _eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
+    """The eager paths, called from compiled code (the grouped matmul cannot be traced in fp32)."""
+    if experts_TK.shape[0] == 1:
+        return _one_token(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+    return _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+
+
+def _one_token(x_1D, w_gate_up_EFD, w_down_EDI, weights_1K, experts_1K) -> torch.Tensor:
+    """Batch-1 decode: accumulate each chosen expert's output in place, weight folded into the matmul."""
+    out = x_1D.new_zeros(x_1D.shape)
+    for e, w in zip(experts_1K[0].tolist(), weights_1K[0].tolist()):
+        gate, up = F.linear(x_1D, w_gate_up_EFD[e]).chunk(2, dim=-1)
+        out.addmm_(F.silu(gate) * up, w_down_EDI[e].t(), alpha=w)
+    return out
+
+
+def _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
+    """For torch.compile: index the chosen experts' weights inside the matmul (inductor fuses the
+    gather into the reduction, so no weight is copied) - no Python loop, no host sync. The
+    assignments are sorted by expert so an expert chosen twice is read twice in a row (from cache)."""
+    n_tok, k = experts_TK.shape
+    flat_e = experts_TK.reshape(-1)
+    order = torch.argsort(flat_e)
+    e_sorted = flat_e[order]
+    x_sorted = x_TD.index_select(0, order // k)
+    gate, up = torch.einsum("nfd,nd->nf", w_gate_up_EFD[e_sorted], x_sorted).chunk(2, dim=-1)
+    y = torch.einsum("ndi,ni->nd", w_down_EDI[e_sorted], F.silu(gate) * up)
+    y = y * weights_TK.reshape(-1)[order, None].to(y.dtype)
+    return y.index_select(0, torch.argsort(order)).view(n_tok, k, -1).sum(1)
+
+
+_GROUPED = hasattr(torch, "_grouped_mm")
