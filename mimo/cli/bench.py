@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", default="1,8", help="comma-separated decode batch sizes (default 1,8)")
     p.add_argument("--mtp", type=int, default=None, help="MTP draft tokens to compare against 0 (default: all blocks)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="decode through torch.compile (compiled untimed first)")
     p.add_argument("--json-out", help="also write the results to this JSON file")
 
 
@@ -39,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
         prompts = _code_prompts(path)
     model.set_attention_backend("sdpa")
     k = model.config.num_mtp_layers if args.mtp is None else args.mtp
-    result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(),
+    result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(), "compile": args.compile,
               "prefill_tokens_per_s": measure_prefill(model, args.prefill_tokens), "decode": []}
     for b in [int(x) for x in args.batches.split(",")]:
         for mtp in sorted({0, k}):
-            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts)
+            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts, compile=args.compile)
             result["decode"].append(r.as_dict())
-    print(f"model {name} ({args.dtype}, {result['threads']} threads)")
+    print(f"model {name} ({args.dtype}, {result['threads']} threads{', compiled decode' if args.compile else ''})")
     print(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
     print(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14}")
     for r in result["decode"]:

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 503 (default 256)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype (default float32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (the first requests wait for the compile)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn log level (default info)")
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach the port can use the model", args.host)
     llm = LLM(path, dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=args.max_num_seqs,
-              max_model_len=args.max_model_len)
+              max_model_len=args.max_model_len, compile=args.compile)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name

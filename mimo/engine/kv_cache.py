@@ -34,9 +34,17 @@ class _Ring:
 
 
 class _Full:
-    def __init__(self, slots: int, heads: int, capacity: int, dk: int, dv: int, dtype: torch.dtype) -> None:
+    def __init__(self, slots: int, heads: int, capacity: int, dk: int, dv: int, dtype: torch.dtype,
+                 dynamic: bool = False) -> None:
+        self.dynamic = dynamic
         self.k = torch.zeros(slots, heads, capacity, dk, dtype=dtype)
         self.v = torch.zeros(slots, heads, capacity, dv, dtype=dtype)
+        self._mark()
+
+    def _mark(self) -> None:
+        if self.dynamic:  # a compiled decode treats the capacity as a symbol: growing does not recompile
+            torch._dynamo.mark_dynamic(self.k, 2)
+            torch._dynamo.mark_dynamic(self.v, 2)
 
     @property
     def capacity(self) -> int:
@@ -48,9 +56,37 @@ class _Full:
         v = torch.zeros(s, h, capacity, self.v.shape[-1], dtype=self.v.dtype)
         k[:, :, :c], v[:, :, :c] = self.k, self.v
         self.k, self.v = k, v
+        self._mark()
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+class _WritePlan:
+    """The scatter indices of one forward's new keys (rows with position -1 are padding)."""
+
+    def __init__(self, positions: torch.Tensor, slots: torch.Tensor) -> None:
+        self.positions = positions
+        self.rows, self.cols = (positions >= 0).nonzero(as_tuple=True)
+        self.p = positions[self.rows, self.cols]
+        self.slot = slots[self.rows]
+        self.all_valid = self.rows.numel() == positions.numel()
+        n = int(positions.max()) + 1
+        # Full pools: index == position; later garbage is hidden by causality.
+        self.k_pos = torch.arange(n).expand(positions.shape[0], n)
+        self._ring_index: dict[int, torch.Tensor] = {}
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, H, T, D] -> the valid (row, position) entries [N, H, D], in row-major order."""
+        if self.all_valid:  # decode and verify: no padding, so a view does it
+            return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[3])
+        return x[self.rows, :, self.cols]
+
+    def ring_index(self, size: int) -> torch.Tensor:
+        idx = self._ring_index.get(size)
+        if idx is None:
+            idx = self._ring_index[size] = self.p % size
+        return idx
 
 
 class HybridKVCache:
@@ -64,6 +100,7 @@ class HybridKVCache:
         lookahead: int = 1,
         dtype: torch.dtype = torch.float32,
         initial_capacity: int = 256,
+        dynamic_capacity: bool = False,
     ) -> None:
         if lookahead < 1:
             raise ValueError("lookahead must be >= 1")
@@ -79,7 +116,7 @@ class HybridKVCache:
         for i, kind in enumerate(config.layer_types):
             h, dk, dv = config.num_kv_heads(kind), config.qk_head_dim(kind), config.v_dim(kind)
             if kind == FULL:
-                self.full[i] = _Full(max_seqs, h, cap, dk, dv, dtype)
+                self.full[i] = _Full(max_seqs, h, cap, dk, dv, dtype, dynamic_capacity)
             else:
                 self.rings[i] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype)
         for j in range(config.num_mtp_layers):
@@ -87,6 +124,7 @@ class HybridKVCache:
             self.rings[("mtp", j)] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype)
         self._slots = torch.zeros(0, dtype=torch.long)
         self._range: tuple[int, int] | None = None
+        self._plan: _WritePlan | None = None
 
     # ------------------------------------------------------------------ batch binding
     def bind(self, slots: list[int]) -> HybridKVCache:
@@ -94,6 +132,7 @@ class HybridKVCache:
         if not slots or len(set(slots)) != len(slots) or min(slots) < 0 or max(slots) >= self.max_seqs:
             raise ValueError(f"bad slot list {slots} for a cache of {self.max_seqs} slots")
         self._slots = torch.tensor(slots, dtype=torch.long)
+        self._plan = None
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
         self._range = (slots[0], slots[0] + len(slots)) if contiguous else None
         return self
@@ -121,22 +160,22 @@ class HybridKVCache:
         b = len(self._slots)
         if k.shape[0] != b:
             raise RuntimeError(f"cache bound to {b} rows, got a batch of {k.shape[0]}")
-        valid = positions >= 0
-        rows, cols = valid.nonzero(as_tuple=True)
+        plan = self._plan_for(positions)
+        p, slot = plan.p, plan.slot
         if layer in self.full:
             pool = self.full[layer]
-            p = positions[rows, cols]
-            slot = self._slots[rows]
-            pool.k[slot, :, p] = k[rows, :, cols].to(pool.k.dtype)
-            pool.v[slot, :, p] = v[rows, :, cols].to(pool.v.dtype)
-            n = int(positions.max()) + 1
-            k_pos = torch.arange(n).expand(b, n)  # index == position; later garbage is hidden by causality
-            return self._rows(pool.k)[:, :, :n], self._rows(pool.v)[:, :, :n], k_pos
+            pool.k[slot, :, p] = plan.gather(k).to(pool.k.dtype)
+            pool.v[slot, :, p] = plan.gather(v).to(pool.v.dtype)
+            n = plan.k_pos.shape[1]  # a tensor's size, so a compiled decode sees it as dynamic
+            return self._rows(pool.k)[:, :, :n], self._rows(pool.v)[:, :, :n], plan.k_pos
         ring = self.rings[layer]
         t = k.shape[2]
         if t <= ring.size - self.window + 1:
             # Writing first is safe: the entries overwritten lie > window behind every query here.
-            self._write_ring(ring, rows, cols, k, v, positions)
+            idx = plan.ring_index(ring.size)
+            ring.k[slot, :, idx] = plan.gather(k).to(ring.k.dtype)
+            ring.v[slot, :, idx] = plan.gather(v).to(ring.v.dtype)
+            ring.pos[slot, idx] = p
             return self._rows(ring.k), self._rows(ring.v), self._rows(ring.pos)
         # A long chunk would overwrite keys its own first queries need: attend over old ring + new
         # keys, then keep only each row's newest ``ring.size`` positions.
@@ -144,18 +183,26 @@ class HybridKVCache:
         v_all = torch.cat([self._rows(ring.v), v.to(ring.v.dtype)], dim=2)
         pos_all = torch.cat([self._rows(ring.pos), positions], dim=1)
         newest = positions.max(dim=1, keepdim=True).values
-        keep = valid & (positions > newest - ring.size)
+        keep = (positions >= 0) & (positions > newest - ring.size)
         rows, cols = keep.nonzero(as_tuple=True)
-        self._write_ring(ring, rows, cols, k, v, positions)
-        return k_all, v_all, pos_all
-
-    def _write_ring(self, ring: _Ring, rows, cols, k, v, positions) -> None:
-        p = positions[rows, cols]
-        idx = p % ring.size
-        slot = self._slots[rows]
+        p, slot, idx = positions[rows, cols], self._slots[rows], positions[rows, cols] % ring.size
         ring.k[slot, :, idx] = k[rows, :, cols].to(ring.k.dtype)
         ring.v[slot, :, idx] = v[rows, :, cols].to(ring.v.dtype)
         ring.pos[slot, idx] = p
+        return k_all, v_all, pos_all
+
+    def prepare(self, positions: torch.Tensor) -> HybridKVCache:
+        """Compute the next forward's write plan now, outside a compiled region (it syncs with the host)."""
+        self._plan = _WritePlan(positions, self._slots)
+        return self
+
+    def _plan_for(self, positions: torch.Tensor) -> _WritePlan:
+        """Where this forward's keys go: computed by the first layer, reused by the others."""
+        if torch.compiler.is_compiling():
+            return self._plan  # type: ignore[return-value]  # made by prepare() before the compiled call
+        if self._plan is None or self._plan.positions is not positions:
+            self._plan = _WritePlan(positions, self._slots)
+        return self._plan
 
     # ------------------------------------------------------------------ slot management
     def reset(self, slot: int) -> None:

@@ -26,6 +26,7 @@ class LLM:
         tokenizer: Tokenizer | None = None,
         attention_backend: str = "sdpa",
         prefill_chunk: int = 512,
+        compile: bool = False,
     ) -> None:
         if isinstance(model, str | os.PathLike):
             path = os.fspath(model)
@@ -37,7 +38,8 @@ class LLM:
         self.model.set_attention_backend(attention_backend)
         self.tokenizer = tokenizer
         self.last_output: RequestOutput | None = None  # the final output of the last stream()
-        self.engine = Engine(self.model, tokenizer, num_speculative_tokens, max_num_seqs, max_model_len, prefill_chunk)
+        self.engine = Engine(self.model, tokenizer, num_speculative_tokens, max_num_seqs, max_model_len, prefill_chunk,
+                             compile=compile)
 
     def generate(
         self,

@@ -58,10 +58,18 @@ def measure_prefill(model: CausalLM, length: int = 512, repeats: int = 3, chunk:
 @torch.no_grad()
 def measure_decode(
     model: CausalLM, batch: int, new_tokens: int, mtp: int = 0, prompt_len: int = 32,
-    prompts: list[list[int]] | None = None,
+    prompts: list[list[int]] | None = None, compile: bool = False,
 ) -> DecodeResult:
-    """Decode tokens/s for a batch of greedy requests, timed from the first generated token on."""
-    eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch)
+    """Decode tokens/s for a batch of greedy requests, timed from the first generated token on.
+
+    With ``compile``, a first untimed run of the same shape compiles the decode step."""
+    if compile:
+        _decode_run(model, batch, min(new_tokens, 8), mtp, prompt_len, prompts, compile)
+    return _decode_run(model, batch, new_tokens, mtp, prompt_len, prompts, compile)
+
+
+def _decode_run(model, batch, new_tokens, mtp, prompt_len, prompts, compile) -> DecodeResult:
+    eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch, compile=compile)
     ids = [eng.add_request(p, SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True))
            for p in prompts_for(model, batch, prompt_len, source=prompts)]
     while any(not eng.output(i).outputs[0].token_ids for i in ids):  # prefill, untimed
