@@ -1,0 +1,109 @@
+"""The llama.cpp half of ``compare_peers.py``: runs in a separate interpreter that has
+llama-cpp-python (and the converter's needs: torch, transformers 4.x, gguf), never imports mimo.
+
+1. Converts a hub-layout checkpoint with llama.cpp's own ``convert_hf_to_gguf.py`` (from the
+   llama-cpp-python source distribution, ``vendor/llama.cpp``). The benchmark checkpoint's
+   tokenizer is a freshly trained BPE whose pre-tokenizer hash llama.cpp cannot know, so the
+   converter is told it is Qwen2's (MiMo's own tokenizer is Qwen2-style); the benchmark feeds
+   token ids, so tokenization never runs.
+2. Times prefill (``Llama.eval`` over the prompt) and batch-1 greedy decode (``Llama.generate``
+   with temperature 0), and prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# transformers-5 spellings that mimo writes beside the hub's; the converter would read
+# ``rope_parameters`` instead of the hub's partial_rotary_factor and fail, so it gets hub keys only.
+NATIVE_ONLY = ("layer_types", "mlp_layer_types", "rms_norm_eps", "rope_parameters")
+
+
+def hub_view(model_dir: str, view: str) -> str:
+    """``view``: the checkpoint's files linked, with config.json reduced to the hub's spelling."""
+    os.makedirs(view, exist_ok=True)
+    for name in os.listdir(model_dir):
+        if name != "config.json" and not name.endswith(".gguf") and not os.path.exists(os.path.join(view, name)):
+            os.symlink(os.path.abspath(os.path.join(model_dir, name)), os.path.join(view, name))
+    with open(os.path.join(model_dir, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(view, "config.json"), "w") as f:
+        json.dump({k: v for k, v in cfg.items() if k not in NATIVE_ONLY}, f, indent=2)
+    return view
+
+
+def convert(converter: str, model_dir: str, out: str, outtype: str) -> None:
+    model_dir = hub_view(model_dir, out + ".hub")
+    boot = (
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(converter)!r})\n"
+        "import conversion.base as base\n"
+        "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'qwen2'\n"
+        f"sys.argv = ['convert_hf_to_gguf.py', {model_dir!r}, '--outfile', {out!r}, '--outtype', {outtype!r},"
+        " '--no-mtp']\n"
+        f"runpy.run_path({converter!r}, run_name='__main__')\n"
+    )
+    env = {**os.environ, "TRANSFORMERS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", boot], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def measure(gguf: str, args: argparse.Namespace) -> dict:
+    import random
+
+    from llama_cpp import Llama
+
+    llm = Llama(gguf, n_ctx=max(args.prefill_tokens, args.prompt_len + args.new_tokens) + 16, n_batch=512,
+                n_ubatch=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    rng = random.Random(0)
+    vocab = llm.n_vocab()
+    long_prompt = [rng.randrange(2, vocab) for _ in range(args.prefill_tokens)]
+    best = float("inf")
+    for _ in range(3):
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(long_prompt)
+        best = min(best, time.perf_counter() - t)
+    prefill = args.prefill_tokens / best
+
+    prompt = long_prompt[: args.prompt_len]
+    rates = []
+    for _ in range(2):
+        llm.reset()
+        n, t0 = 0, None
+        for _tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            n += 1
+            if n == 1:
+                t0 = time.perf_counter()  # the first token comes from prefill
+            if n == args.new_tokens:
+                break
+        rates.append((n - 1) / (time.perf_counter() - t0))
+    return {"llamacpp_prefill_tps": prefill, "llamacpp_decode_b1_tps": max(rates)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--converter", required=True)
+    ap.add_argument("--outtype", default="f32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    gguf = os.path.join(args.model_dir, f"model-{args.outtype}.gguf")
+    convert(args.converter, args.model_dir, gguf, args.outtype)
+    res = measure(gguf, args)
+    import llama_cpp
+
+    res["llamacpp_version"] = llama_cpp.__version__
+    res["llamacpp_gguf_bytes"] = os.path.getsize(gguf)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
