@@ -28,7 +28,8 @@ def hub_view(model_dir: str, view: str) -> str:
     """``view``: the checkpoint's files linked, with config.json reduced to the hub's spelling."""
     os.makedirs(view, exist_ok=True)
     for name in os.listdir(model_dir):
-        if name != "config.json" and not name.endswith(".gguf") and not os.path.exists(os.path.join(view, name)):
+        skip = name == "config.json" or name.endswith((".gguf", ".hub"))
+        if not skip and not os.path.exists(os.path.join(view, name)):
             os.symlink(os.path.abspath(os.path.join(model_dir, name)), os.path.join(view, name))
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
@@ -96,7 +97,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     args = ap.parse_args()
     gguf = os.path.join(args.model_dir, f"model-{args.outtype}.gguf")
-    convert(args.converter, args.model_dir, gguf, args.outtype)
+    if not os.path.exists(gguf):  # converted once per checkpoint, measured every round
+        convert(args.converter, args.model_dir, gguf, args.outtype)
     res = measure(gguf, args)
     import llama_cpp
 

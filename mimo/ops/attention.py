@@ -100,6 +100,8 @@ def attention_reference(
 def attention_grouped(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility, scale: float, sinks: torch.Tensor | None
 ) -> torch.Tensor:
+    if q.dtype != torch.float32:
+        return attention_reference(q, k, v, vis, scale, sinks)  # softmax in fp32 for half-precision models
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     rep = hq // hkv

@@ -118,9 +118,14 @@ def _one_token(x_1D, w_gate_up_EFD, w_down_EDI, weights_1K, experts_1K) -> torch
 
 def _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
     """For torch.compile: index the chosen experts' weights inside the matmul (inductor fuses the
-    gather into the reduction, so no weight is copied) - no Python loop, no host sync. The
-    assignments are sorted by expert so an expert chosen twice is read twice in a row (from cache)."""
+    index into the reduction, so no weight is copied) - no Python loop, no host sync."""
     n_tok, k = experts_TK.shape
+    if n_tok == 1:  # one token's k experts are distinct: each weight is read once as it is
+        gate, up = torch.einsum("tkfd,td->tkf", w_gate_up_EFD[experts_TK], x_TD).chunk(2, dim=-1)
+        y = torch.einsum("tkdi,tki->tkd", w_down_EDI[experts_TK], F.silu(gate) * up)
+        return (y * weights_TK[..., None].to(y.dtype)).sum(1)
+    # Several tokens: sort the assignments by expert, so an expert chosen twice is read twice in
+    # a row (the second time from cache). Measured: 10-20% faster at batch 8, 20% slower at batch 1.
     flat_e = experts_TK.reshape(-1)
     order = torch.argsort(flat_e)
     e_sorted = flat_e[order]
