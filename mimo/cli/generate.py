@@ -45,12 +45,18 @@ def run(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(prompt)
     sys.stdout.flush()
+    if args.compile:
+        print("[compiling the decode step: the first tokens wait for it (about a minute on 2 cores, "
+              "less once inductor's on-disk cache is warm)]", file=sys.stderr)
     t0 = time.perf_counter()
+    t_first = None
     n = 0
     last = None
     for delta in llm.stream(prompt, params):
         sys.stdout.write(delta.text)
         sys.stdout.flush()
+        if t_first is None and delta.token_ids:
+            t_first = time.perf_counter()
         n += len(delta.token_ids)
         last = delta
     sys.stdout.write("\n")
@@ -58,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if args.stats:
         st = llm.last_output.stats if llm.last_output else None
         extra = f"; acceptance length {st.acceptance_length:.2f}" if st and args.mtp else ""
-        print(f"[{n} tokens in {dt:.2f}s = {n / dt:.1f} tok/s; finish: {last.finish_reason if last else None}{extra}]",
-              file=sys.stderr)
+        after = ""
+        if t_first is not None and n > 1 and t0 + dt > t_first:
+            after = f" (first token after {t_first - t0:.2f}s, then {(n - 1) / (t0 + dt - t_first):.1f} tok/s)"
+        print(f"[{n} tokens in {dt:.2f}s = {n / dt:.1f} tok/s{after}; finish: {last.finish_reason if last else None}"
+              f"{extra}]", file=sys.stderr)
     return 0
