@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 _NEG = torch.finfo(torch.float32).min  # finite, so rows with no visible key stay NaN-free
 SHORT_QUERY = 16  # chunks of at most this many queries use the grouped path under "sdpa"
+QUERY_BLOCK = 128  # long chunks under "sdpa" attend in query blocks of this many rows
 
 
 def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -70,6 +71,25 @@ class Visibility:
             g = bias[:, None, None].expand(b, hkv, rep, t, s).reshape(b * hkv, rep * t, s)
             self._bias[key] = g
         return g
+
+    def blocks(self, dtype: torch.dtype, size: int) -> list[tuple[int, int, torch.Tensor, torch.Tensor]] | None:
+        """Query blocks of ``size`` rows with only the key columns some row of the block can see:
+        (start, end, columns, bias [B, end-start, n]). None when that would skip under a quarter
+        of the keys (then one call over everything is cheaper). Dropped columns are masked for
+        every row of their block, so attention over the kept ones is the same function."""
+        key = ("blocks", dtype, size)
+        if key not in self._bias:
+            b, t, s = self.mask.shape
+            out, kept = [], 0
+            for i0 in range(0, t, size):
+                i1 = min(t, i0 + size)
+                cols = self.mask[:, i0:i1].any(dim=1).any(dim=0).nonzero().flatten()
+                if cols.numel() == 0:  # a block of padding rows: one masked column keeps them finite
+                    cols = torch.zeros(1, dtype=torch.long)
+                kept += (i1 - i0) * len(cols)
+                out.append((i0, i1, cols, self.bias(dtype)[:, i0:i1].index_select(-1, cols)))
+            self._bias[key] = out if kept < 0.75 * t * s else None  # type: ignore[assignment]
+        return self._bias[key]  # type: ignore[return-value]
 
 
 def attention_reference(
@@ -126,7 +146,18 @@ def attention_sdpa(
     b, hq, t, _ = q.shape
     if t <= SHORT_QUERY:
         return attention_grouped(q, k, v, vis, scale, sinks)
-    bias = vis.bias(q.dtype)[:, None]  # [B, 1, T, S]
+    blocks = vis.blocks(q.dtype, QUERY_BLOCK) if t >= 2 * QUERY_BLOCK else None
+    if blocks is not None:  # long chunk under a causal or sliding mask: skip the keys no row of a block sees
+        return torch.cat([
+            _sdpa(q[:, :, i0:i1], k.index_select(2, cols), v.index_select(2, cols), bias[:, None], scale, sinks)
+            for i0, i1, cols, bias in blocks
+        ], dim=2)
+    return _sdpa(q, k, v, vis.bias(q.dtype)[:, None], scale, sinks)
+
+
+def _sdpa(q, k, v, bias, scale, sinks) -> torch.Tensor:
+    """SDPA with the sink as an extra zero key/value; bias [B, 1, T, S]."""
+    b, hq, t, _ = q.shape
     if sinks is not None:
         hkv = k.shape[1]
         k = torch.cat([k, k.new_zeros(b, hkv, 1, k.shape[-1])], dim=2)

@@ -12,7 +12,7 @@ import torch
 
 from mimo.checkpoint import MiMoForCausalLM
 from mimo.ops import moe
-from mimo.ops.attention import SHORT_QUERY, Visibility, attention
+from mimo.ops.attention import QUERY_BLOCK, SHORT_QUERY, Visibility, attention
 from mimo.ops.moe import experts_forward, route
 from mimo.ops.norm import rms_norm
 from tests.helpers import random_model
@@ -43,6 +43,25 @@ def test_attention_backends_agree(t, window, with_sinks):
         out = attention(q, k, v, vis, 0.2, sinks, backend)
         live = q_pos >= 0  # padding rows are never read
         assert (out - ref).transpose(1, 2)[live].abs().max() < 1e-5, backend
+
+
+@pytest.mark.parametrize("window", [None, 37])
+def test_long_chunks_attend_in_query_blocks_with_the_same_result(window):
+    g = torch.Generator().manual_seed(1)
+    b, hq, hkv, t, d, dv = 2, 4, 2, 300, 16, 8
+    s = t + 60  # 60 older cached keys, stored out of position order like a ring
+    q, k, v = _qkv(b, hq, hkv, t, s, d, dv, g)
+    q_pos = (60 + torch.arange(t)).expand(b, t).clone()
+    q_pos[1, :40] = -1  # left padding in row 1
+    k_pos = torch.cat([torch.randperm(60, generator=g), 60 + torch.arange(t)]).expand(b, s).clone()
+    vis = Visibility(q_pos, k_pos, window)
+    blocks = vis.blocks(torch.float32, QUERY_BLOCK)
+    assert blocks is not None and sum(len(c) for _, _, c, _ in blocks) < 3 * s  # keys really are skipped
+    sinks = torch.randn(hq, generator=g)
+    ref = attention(q, k, v, vis, 0.25, sinks, "reference")
+    out = attention(q, k, v, vis, 0.25, sinks, "sdpa")
+    live = q_pos >= 0
+    assert (out - ref).transpose(1, 2)[live].abs().max() < 1e-5
 
 
 def test_unknown_backend_is_a_clear_error():
