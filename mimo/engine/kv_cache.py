@@ -62,6 +62,14 @@ class _Full:
         return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
+def _write_ring(ring: _Ring, slot: torch.Tensor, idx: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                p: torch.Tensor) -> None:
+    """Store entries k/v [N, H, D] of positions p at (slot, idx) of a ring."""
+    ring.k[slot, :, idx] = k.to(ring.k.dtype)
+    ring.v[slot, :, idx] = v.to(ring.v.dtype)
+    ring.pos[slot, idx] = p
+
+
 class _WritePlan:
     """The scatter indices of one forward's new keys (rows with position -1 are padding)."""
 
@@ -172,10 +180,7 @@ class HybridKVCache:
         t = k.shape[2]
         if t <= ring.size - self.window + 1:
             # Writing first is safe: the entries overwritten lie > window behind every query here.
-            idx = plan.ring_index(ring.size)
-            ring.k[slot, :, idx] = plan.gather(k).to(ring.k.dtype)
-            ring.v[slot, :, idx] = plan.gather(v).to(ring.v.dtype)
-            ring.pos[slot, idx] = p
+            _write_ring(ring, slot, plan.ring_index(ring.size), plan.gather(k), plan.gather(v), p)
             return self._rows(ring.k), self._rows(ring.v), self._rows(ring.pos)
         # A long chunk would overwrite keys its own first queries need: attend over old ring + new
         # keys, then keep only each row's newest ``ring.size`` positions.
@@ -185,10 +190,8 @@ class HybridKVCache:
         newest = positions.max(dim=1, keepdim=True).values
         keep = (positions >= 0) & (positions > newest - ring.size)
         rows, cols = keep.nonzero(as_tuple=True)
-        p, slot, idx = positions[rows, cols], self._slots[rows], positions[rows, cols] % ring.size
-        ring.k[slot, :, idx] = k[rows, :, cols].to(ring.k.dtype)
-        ring.v[slot, :, idx] = v[rows, :, cols].to(ring.v.dtype)
-        ring.pos[slot, idx] = p
+        p = positions[rows, cols]
+        _write_ring(ring, self._slots[rows], p % ring.size, k[rows, :, cols], v[rows, :, cols], p)
         return k_all, v_all, pos_all
 
     def prepare(self, positions: torch.Tensor) -> HybridKVCache:

@@ -37,12 +37,13 @@ class RotaryTables(nn.Module):
             perm = rotate_half_perm(config.rotary_dim(kind), self.head_dims[kind])
             self.register_buffer(name + "_perm", perm, persistent=False)
 
+    def table(self, positions: torch.Tensor, dtype: torch.dtype, kind: str) -> Rope:
+        name = "full" if kind == FULL else "sliding"
+        return rope_tables(positions, getattr(self, name), self.head_dims[kind], getattr(self, name + "_perm"), dtype)
+
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[str, Rope]:
         """One :class:`Rope` per attention kind, shared by every layer of that kind in a forward."""
-        return {
-            FULL: rope_tables(positions, self.full, self.head_dims[FULL], self.full_perm, dtype),
-            SLIDING: rope_tables(positions, self.sliding, self.head_dims[SLIDING], self.sliding_perm, dtype),
-        }
+        return {kind: self.table(positions, dtype, kind) for kind in (FULL, SLIDING)}
 
 
 class Backbone(nn.Module):
@@ -111,7 +112,7 @@ class CausalLM(nn.Module):
         if not 1 <= depth <= n:
             raise ValueError(f"MTP depth {depth} is out of range: this model has {n} MTP block(s)")
         emb = self.embed(token_ids)
-        rope = self.rotary.tables(positions, emb.dtype)[SLIDING]
+        rope = self.rotary.table(positions, emb.dtype, SLIDING)
         return self.model.mtp.layers[depth - 1](emb, chain, positions, rope, cache)
 
     def forward(

@@ -47,11 +47,12 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> tor
 class Visibility:
     """One forward's mask for one attention kind, with its additive-bias form cached per dtype."""
 
-    __slots__ = ("mask", "_bias")
+    __slots__ = ("mask", "_bias", "_blocks")
 
     def __init__(self, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> None:
         self.mask = visible(q_pos, k_pos, window)
         self._bias: dict[object, torch.Tensor] = {}
+        self._blocks: dict[tuple[torch.dtype, int], list | None] = {}
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor:
         """[B, T, S]: 0 where visible, the dtype's most negative finite value elsewhere."""
@@ -77,8 +78,8 @@ class Visibility:
         (start, end, columns, bias [B, end-start, n]). None when that would skip under a quarter
         of the keys (then one call over everything is cheaper). Dropped columns are masked for
         every row of their block, so attention over the kept ones is the same function."""
-        key = ("blocks", dtype, size)
-        if key not in self._bias:
+        key = (dtype, size)
+        if key not in self._blocks:
             b, t, s = self.mask.shape
             out, kept = [], 0
             for i0 in range(0, t, size):
@@ -88,8 +89,8 @@ class Visibility:
                     cols = torch.zeros(1, dtype=torch.long)
                 kept += (i1 - i0) * len(cols)
                 out.append((i0, i1, cols, self.bias(dtype)[:, i0:i1].index_select(-1, cols)))
-            self._bias[key] = out if kept < 0.75 * t * s else None  # type: ignore[assignment]
-        return self._bias[key]  # type: ignore[return-value]
+            self._blocks[key] = out if kept < 0.75 * t * s else None
+        return self._blocks[key]
 
 
 def attention_reference(

@@ -65,7 +65,8 @@ def experts_forward(
     if torch.compiler.is_compiling():
         if n_tok * k <= w_gate_up_EFD.shape[0]:
             return _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
-        return _eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)  # a graph break
+        # a graph break: the same dispatch, eagerly (the grouped matmul cannot be traced in fp32)
+        return _experts_forward_eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
     if n_tok == 1 and not torch.is_grad_enabled():
         return _one_token(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
     return _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
@@ -99,14 +100,6 @@ def _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Te
     return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, order // k, y_sorted)
 
 
-@torch.compiler.disable
-def _eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
-    """The eager paths, called from compiled code (the grouped matmul cannot be traced in fp32)."""
-    if experts_TK.shape[0] == 1:
-        return _one_token(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
-    return _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
-
-
 def _one_token(x_1D, w_gate_up_EFD, w_down_EDI, weights_1K, experts_1K) -> torch.Tensor:
     """Batch-1 decode: accumulate each chosen expert's output in place, weight folded into the matmul."""
     out = x_1D.new_zeros(x_1D.shape)
@@ -137,3 +130,4 @@ def _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.
 
 
 _GROUPED = hasattr(torch, "_grouped_mm")
+_experts_forward_eager = torch.compiler.disable(experts_forward)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # one fused kernel; the same arithmetic in fp32
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # one call instead of five; the same arithmetic in fp32
     dtype = x.dtype
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
