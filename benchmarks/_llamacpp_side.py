@@ -7,7 +7,8 @@ llama-cpp-python (and the converter's needs: torch, transformers 4.x, gguf), nev
    converter is told it is Qwen2's (MiMo's own tokenizer is Qwen2-style); the benchmark feeds
    token ids, so tokenization never runs.
 2. Times prefill (``Llama.eval`` over the prompt) and batch-1 greedy decode (``Llama.generate``
-   with temperature 0), and prints one JSON object.
+   with temperature 0), and prints one JSON object; or, with ``--serve``, keeps the model loaded
+   and times one decode or prefill per line on stdin (``compare_peers.py --pairs``).
 """
 
 from __future__ import annotations
@@ -53,36 +54,62 @@ def convert(converter: str, model_dir: str, out: str, outtype: str) -> None:
     subprocess.run([sys.executable, "-c", boot], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
-def measure(gguf: str, args: argparse.Namespace) -> dict:
-    import random
-
+def load(gguf: str, args: argparse.Namespace):
     from llama_cpp import Llama
 
-    llm = Llama(gguf, n_ctx=max(args.prefill_tokens, args.prompt_len + args.new_tokens) + 16, n_batch=512,
-                n_ubatch=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    return Llama(gguf, n_ctx=max(args.prefill_tokens, args.prompt_len + args.new_tokens) + 16, n_batch=512,
+                 n_ubatch=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+
+
+def prompt_ids(llm, length: int) -> list[int]:
+    import random
+
     rng = random.Random(0)
     vocab = llm.n_vocab()
-    long_prompt = [rng.randrange(2, vocab) for _ in range(args.prefill_tokens)]
-    best = float("inf")
-    for _ in range(3):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(long_prompt)
-        best = min(best, time.perf_counter() - t)
-    prefill = args.prefill_tokens / best
+    return [rng.randrange(2, vocab) for _ in range(length)]
 
+
+def decode_rate(llm, prompt: list[int], new_tokens: int) -> float:
+    """Batch-1 greedy tokens/s, timed from the first generated token (which comes from prefill)."""
+    llm.reset()
+    n, t0 = 0, 0.0
+    for _tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        n += 1
+        if n == 1:
+            t0 = time.perf_counter()
+        if n == new_tokens:
+            break
+    return (n - 1) / (time.perf_counter() - t0)
+
+
+def prefill_rate(llm, prompt: list[int]) -> float:
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(prompt)
+    return len(prompt) / (time.perf_counter() - t)
+
+
+def serve(llm, args: argparse.Namespace) -> None:
+    """Paired mode: one measurement per line on stdin (``decode`` or ``prefill``), one JSON line back."""
+    long_prompt = prompt_ids(llm, args.prefill_tokens)
     prompt = long_prompt[: args.prompt_len]
-    rates = []
-    for _ in range(2):
-        llm.reset()
-        n, t0 = 0, None
-        for _tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-            n += 1
-            if n == 1:
-                t0 = time.perf_counter()  # the first token comes from prefill
-            if n == args.new_tokens:
-                break
-        rates.append((n - 1) / (time.perf_counter() - t0))
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        what = line.strip()
+        if what == "decode":
+            print(json.dumps({"tps": decode_rate(llm, prompt, args.new_tokens)}), flush=True)
+        elif what == "prefill":
+            print(json.dumps({"tps": prefill_rate(llm, long_prompt)}), flush=True)
+        else:
+            print(json.dumps({"error": f"unknown request {what!r}"}), flush=True)
+
+
+def measure(gguf: str, args: argparse.Namespace) -> dict:
+    llm = load(gguf, args)
+    long_prompt = prompt_ids(llm, args.prefill_tokens)
+    prefill = max(prefill_rate(llm, long_prompt) for _ in range(3))
+    prompt = long_prompt[: args.prompt_len]
+    rates = [decode_rate(llm, prompt, args.new_tokens) for _ in range(2)]
     return {"llamacpp_prefill_tps": prefill, "llamacpp_decode_b1_tps": max(rates)}
 
 
@@ -95,10 +122,15 @@ def main() -> None:
     ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--serve", action="store_true",
+                    help="paired mode: one measurement per 'decode' or 'prefill' line on stdin")
     args = ap.parse_args()
     gguf = os.path.join(args.model_dir, f"model-{args.outtype}.gguf")
     if not os.path.exists(gguf):  # converted once per checkpoint, measured every round
         convert(args.converter, args.model_dir, gguf, args.outtype)
+    if args.serve:
+        serve(load(gguf, args), args)
+        return
     res = measure(gguf, args)
     import llama_cpp
 

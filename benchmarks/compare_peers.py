@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -29,7 +30,8 @@ from _results import write_json  # noqa: E402
 
 from mimo.checkpoint import MiMoForCausalLM  # noqa: E402
 from mimo.config import preset  # noqa: E402
-from mimo.eval.speed import measure_decode, measure_prefill, prompts_for  # noqa: E402
+from mimo.engine.engine import Engine  # noqa: E402
+from mimo.eval.speed import decode_run, measure_decode, measure_prefill, prompts_for  # noqa: E402
 from mimo.model.sizes import parameter_counts  # noqa: E402
 from mimo.tokenizer import Tokenizer, train_bpe  # noqa: E402
 
@@ -72,13 +74,16 @@ def write_tokenizer(path: str, vocab_size: int) -> None:
     tok.save_pretrained(path)
 
 
-@torch.no_grad()
-def transformers_decode(path: str, batch: int, new_tokens: int, prompt_len: int, vocab: int) -> float:
+def transformers_model(path: str):
     import transformers
 
-    ref = transformers.MiMoV2FlashForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    return transformers.MiMoV2FlashForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+
+
+@torch.no_grad()
+def transformers_decode_rate(ref, batch: int, new_tokens: int, prompt_len: int) -> float:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(2, vocab, (batch, prompt_len), generator=g)
+    ids = torch.randint(2, ref.config.vocab_size, (batch, prompt_len), generator=g)
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=None, pad_token_id=0)
     ref.generate(ids, max_new_tokens=2, **kw)  # warm-up
     t = time.perf_counter()
@@ -90,13 +95,10 @@ def transformers_decode(path: str, batch: int, new_tokens: int, prompt_len: int,
 
 
 @torch.no_grad()
-def transformers_prefill(path: str, length: int) -> float:
-    import transformers
-
-    ref = transformers.MiMoV2FlashForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
-    ids = torch.randint(2, ref.config.vocab_size, (1, length))
+def transformers_prefill_rate(ref, length: int, repeats: int = 3) -> float:
+    ids = torch.randint(2, ref.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
     ref(ids)
-    return length / _best(lambda: ref(ids, logits_to_keep=1), 3)
+    return length / _best(lambda: ref(ids, logits_to_keep=1), repeats)
 
 
 def llamacpp(args: argparse.Namespace, path: str, outtype: str) -> dict:
@@ -106,6 +108,83 @@ def llamacpp(args: argparse.Namespace, path: str, outtype: str) -> dict:
            "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return {f"{k}_{outtype}" if k.endswith("_tps") else k: v for k, v in json.loads(out.splitlines()[-1]).items()}
+
+
+class LlamaServer:
+    """llama.cpp F32 loaded once in its own interpreter (``_llamacpp_side.py --serve``): one
+    measurement per request."""
+
+    def __init__(self, path: str, args: argparse.Namespace) -> None:
+        side = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_llamacpp_side.py")
+        self.proc = subprocess.Popen(
+            [args.llama_python, side, "--model-dir", path, "--converter", args.llama_converter, "--outtype", "f32",
+             "--threads", str(args.threads), "--prefill-tokens", str(args.prefill_tokens),
+             "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()  # ready
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError(f"the llama.cpp side exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, what: str) -> float:
+        self.proc.stdin.write(what + "\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return self._read()["tps"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait()
+
+
+PAIRED_RATIOS = (  # (ours, theirs)
+    ("mimo_compiled_decode_b1_tps", "llamacpp_decode_b1_tps_f32"),
+    ("mimo_compiled_decode_b1_tps", "transformers_decode_b1_tps"),
+    ("mimo_prefill_tps", "transformers_prefill_tps"),
+    ("mimo_prefill_tps", "llamacpp_prefill_tps_f32"),
+)
+
+
+def paired(path: str, args: argparse.Namespace) -> dict:
+    """``--pairs`` sets of back-to-back measurements, each system loaded once, the order rotating
+    from set to set: batch-1 decode (mimo compiled, transformers, llama.cpp F32) and prefill. A set
+    sees one machine, where this shared machine's speed drifts by more than the differences
+    measured between rounds minutes apart; the ratios are taken within each set."""
+    model = MiMoForCausalLM.from_pretrained(path)
+    model.set_attention_backend("sdpa")
+    eng = Engine(model, max_num_seqs=1, compile=True)
+    prompts = prompts_for(model, 1, args.prompt_len)
+    measures = {
+        "mimo_compiled_decode_b1_tps": lambda: decode_run(eng, prompts, args.new_tokens).tokens_per_s,
+        "mimo_prefill_tps": lambda: measure_prefill(model, args.prefill_tokens, repeats=1),
+    }
+    if not args.no_transformers:
+        ref = transformers_model(path)
+        measures["transformers_decode_b1_tps"] = lambda: transformers_decode_rate(ref, 1, args.new_tokens,
+                                                                                  args.prompt_len)
+        measures["transformers_prefill_tps"] = lambda: transformers_prefill_rate(ref, args.prefill_tokens, 1)
+    llama = LlamaServer(path, args) if args.llama_python else None
+    if llama:
+        measures["llamacpp_decode_b1_tps_f32"] = lambda: llama.ask("decode")
+        measures["llamacpp_prefill_tps_f32"] = lambda: llama.ask("prefill")
+    for fn in measures.values():  # compile, warm up
+        fn()
+    names = list(measures)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(args.pairs):
+        for n in names[i % len(names):] + names[: i % len(names)]:
+            samples[n].append(measures[n]())
+    if llama:
+        llama.close()
+    out: dict = {"sets": args.pairs, "samples": samples}
+    for ours, theirs in PAIRED_RATIOS:
+        if theirs in samples:
+            ratios = [a / b for a, b in zip(samples[ours], samples[theirs])]
+            out[f"ratio_{ours.removesuffix('_tps')}_vs_{theirs.split('_')[0]}"] = {
+                "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "all": ratios}
+    return out
 
 
 def mimo_side(path: str, dtype: torch.dtype, args: argparse.Namespace) -> dict:
@@ -129,10 +208,11 @@ def one_round(path: str, args: argparse.Namespace) -> dict:
         import transformers
 
         res["transformers_version"] = transformers.__version__
-        res["transformers_prefill_tps"] = transformers_prefill(path, args.prefill_tokens)
-        vocab = MiMoForCausalLM.from_pretrained(path).config.vocab_size
+        ref = transformers_model(path)
+        res["transformers_prefill_tps"] = transformers_prefill_rate(ref, args.prefill_tokens)
         for b in (1, 8):
-            res[f"transformers_decode_b{b}_tps"] = transformers_decode(path, b, args.new_tokens, args.prompt_len, vocab)
+            res[f"transformers_decode_b{b}_tps"] = transformers_decode_rate(ref, b, args.new_tokens, args.prompt_len)
+        del ref
     if args.llama_python:
         res.update(llamacpp(args, path, "f32"))
         if args.bf16:
@@ -153,7 +233,11 @@ def main() -> None:
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python (skip llama.cpp if absent)")
     ap.add_argument("--llama-converter", help="vendor/llama.cpp/convert_hf_to_gguf.py of the llama-cpp-python sdist")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds; the best of each is kept")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved measurement rounds; the best of each is kept (0: only --pairs)")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="then this many sets of back-to-back measurements (batch-1 decode, prefill) of each "
+                         "system; reports the median of the ratios taken within a set")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     if bool(args.llama_python) != bool(args.llama_converter):
@@ -181,8 +265,13 @@ def main() -> None:
                     samples.setdefault(k, []).append(v)
                 else:
                     res[k] = v
+        if not args.rounds:  # --rounds 0: the paired decodes only
+            samples["read_bandwidth_bytes_per_s"] = [read_bandwidth()]
         res.update({k: max(v) for k, v in samples.items()})
         res["samples"] = samples
+        if args.pairs:
+            print(f"{args.pairs} sets of paired measurements", file=sys.stderr, flush=True)
+            res["paired"] = paired(path, args)
         cfg = MiMoForCausalLM.from_pretrained(path).config
     pc = parameter_counts(cfg)
     bytes_per_token = (pc.active - pc.embedding) * 4 + cfg.hidden_size * 4  # one embedding row is read, not the table
@@ -203,8 +292,11 @@ def main() -> None:
                     res[f"ratio_{mine}_{what}_vs_{peer}"] = ours / theirs
     if "llamacpp_decode_b1_tps_f32" in res:
         res["llamacpp_b1_fraction_of_bound"] = res["llamacpp_decode_b1_tps_f32"] / bound
+    for k, v in res.get("paired", {}).items():
+        if k.startswith("ratio_"):
+            res[f"paired_{k}_median"] = v["median"]
     for k, v in res.items():
-        if k != "samples":
+        if k not in ("samples", "paired"):
             print(f"{k:>48}: {v:.3g}" if isinstance(v, float) else f"{k:>48}: {v}")
     write_json(args.json_out, res)
 

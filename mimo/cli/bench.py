@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.config import preset
     from mimo.eval.speed import measure_decode, measure_prefill
+    from mimo.model.sizes import speculative_bound_speedup
     from mimo.utils.paths import resolve_model_dir
 
     if args.threads:
@@ -43,15 +44,27 @@ def run(args: argparse.Namespace) -> int:
     result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(), "compile": args.compile,
               "prefill_tokens_per_s": measure_prefill(model, args.prefill_tokens), "decode": []}
     for b in [int(x) for x in args.batches.split(",")]:
+        plain = None
         for mtp in sorted({0, k}):
-            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts, compile=args.compile)
-            result["decode"].append(r.as_dict())
+            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts, compile=args.compile).as_dict()
+            if mtp == 0:
+                plain = r["tokens_per_s"]
+            else:  # what the bytes allow: batch-1 decode is memory-bound, and the verify reads more experts
+                r["speedup_vs_mtp0"] = r["tokens_per_s"] / plain
+                if b == 1:
+                    r["bandwidth_bound_speedup"] = speculative_bound_speedup(model.config, mtp, r["acceptance_length"])
+            result["decode"].append(r)
     print(f"model {name} ({args.dtype}, {result['threads']} threads{', compiled decode' if args.compile else ''})")
     print(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
-    print(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14}")
+    print(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14} {'vs mtp 0':>9} {'bound':>6}")
     for r in result["decode"]:
+        vs = f"{r['speedup_vs_mtp0']:>8.2f}x" if "speedup_vs_mtp0" in r else f"{'':>9}"
+        bound = f"{r['bandwidth_bound_speedup']:>5.2f}x" if "bandwidth_bound_speedup" in r else ""
         print(f"{r['batch']:>5} {r['mtp']:>3} {r['tokens_per_s']:>9.1f} {r['acceptance_length']:>10.2f} "
-              f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB")
+              f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB {vs} {bound}".rstrip())
+    if any("bandwidth_bound_speedup" in r for r in result["decode"]):
+        print("bound: the batch-1 MTP speed-up that bytes allow at this acceptance length (k MTP blocks and "
+              "lm_heads, then a verify whose tokens pick more experts; see `mimo info`)")
     print(json.dumps(result))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -1,4 +1,5 @@
-"""``mimo info``: parameter counts (total, active per token, per MTP block) and KV-cache bytes per token."""
+"""``mimo info``: parameter counts (total, active per token, per MTP block), KV-cache bytes per token,
+and the weights a decode step reads (batch 1, batch 8, speculative), which bound memory-bound decode."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 
 from mimo.config import FULL, SLIDING, MiMoConfig, preset
-from mimo.model.sizes import kv_sizes, parameter_counts
+from mimo.model.sizes import kv_sizes, parameter_counts, params_read_per_step, speculative_params_per_step
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,9 +40,13 @@ def run(args: argparse.Namespace) -> int:
     pc = parameter_counts(cfg)
     kv = kv_sizes(cfg, args.kv_dtype_bytes)
     contexts = [c for c in (4096, 32768, 262144) if c <= cfg.max_position_embeddings] or [cfg.max_position_embeddings]
+    one, eight = params_read_per_step(cfg, 1), params_read_per_step(cfg, 8)
+    spec = {k: speculative_params_per_step(cfg, k) for k in range(1, cfg.num_mtp_layers + 1)}
     if args.json:
         print(json.dumps({
             "model": name, "parameters": {**pc.__dict__, "total_with_mtp": pc.total_with_mtp},
+            "params_read_per_step": {"batch_1": one, "batch_8": eight,
+                                     **{f"speculative_k{k}": v for k, v in spec.items()}},
             "kv_cache": {**kv.__dict__, "per_context": {str(c): {"hybrid": kv.total_bytes(c),
                                                                  "all_full": kv.total_bytes_all_full(c)}
                                                         for c in contexts}},
@@ -72,5 +77,14 @@ def run(args: argparse.Namespace) -> int:
         hy, full = kv.total_bytes(c), kv.total_bytes_all_full(c)
         lines.append(f"  one sequence at {c:>6} tokens: {_bytes(hy)} hybrid vs {_bytes(full)} if every layer "
                      f"were full ({full / hy:.2f}x)")
+    lines += [
+        "weights read per decode step (decode is memory-bound; routing taken as independent per token)",
+        f"  batch 1:  {_b(one)} (active, no embedding)",
+        f"  batch 8:  {_b(eight)}: {eight / one:.2f}x the bytes for 8x the tokens, so at most "
+        f"{8 * one / eight:.2f}x batch 1's tokens/s at the bandwidth bound",
+    ]
+    for k, v in spec.items():
+        lines.append(f"  MTP k={k}: {_b(v)} ({k} draft{'s' * (k > 1)} + a verify of {k + 1} tokens): pays only above an "
+                     f"acceptance length of {v / one:.2f} (at most {k + 1})")
     print("\n".join(lines))
     return 0

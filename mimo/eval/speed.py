@@ -70,8 +70,14 @@ def measure_decode(
 
 def _decode_run(model, batch, new_tokens, mtp, prompt_len, prompts, compile) -> DecodeResult:
     eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch, compile=compile)
+    return decode_run(eng, prompts_for(model, batch, prompt_len, source=prompts), new_tokens)
+
+
+def decode_run(eng: Engine, prompts: list[list[int]], new_tokens: int) -> DecodeResult:
+    """One greedy decode of ``prompts`` as one batch on an existing engine (which is left empty), timed
+    from the first generated token on. Reusing one engine keeps its compiled step."""
     ids = [eng.add_request(p, SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True))
-           for p in prompts_for(model, batch, prompt_len, source=prompts)]
+           for p in prompts]
     while any(not eng.output(i).outputs[0].token_ids for i in ids):  # prefill, untimed
         eng.step()
     start_tokens = sum(len(eng.output(i).outputs[0].token_ids) for i in ids)
@@ -82,4 +88,6 @@ def _decode_run(model, batch, new_tokens, mtp, prompt_len, prompts, compile) -> 
     outs = [eng.output(i) for i in ids]
     tokens = sum(len(o.outputs[0].token_ids) for o in outs) - start_tokens
     al = sum(o.stats.decode_tokens for o in outs) / max(1, sum(o.stats.decode_steps for o in outs))
-    return DecodeResult(batch, mtp, tokens, dt, al, max(o.cache_bytes for o in outs))
+    for i in ids:
+        eng.release(i)
+    return DecodeResult(len(prompts), eng.k, tokens, dt, al, max(o.cache_bytes for o in outs))

@@ -97,3 +97,39 @@ def kv_sizes(c: MiMoConfig, dtype_bytes: int = 2) -> KVSizes:
         sliding_layers=n_slide,
         window=c.sliding_window,
     )
+
+
+# ---------------------------------------------------------------------------- weights read per step
+# Decode is memory-bound: a step's time is about the bytes of weight it reads. A forward over n
+# tokens (a batch-n decode step, or a speculative verify of k+1 tokens) reads every non-expert
+# weight once, the lm_head once, and the *union* of the experts its tokens chose.
+
+
+def experts_touched(c: MiMoConfig, tokens: int) -> float:
+    """Expected distinct experts per MoE layer chosen by ``tokens`` tokens, if routing were
+    independent per token: E * (1 - (1 - K/E)^n). Real routing is correlated, so this is an upper
+    estimate for consecutive tokens of one sequence."""
+    e, k = c.n_routed_experts, c.num_experts_per_tok
+    return e * (1 - (1 - k / e) ** tokens)
+
+
+def params_read_per_step(c: MiMoConfig, tokens: int = 1) -> float:
+    """Weights read by one trunk forward over ``tokens`` tokens plus the lm_head (embedding rows excluded)."""
+    pc = parameter_counts(c)
+    expert = 3 * c.hidden_size * c.moe_intermediate_size
+    n_moe = len(c.moe_layers)
+    chosen = n_moe * c.num_experts_per_tok * expert
+    return pc.active_no_embedding - chosen + n_moe * experts_touched(c, tokens) * expert
+
+
+def speculative_params_per_step(c: MiMoConfig, k: int) -> float:
+    """Weights read by one batch-1 speculative step: k drafts (each an MTP block and the lm_head),
+    then one verify forward over k + 1 tokens."""
+    pc = parameter_counts(c)
+    return k * (pc.per_mtp_block + pc.lm_head) + params_read_per_step(c, k + 1)
+
+
+def speculative_bound_speedup(c: MiMoConfig, k: int, acceptance_length: float) -> float:
+    """Batch-1 decode speed-up of k-token speculation at a bandwidth bound: tokens per byte read,
+    against plain decode's one token per step."""
+    return acceptance_length * params_read_per_step(c, 1) / speculative_params_per_step(c, k)

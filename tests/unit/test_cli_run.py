@@ -46,3 +46,6 @@ def test_bench_prints_table_and_json(model_dir, capsys):
     out = capsys.readouterr().out
     d = json.loads(out.strip().splitlines()[-1])
     assert {r["mtp"] for r in d["decode"]} == {0, 3}
+    spec = next(r for r in d["decode"] if r["mtp"] == 3)
+    assert spec["speedup_vs_mtp0"] > 0 and 0 < spec["bandwidth_bound_speedup"] <= 4
+    assert "bound: the batch-1 MTP speed-up" in out
