@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype (default float32)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (the first requests wait for the compile)")
+    p.add_argument("--generation-config", default="auto", metavar="auto|none|DIR",
+                   help="sampling defaults for fields a request leaves out: 'auto' (default) reads the model's "
+                        "generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty) as vLLM "
+                        "does, 'none' uses OpenAI's (temperature 1, top_p 1), DIR reads DIR/generation_config.json")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn log level (default info)")
 
@@ -53,6 +57,19 @@ def _check_model_dir(path: Path, explicit: bool) -> None:
                                 "prompts and render chats")
 
 
+def _sampling_defaults(choice: str, model_dir: Path) -> dict:
+    from mimo.server.serving import generation_defaults
+
+    if choice == "none":
+        return {}
+    if choice == "auto":
+        return generation_defaults(model_dir)
+    if not (Path(choice) / "generation_config.json").is_file():
+        raise FileNotFoundError(f"--generation-config {choice}: no generation_config.json there "
+                                "(use auto, none or a directory that has one)")
+    return generation_defaults(choice)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -68,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from mimo.engine.llm import LLM
     from mimo.server.app import build_app
     from mimo.server.async_engine import AsyncEngine
+    from mimo.server.serving import ServerConfig
 
     path = Path(args.model) if args.model else default_model_dir()
     _check_model_dir(path, explicit=bool(args.model))
@@ -78,14 +96,18 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("MIMO_API_KEY") or None
     if not _is_loopback(args.host) and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach the port can use the model", args.host)
+    defaults = _sampling_defaults(args.generation_config, path)
     llm = LLM(path, dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, compile=args.compile)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name
-    app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len)
+    app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len,
+                    config=ServerConfig().with_sampling_defaults(defaults))
     print(f"mimo serve: {name} ({path}) on http://{args.host}:{args.port}/v1 "
           f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
+    if defaults:
+        print("sampling defaults from generation_config.json: " + ", ".join(f"{k} {v}" for k, v in defaults.items()))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

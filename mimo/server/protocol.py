@@ -4,8 +4,8 @@ Owns what clients may send to ``/v1/completions`` and ``/v1/chat/completions``. 
 error bodies live in :mod:`mimo.server.responses` and are re-exported here, so the server imports one module.
 
 Requests ignore unknown fields (OpenAI SDKs and agent frameworks send extras). Sampling fields left out
-are ``None``: the server applies its defaults (the model's recommended top_p 0.95 and so on), so a model
-never sees a default it did not choose. Failed checks are pydantic errors located at the bad field
+are ``None``: the server applies its defaults (the model's ``generation_config.json``, else OpenAI's), so a
+model never sees a default it did not choose. Failed checks are pydantic errors located at the bad field
 (``temperature``, ``messages[2]``, ``tools[0].function.name``) whose text says what is allowed;
 :func:`validation_error_body` turns them into one OpenAI error body (``param`` = the field's path).
 

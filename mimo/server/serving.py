@@ -3,7 +3,9 @@ parameters, admission of requests into the engine, logprob token strings, SSE fr
 
 Defaults and limits (documented in the README):
 
-* ``temperature`` 1.0 and ``top_p`` 1.0 when a request leaves them out (OpenAI's defaults), ``top_k`` off;
+* sampling fields a request leaves out come from the model's ``generation_config.json`` (temperature,
+  top_p, top_k, min_p, repetition_penalty: vLLM's ``--generation-config auto``), else OpenAI's defaults
+  (``temperature`` 1.0, ``top_p`` 1.0, ``top_k`` off);
 * ``max_tokens``: a request may ask for at most the context left after its prompt (``max_model_len`` minus
   the prompt's tokens); asking for more is a 400 that says so, as vLLM does. When left out, completions get
   16 (OpenAI's default; ``null`` = up to the context) and chat completions get what fits, capped at
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,6 +50,38 @@ class ServerConfig:
     max_prompts: int = 16  # prompts in one /v1/completions request (each is n choices)
     default_temperature: float = 1.0
     default_top_p: float = 1.0
+    default_top_k: int = 0
+    default_min_p: float = 0.0
+    default_repetition_penalty: float = 1.0
+
+    def with_sampling_defaults(self, defaults: dict[str, Any]) -> ServerConfig:
+        """This config with ``defaults`` (from :func:`generation_defaults`) as the sampling defaults."""
+        return dataclasses.replace(self, **{f"default_{k}": v for k, v in defaults.items()})
+
+
+GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def generation_defaults(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sampling defaults in ``directory/generation_config.json``: the keys a request may also set
+    (``GENERATION_KEYS``; ``do_sample`` and ``max_new_tokens`` are not used, as in vLLM). ``{}`` when
+    there is no such file; a ValueError that names the file when a value is not a valid setting."""
+    path = os.path.join(directory, "generation_config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    out = {k: cfg[k] for k in GENERATION_KEYS if cfg.get(k) is not None}
+    try:
+        SamplingParams(**out)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return out
 
 
 class APIError(Exception):
@@ -134,9 +170,10 @@ def sampling_params(ctx: ServerContext, req: Any, *, max_tokens: int, logprobs: 
             n=req.n,
             temperature=cfg.default_temperature if req.temperature is None else req.temperature,
             top_p=cfg.default_top_p if req.top_p is None else req.top_p,
-            top_k=0 if req.top_k is None else req.top_k,
-            min_p=req.min_p or 0.0,
-            repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+            top_k=cfg.default_top_k if req.top_k is None else req.top_k,
+            min_p=cfg.default_min_p if req.min_p is None else req.min_p,
+            repetition_penalty=cfg.default_repetition_penalty if req.repetition_penalty is None
+            else req.repetition_penalty,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
             seed=req.seed,
