@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--stats", action="store_true", help="print speed and MTP acceptance to stderr")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: faster tokens after a one-time compile (tens of seconds)")
+                   help="torch.compile the decode step: faster tokens after a one-time compile (tens of seconds). "
+                        "MTP drafting stays eager, so on a CPU --compile without --mtp is usually fastest "
+                        "(benchmarks/README.md, 'MTP at batch 1 on a CPU')")
 
 
 def run(args: argparse.Namespace) -> int:
