@@ -101,12 +101,15 @@ def transformers_prefill_rate(ref, length: int, repeats: int = 3) -> float:
     return length / _best(lambda: ref(ids, logits_to_keep=1), repeats)
 
 
-def llamacpp(args: argparse.Namespace, path: str, outtype: str) -> dict:
+def _llama_cmd(args: argparse.Namespace, path: str, outtype: str) -> list[str]:
     side = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_llamacpp_side.py")
-    cmd = [args.llama_python, side, "--model-dir", path, "--converter", args.llama_converter, "--outtype", outtype,
-           "--threads", str(args.threads), "--prefill-tokens", str(args.prefill_tokens),
-           "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [args.llama_python, side, "--model-dir", path, "--converter", args.llama_converter, "--outtype", outtype,
+            "--threads", str(args.threads), "--prefill-tokens", str(args.prefill_tokens),
+            "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)]
+
+
+def llamacpp(args: argparse.Namespace, path: str, outtype: str) -> dict:
+    out = subprocess.run(_llama_cmd(args, path, outtype), check=True, capture_output=True, text=True).stdout
     return {f"{k}_{outtype}" if k.endswith("_tps") else k: v for k, v in json.loads(out.splitlines()[-1]).items()}
 
 
@@ -115,12 +118,8 @@ class LlamaServer:
     measurement per request."""
 
     def __init__(self, path: str, args: argparse.Namespace) -> None:
-        side = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_llamacpp_side.py")
-        self.proc = subprocess.Popen(
-            [args.llama_python, side, "--model-dir", path, "--converter", args.llama_converter, "--outtype", "f32",
-             "--threads", str(args.threads), "--prefill-tokens", str(args.prefill_tokens),
-             "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(_llama_cmd(args, path, "f32") + ["--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         self._read()  # ready
 
     def _read(self) -> dict:

@@ -64,10 +64,11 @@ def _sampling_defaults(choice: str, model_dir: Path) -> dict:
         return {}
     if choice == "auto":
         return generation_defaults(model_dir)
-    if not (Path(choice) / "generation_config.json").is_file():
-        raise FileNotFoundError(f"--generation-config {choice}: no generation_config.json there "
-                                "(use auto, none or a directory that has one)")
-    return generation_defaults(choice)
+    try:
+        return generation_defaults(choice, required=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--generation-config {choice}: {e} (use auto, none or a directory that has one)") \
+            from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -63,14 +63,11 @@ def measure_decode(
     """Decode tokens/s for a batch of greedy requests, timed from the first generated token on.
 
     With ``compile``, a first untimed run of the same shape compiles the decode step."""
-    if compile:
-        _decode_run(model, batch, min(new_tokens, 8), mtp, prompt_len, prompts, compile)
-    return _decode_run(model, batch, new_tokens, mtp, prompt_len, prompts, compile)
-
-
-def _decode_run(model, batch, new_tokens, mtp, prompt_len, prompts, compile) -> DecodeResult:
     eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch, compile=compile)
-    return decode_run(eng, prompts_for(model, batch, prompt_len, source=prompts), new_tokens)
+    batch_prompts = prompts_for(model, batch, prompt_len, source=prompts)
+    if compile:
+        decode_run(eng, batch_prompts, min(new_tokens, 8))
+    return decode_run(eng, batch_prompts, new_tokens)
 
 
 def decode_run(eng: Engine, prompts: list[list[int]], new_tokens: int) -> DecodeResult:

@@ -21,6 +21,7 @@ class ParamCounts:
     attention: int
     ffn: int
     routed_experts: int
+    per_expert: int  # one routed expert (gate, up, down)
     per_mtp_block: int
     mtp_blocks: int  # all MTP blocks together
 
@@ -62,6 +63,7 @@ def parameter_counts(c: MiMoConfig) -> ParamCounts:
         attention=attn,
         ffn=ffn,
         routed_experts=routed,
+        per_expert=expert,
         per_mtp_block=mtp,
         mtp_blocks=mtp * c.num_mtp_layers,
     )
@@ -116,10 +118,9 @@ def experts_touched(c: MiMoConfig, tokens: int) -> float:
 def params_read_per_step(c: MiMoConfig, tokens: int = 1) -> float:
     """Weights read by one trunk forward over ``tokens`` tokens plus the lm_head (embedding rows excluded)."""
     pc = parameter_counts(c)
-    expert = 3 * c.hidden_size * c.moe_intermediate_size
     n_moe = len(c.moe_layers)
-    chosen = n_moe * c.num_experts_per_tok * expert
-    return pc.active_no_embedding - chosen + n_moe * experts_touched(c, tokens) * expert
+    extra = experts_touched(c, tokens) - c.num_experts_per_tok  # experts beyond one token's own
+    return pc.active_no_embedding + n_moe * extra * pc.per_expert
 
 
 def speculative_params_per_step(c: MiMoConfig, k: int) -> float:

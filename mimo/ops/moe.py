@@ -77,7 +77,8 @@ def _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Te
     n_tok, k = experts_TK.shape
     flat_e = experts_TK.reshape(-1)
     order = torch.argsort(flat_e, stable=True)
-    x_sorted = x_TD.index_select(0, order // k)
+    token = order // k  # the token of each sorted assignment
+    x_sorted = x_TD.index_select(0, token)
     n_exp = w_gate_up_EFD.shape[0]
     w_sorted = weights_TK.reshape(-1)[order, None].to(x_TD.dtype)
     # The grouped matmul visits every expert, used or not; a few assignments go faster one by one.
@@ -97,7 +98,7 @@ def _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Te
             start += c
         y_sorted = torch.cat(parts) * w_sorted
     # Each token's k contributions, added back in its row (sequential reads; no un-sorting copy).
-    return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, order // k, y_sorted)
+    return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, token, y_sorted)
 
 
 def _one_token(x_1D, w_gate_up_EFD, w_down_EDI, weights_1K, experts_1K) -> torch.Tensor:

@@ -62,12 +62,15 @@ class ServerConfig:
 GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def generation_defaults(directory: str | os.PathLike[str]) -> dict[str, Any]:
+def generation_defaults(directory: str | os.PathLike[str], required: bool = False) -> dict[str, Any]:
     """The sampling defaults in ``directory/generation_config.json``: the keys a request may also set
-    (``GENERATION_KEYS``; ``do_sample`` and ``max_new_tokens`` are not used, as in vLLM). ``{}`` when
-    there is no such file; a ValueError that names the file when a value is not a valid setting."""
+    (``GENERATION_KEYS``; ``do_sample`` and ``max_new_tokens`` are not used, as in vLLM). Without such
+    a file: ``{}``, or a FileNotFoundError if ``required``. A ValueError that names the file when a
+    value is not a valid setting."""
     path = os.path.join(directory, "generation_config.json")
     if not os.path.isfile(path):
+        if required:
+            raise FileNotFoundError(f"no generation_config.json in {directory}")
         return {}
     try:
         with open(path, encoding="utf-8") as f:
