@@ -22,6 +22,7 @@ from mimo.engine.sampler import sample, target_probs, token_logprobs
 from mimo.engine.sequence import Sequence
 from mimo.engine.speculative import draft, start_chain
 from mimo.model.causal_lm import CausalLM
+from mimo.ops import kernels
 from mimo.ops.sampling import rejection_sample
 from mimo.tokenizer import IncrementalDetokenizer, Tokenizer
 from mimo.utils.malloc import keep_freed_memory
@@ -58,6 +59,8 @@ class Engine:
         # expert on average, where the gathered-weights form reads no more than grouped matmuls would).
         # The C++ wrapper calls the ~150 kernels of a step without Python in between: 4% faster
         # batch-1 decode on the bench preset, for 15 s more compile time on first use.
+        if compile:
+            kernels.load()  # decided before tracing: the compiled MoE calls the C++ kernel when it builds
         self._compiled_trunk = torch.compile(model.trunk, options={"cpp_wrapper": True}) if compile else None
         self._has_moe = any(cfg.is_moe(i) for i in range(cfg.num_hidden_layers))
         # Peaked softmaxes produce subnormal floats, which x86 handles in microcode (15x slower steps).

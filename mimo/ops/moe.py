@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mimo.ops import kernels
+
 
 def route(
     x_TD: torch.Tensor,
@@ -49,8 +51,11 @@ def experts_forward(
 ) -> torch.Tensor:
     """Sum over each token's chosen experts of weight * down(silu(gate(x)) * up(x)).
 
-    Four ways to the same sum, by situation:
+    Five ways to the same sum, by situation:
 
+    * few assignments (decode) in fp32 on a CPU, without autograd: mimo's C++ kernel
+      ``torch.ops.mimo.moe_decode`` (``mimo/ops/kernels``), one pass over the chosen weights,
+      eager or inside ``torch.compile``;
     * inside ``torch.compile`` with few assignments (decode): the chosen experts' weights are
       indexed inside two einsums, which inductor turns into reductions that read each chosen
       weight once, with no Python loop and no host sync;
@@ -62,8 +67,11 @@ def experts_forward(
       used expert.
     """
     n_tok, k = experts_TK.shape
+    few = n_tok * k <= w_gate_up_EFD.shape[0]
+    if few and kernels.moe_decode_ready(x_TD, w_gate_up_EFD, w_down_EDI):
+        return torch.ops.mimo.moe_decode(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK.float(), experts_TK)
     if torch.compiler.is_compiling():
-        if n_tok * k <= w_gate_up_EFD.shape[0]:
+        if few:
             return _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
         # a graph break: the same dispatch, eagerly (the grouped matmul cannot be traced in fp32)
         return _experts_forward_eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)

@@ -1,0 +1,95 @@
+"""mimo's own CPU kernels, built on first use with the machine's C++ compiler.
+
+Only one so far: ``torch.ops.mimo.moe_decode`` (``moe_decode.cpp``), the routed experts of a
+decode step in one pass over the chosen weights. Inductor cannot fuse an expert gather into a
+mat-vec that streams memory as fast as a hand-blocked loop does, and no maintained library
+offers a fused fp32 MoE mat-vec for the CPU.
+
+The build uses ``torch.utils.cpp_extension`` (g++ or clang, with OpenMP, the same toolchain
+``torch.compile`` needs on a CPU) and is cached under ``~/.cache/torch_extensions`` keyed by the
+source, the flags and this CPU. When it cannot build (no compiler, no OpenMP) or
+``MIMO_CPU_KERNELS=0`` is set, :func:`moe_decode_ready` says False and callers keep their
+torch-only path, which gives the same results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("moe_decode.cpp")
+_state: dict[str, bool] = {}
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        flags.append("-mprefer-vector-width=512")  # gcc picks 256-bit vectors on AVX-512 CPUs by default
+    return flags
+
+
+def _cpu_tag() -> str:
+    """-march=native code runs only where it was built: key the cache by the CPU as well."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha1(f"{platform.machine()} {platform.processor()} {flags}".encode()).hexdigest()[:10]
+
+
+def load() -> bool:
+    """Build (once per machine) and load the kernels; True when ``torch.ops.mimo.moe_decode`` is usable."""
+    if "ok" in _state:
+        return _state["ok"]
+    _state["ok"] = False
+    if os.environ.get("MIMO_CPU_KERNELS", "1") == "0":
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        try:
+            import ninja  # the pip wheel: put its binary where cpp_extension looks for it
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+        logger.info("building mimo's CPU kernels (once per machine, about a minute)")
+        cpp_extension.load(
+            name=f"mimo_kernels_{_cpu_tag()}",
+            sources=[str(_SOURCE)],
+            extra_cflags=_flags(),
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+        )
+        _register_fake()
+        _state["ok"] = True
+    except Exception as e:  # no compiler, no OpenMP, an unknown platform: the torch path still works
+        logger.warning("mimo's CPU kernels are unavailable (%s: %s); using torch ops instead", type(e).__name__, e)
+    return _state["ok"]
+
+
+def _register_fake() -> None:
+    @torch.library.register_fake("mimo::moe_decode")
+    def _(x, w_gate_up, w_down, weights, experts):
+        return x.new_empty(x.shape)
+
+
+def moe_decode_ready(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether ``torch.ops.mimo.moe_decode`` can take these tensors (contiguous fp32 on the CPU, no autograd).
+
+    Inside ``torch.compile`` this only reads the state: call :func:`load` before compiling."""
+    if torch.is_grad_enabled() or any(
+        t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in (x, *weights)
+    ):
+        return False
+    if torch.compiler.is_compiling():
+        return _state.get("ok", False)
+    return load()

@@ -1,0 +1,100 @@
+"""mimo's C++ MoE decode kernel (``torch.ops.mimo.moe_decode``) computes the torch paths' sum.
+
+It must build here: CI runs on Linux with g++, the toolchain ``torch.compile`` needs anyway.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimo.ops import kernels, moe
+from mimo.ops.moe import experts_forward, route
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    assert kernels.load(), "mimo's CPU kernels did not build (see the warning logged by mimo.ops.kernels)"
+
+
+def _explicit(x, w_gu, w_d, weights, experts):
+    out = torch.zeros_like(x)
+    for tok in range(x.shape[0]):
+        for j in range(experts.shape[1]):
+            ex = int(experts[tok, j])
+            gate, up = (w_gu[ex] @ x[tok]).chunk(2)
+            out[tok] += weights[tok, j] * (w_d[ex] @ (torch.nn.functional.silu(gate) * up))
+    return out
+
+
+def _case(n_tok, e, d, i, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_tok, d, generator=g)
+    w_gu = torch.randn(e, 2 * i, d, generator=g) * 0.1
+    w_d = torch.randn(e, d, i, generator=g) * 0.1
+    _, weights, experts = route(x, torch.randn(e, d, generator=g), torch.zeros(e), k)
+    return x, w_gu, w_d, weights, experts
+
+
+@pytest.mark.parametrize(
+    "n_tok,e,d,i,k",
+    [
+        (1, 64, 128, 64, 8),  # a decode step: whole blocks of rows and lanes
+        (8, 16, 64, 32, 4),  # a batch: experts shared by several tokens
+        (5, 8, 40, 26, 3),  # row counts not multiples of 4, lengths not multiples of 16
+        (9, 4, 16, 8, 4),  # more than 4 tokens on one expert: vectors taken 4 at a time
+    ],
+)
+def test_kernel_equals_the_explicit_sum(n_tok, e, d, i, k):
+    x, w_gu, w_d, weights, experts = _case(n_tok, e, d, i, k)
+    got = torch.ops.mimo.moe_decode(x, w_gu, w_d, weights, experts)
+    want = _explicit(x, w_gu, w_d, weights, experts)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_experts_forward_takes_the_kernel_for_decode_and_agrees_with_torch(monkeypatch):
+    x, w_gu, w_d, weights, experts = _case(2, 16, 64, 32, 4, seed=1)
+    calls = []
+    real = torch.ops.mimo.moe_decode
+    monkeypatch.setattr(moe.torch.ops.mimo, "moe_decode", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fast = experts_forward(x, w_gu, w_d, weights, experts)
+        assert calls == [1]
+        monkeypatch.setitem(kernels._state, "ok", False)  # as on a machine where the kernel cannot build
+        plain = experts_forward(x, w_gu, w_d, weights, experts)
+    assert calls == [1]
+    assert (fast - plain).abs().max() < 1e-5
+
+
+def test_kernel_is_skipped_where_it_does_not_apply():
+    x, w_gu, w_d, *_ = _case(1, 4, 16, 8, 2)
+    with torch.no_grad():
+        assert kernels.moe_decode_ready(x, w_gu, w_d)
+        assert not kernels.moe_decode_ready(x.bfloat16(), w_gu, w_d)
+        assert not kernels.moe_decode_ready(x, w_gu.transpose(1, 2), w_d)
+    assert not kernels.moe_decode_ready(x, w_gu, w_d)  # autograd: the kernel has no backward
+
+
+def test_kernel_inside_torch_compile():
+    x, w_gu, w_d, weights, experts = _case(1, 16, 64, 32, 4, seed=2)
+    step = torch.compile(experts_forward, fullgraph=True)  # no graph break around the custom op
+    with torch.no_grad():
+        got = step(x, w_gu, w_d, weights, experts)
+    assert (got - _explicit(x, w_gu, w_d, weights, experts)).abs().max() < 1e-5
+
+
+def test_bad_expert_ids_are_a_clear_error():
+    x, w_gu, w_d, weights, experts = _case(1, 4, 16, 8, 2)
+    with pytest.raises(RuntimeError, match="expert id 7 outside"):
+        torch.ops.mimo.moe_decode(x, w_gu, w_d, weights, torch.tensor([[0, 7]]))
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.mimo.moe_decode(x.double(), w_gu, w_d, weights, experts)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("MIMO_CPU_KERNELS", "0")
+    assert not kernels.load()
+    with torch.no_grad():
+        assert not kernels.moe_decode_ready(torch.zeros(1, 4))
