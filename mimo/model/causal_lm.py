@@ -17,6 +17,7 @@ from mimo.model.decoder import DecoderLayer
 from mimo.model.layers import MLP, Attention, Experts, KVCache, RMSNorm, Router
 from mimo.model.mtp import MTPBlock
 from mimo.ops.attention import check_backend
+from mimo.ops.linear import linear
 from mimo.ops.rope import Rope, inv_freq, rope_tables, rotate_half_perm
 
 
@@ -97,7 +98,7 @@ class CausalLM(nn.Module):
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return linear(hidden, self.lm_head.weight)
 
     def mtp_block(
         self,

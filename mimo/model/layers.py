@@ -16,6 +16,7 @@ from torch import nn
 
 from mimo.config import MiMoConfig
 from mimo.ops.attention import Visibility, attention
+from mimo.ops.linear import linear
 from mimo.ops.moe import experts_forward, route
 from mimo.ops.norm import rms_norm
 from mimo.ops.rope import Rope, apply_rope
@@ -112,7 +113,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         hq, hkv = self.n_heads, self.n_kv
         if self.qkv is not None and self.qkv.usable():
-            qkv = F.linear(x, self.qkv.weight)
+            qkv = linear(x, self.qkv.weight)
             n_qk = (hq + hkv) * self.qk_dim
             qk = apply_rope(qkv[..., :n_qk].view(b, t, hq + hkv, self.qk_dim), rope)  # one RoPE for q and k
             q, k = qk[:, :, :hq], qk[:, :, hq:]
@@ -135,7 +136,7 @@ class Attention(nn.Module):
             if masks is not None:
                 masks[self.kind] = vis
         o = attention(q, k, v, vis, self.scale, self.attention_sink_bias, self.backend)
-        return self.o_proj(o.transpose(1, 2).reshape(b, t, hq * self.v_dim))
+        return linear(o.transpose(1, 2).reshape(b, t, hq * self.v_dim), self.o_proj.weight)
 
 
 class MLP(nn.Module):
@@ -152,8 +153,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None and self.gate_up.usable():
-            gate, up = F.linear(x, self.gate_up.weight).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+            gate, up = linear(x, self.gate_up.weight).chunk(2, dim=-1)
+            return linear(F.silu(gate) * up, self.down_proj.weight)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

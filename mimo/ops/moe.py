@@ -68,7 +68,7 @@ def experts_forward(
     """
     n_tok, k = experts_TK.shape
     few = n_tok * k <= w_gate_up_EFD.shape[0]
-    if few and kernels.moe_decode_ready(x_TD, w_gate_up_EFD, w_down_EDI):
+    if few and kernels.ready(x_TD, w_gate_up_EFD, w_down_EDI):
         return torch.ops.mimo.moe_decode(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK.float(), experts_TK)
     if torch.compiler.is_compiling():
         if few:

@@ -1,9 +1,10 @@
-"""mimo's own CPU kernels, built on first use with the machine's C++ compiler.
+"""mimo's own CPU kernels for decode steps, built on first use with the machine's C++ compiler.
 
-Only one so far: ``torch.ops.mimo.moe_decode`` (``moe_decode.cpp``), the routed experts of a
-decode step in one pass over the chosen weights. Inductor cannot fuse an expert gather into a
-mat-vec that streams memory as fast as a hand-blocked loop does, and no maintained library
-offers a fused fp32 MoE mat-vec for the CPU.
+``decode.cpp`` defines ``torch.ops.mimo.moe_decode`` (a step's routed experts in one pass over
+the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 8 rows). A decode
+step's cost is reading weights: MKL's fp32 GEMM reads them at a third of the memory bandwidth
+when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec that streams as
+fast as a hand-blocked loop, and no maintained library offers either for the CPU.
 
 The build uses ``torch.utils.cpp_extension`` (g++ or clang, with OpenMP, the same toolchain
 ``torch.compile`` needs on a CPU) and is cached under ``~/.cache/torch_extensions`` keyed by the
@@ -24,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("moe_decode.cpp")
+_SOURCE = Path(__file__).with_name("decode.cpp")
 _state: dict[str, bool] = {}
 
 
@@ -46,7 +47,7 @@ def _cpu_tag() -> str:
 
 
 def load() -> bool:
-    """Build (once per machine) and load the kernels; True when ``torch.ops.mimo.moe_decode`` is usable."""
+    """Build (once per machine) and load the kernels; True when ``torch.ops.mimo.*`` are usable."""
     if "ok" in _state:
         return _state["ok"]
     _state["ok"] = False
@@ -81,13 +82,17 @@ def _register_fake() -> None:
     def _(x, w_gate_up, w_down, weights, experts):
         return x.new_empty(x.shape)
 
+    @torch.library.register_fake("mimo::linear_decode")
+    def _(x, w):
+        return x.new_empty(x.shape[0], w.shape[0])
 
-def moe_decode_ready(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether ``torch.ops.mimo.moe_decode`` can take these tensors (contiguous fp32 on the CPU, no autograd).
+
+def ready(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can take these tensors (contiguous fp32 on the CPU, no autograd).
 
     Inside ``torch.compile`` this only reads the state: call :func:`load` before compiling."""
     if torch.is_grad_enabled() or any(
-        t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in (x, *weights)
+        t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors
     ):
         return False
     if torch.compiler.is_compiling():

@@ -1,4 +1,5 @@
-"""mimo's C++ MoE decode kernel (``torch.ops.mimo.moe_decode``) computes the torch paths' sum.
+"""mimo's C++ decode kernels compute what the torch paths compute: ``torch.ops.mimo.moe_decode``
+the routed experts' sum, ``torch.ops.mimo.linear_decode`` a linear map of a few rows.
 
 It must build here: CI runs on Linux with g++, the toolchain ``torch.compile`` needs anyway.
 """
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from mimo.ops import kernels, moe
+from mimo.ops.linear import DECODE_ROWS, linear
 from mimo.ops.moe import experts_forward, route
 
 
@@ -70,10 +72,10 @@ def test_experts_forward_takes_the_kernel_for_decode_and_agrees_with_torch(monke
 def test_kernel_is_skipped_where_it_does_not_apply():
     x, w_gu, w_d, *_ = _case(1, 4, 16, 8, 2)
     with torch.no_grad():
-        assert kernels.moe_decode_ready(x, w_gu, w_d)
-        assert not kernels.moe_decode_ready(x.bfloat16(), w_gu, w_d)
-        assert not kernels.moe_decode_ready(x, w_gu.transpose(1, 2), w_d)
-    assert not kernels.moe_decode_ready(x, w_gu, w_d)  # autograd: the kernel has no backward
+        assert kernels.ready(x, w_gu, w_d)
+        assert not kernels.ready(x.bfloat16(), w_gu, w_d)
+        assert not kernels.ready(x, w_gu.transpose(1, 2), w_d)
+    assert not kernels.ready(x, w_gu, w_d)  # autograd: the kernel has no backward
 
 
 def test_kernel_inside_torch_compile():
@@ -97,4 +99,28 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("MIMO_CPU_KERNELS", "0")
     assert not kernels.load()
     with torch.no_grad():
-        assert not kernels.moe_decode_ready(torch.zeros(1, 4))
+        assert not kernels.ready(torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize("rows", list(range(1, DECODE_ROWS + 1)))
+@pytest.mark.parametrize("n,k", [(64, 128), (7, 20)])  # whole blocks; a row tail and a lane tail
+def test_linear_kernel_equals_matmul(rows, n, k):
+    g = torch.Generator().manual_seed(rows)
+    x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+    got = torch.ops.mimo.linear_decode(x, w)
+    assert (got - x @ w.T).abs().max() < 1e-4
+
+
+def test_linear_takes_the_kernel_only_for_a_few_rows_without_autograd(monkeypatch):
+    calls = []
+    real = torch.ops.mimo.linear_decode
+    monkeypatch.setattr(torch.ops.mimo, "linear_decode", lambda *a: calls.append(a[0].shape) or real(*a))
+    w = torch.randn(24, 16)
+    with torch.no_grad():
+        y = linear(torch.randn(2, 3, 16), w)  # [B, T, D] with B * T rows
+        assert y.shape == (2, 3, 24) and calls == [(6, 16)]
+        linear(torch.randn(DECODE_ROWS + 1, 16), w)  # prefill-sized: MKL's GEMM
+    assert len(calls) == 1
+    x = torch.randn(1, 16, requires_grad=True)
+    linear(x, w).sum().backward()  # autograd: F.linear, with its gradient
+    assert len(calls) == 1 and x.grad is not None
