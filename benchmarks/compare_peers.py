@@ -138,27 +138,31 @@ class LlamaServer:
         self.proc.wait()
 
 
-PAIRED_RATIOS = (  # (ours, theirs)
-    ("mimo_compiled_decode_b1_tps", "llamacpp_decode_b1_tps_f32"),
-    ("mimo_compiled_decode_b1_tps", "transformers_decode_b1_tps"),
-    ("mimo_prefill_tps", "transformers_prefill_tps"),
-    ("mimo_prefill_tps", "llamacpp_prefill_tps_f32"),
+PAIRED_RATIOS = (  # (name, numerator, denominator)
+    ("mimo_compiled_decode_b1_vs_llamacpp", "mimo_compiled_decode_b1_tps", "llamacpp_decode_b1_tps_f32"),
+    ("mimo_compiled_decode_b1_vs_transformers", "mimo_compiled_decode_b1_tps", "transformers_decode_b1_tps"),
+    ("mimo_prefill_vs_transformers", "mimo_prefill_tps", "transformers_prefill_tps"),
+    ("mimo_prefill_vs_llamacpp", "mimo_prefill_tps", "llamacpp_prefill_tps_f32"),
+    ("mimo_compiled_decode_b8_vs_b1", "mimo_compiled_decode_b8_tps", "mimo_compiled_decode_b1_tps"),
+    ("mimo_decode_b8_vs_b1", "mimo_decode_b8_tps", "mimo_decode_b1_tps"),
 )
 
 
 def paired(path: str, args: argparse.Namespace) -> dict:
     """``--pairs`` sets of back-to-back measurements, each system loaded once, the order rotating
-    from set to set: batch-1 decode (mimo compiled, transformers, llama.cpp F32) and prefill. A set
+    from set to set: batch-1 decode (mimo compiled, transformers, llama.cpp F32), prefill, and
+    mimo's batch-8 and batch-1 decode, eager and compiled (for batch 8 over batch 1). A set
     sees one machine, where this shared machine's speed drifts by more than the differences
     measured between rounds minutes apart; the ratios are taken within each set."""
     model = MiMoForCausalLM.from_pretrained(path)
     model.set_attention_backend("sdpa")
-    eng = Engine(model, max_num_seqs=1, compile=True)
-    prompts = prompts_for(model, 1, args.prompt_len)
-    measures = {
-        "mimo_compiled_decode_b1_tps": lambda: decode_run(eng, prompts, args.new_tokens).tokens_per_s,
-        "mimo_prefill_tps": lambda: measure_prefill(model, args.prefill_tokens, repeats=1),
-    }
+    measures = {"mimo_prefill_tps": lambda: measure_prefill(model, args.prefill_tokens, repeats=1)}
+    for compile in (True, False):
+        for b in (1, 8):
+            eng = Engine(model, max_num_seqs=b, compile=compile)
+            prompts = prompts_for(model, b, args.prompt_len)
+            measures[f"mimo{'_compiled' if compile else ''}_decode_b{b}_tps"] = (
+                lambda eng=eng, prompts=prompts: decode_run(eng, prompts, args.new_tokens).tokens_per_s)
     if not args.no_transformers:
         ref = transformers_model(path)
         measures["transformers_decode_b1_tps"] = lambda: transformers_decode_rate(ref, 1, args.new_tokens,
@@ -178,10 +182,10 @@ def paired(path: str, args: argparse.Namespace) -> dict:
     if llama:
         llama.close()
     out: dict = {"sets": args.pairs, "samples": samples}
-    for ours, theirs in PAIRED_RATIOS:
+    for name, ours, theirs in PAIRED_RATIOS:
         if theirs in samples:
             ratios = [a / b for a, b in zip(samples[ours], samples[theirs])]
-            out[f"ratio_{ours.removesuffix('_tps')}_vs_{theirs.split('_')[0]}"] = {
+            out[f"ratio_{name}"] = {
                 "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "all": ratios}
     return out
 
@@ -236,7 +240,8 @@ def main() -> None:
                     help="interleaved measurement rounds; the best of each is kept (0: only --pairs)")
     ap.add_argument("--pairs", type=int, default=0,
                     help="then this many sets of back-to-back measurements (batch-1 decode, prefill) of each "
-                         "system; reports the median of the ratios taken within a set")
+                         "system, and of mimo's batch-8 decode; reports the median of the ratios taken "
+                         "within a set")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     if bool(args.llama_python) != bool(args.llama_converter):
