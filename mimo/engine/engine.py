@@ -59,8 +59,11 @@ class Engine:
         # expert on average, where the gathered-weights form reads no more than grouped matmuls would).
         # The C++ wrapper calls the ~150 kernels of a step without Python in between: 4% faster
         # batch-1 decode on the bench preset, for 15 s more compile time on first use.
-        if compile:
-            kernels.load()  # decided before tracing: the compiled MoE calls the C++ kernel when it builds
+        weight = next(model.parameters())
+        if weight.device.type == "cpu" and weight.dtype == torch.float32:
+            # Built (once per machine) or loaded now, not in the first step: the decision is fixed
+            # before a compiled step is traced, and a build's notice comes before any output.
+            kernels.load()
         self._compiled_trunk = torch.compile(model.trunk, options={"cpp_wrapper": True}) if compile else None
         self._has_moe = any(cfg.is_moe(i) for i in range(cfg.num_hidden_layers))
         # Peaked softmaxes produce subnormal floats, which x86 handles in microcode (15x slower steps).

@@ -7,10 +7,10 @@ when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec tha
 fast as a hand-blocked loop, and no maintained library offers either for the CPU.
 
 The build uses ``torch.utils.cpp_extension`` (g++ or clang, with OpenMP, the same toolchain
-``torch.compile`` needs on a CPU) and is cached under ``~/.cache/torch_extensions`` keyed by the
-source, the flags, this CPU and torch's version. When it cannot build (no compiler, no OpenMP) or
-``MIMO_CPU_KERNELS=0`` is set, :func:`moe_decode_ready` says False and callers keep their
-torch-only path, which gives the same results.
+``torch.compile`` needs on a CPU). It is cached under ``~/.cache/torch_extensions/mimo`` (or
+``$TORCH_EXTENSIONS_DIR/mimo``), keyed by the source, the flags, this CPU and torch's version.
+When it cannot build (no compiler, no OpenMP) or ``MIMO_CPU_KERNELS=0`` is set, :func:`ready`
+says False and callers keep their torch-only paths, which compute the same results.
 """
 
 from __future__ import annotations
@@ -64,9 +64,14 @@ def load() -> bool:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-        logger.info("loading mimo's CPU kernels (built on first use per machine and torch version: about 15 s)")
+        name = f"mimo_kernels_{_build_tag()}"
+        build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions") / "mimo" / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        if not (build_dir / f"{name}.so").exists():  # say why the first step waits
+            logger.warning("building mimo's CPU decode kernels for this machine (once, about 15 s)")
         cpp_extension.load(
-            name=f"mimo_kernels_{_build_tag()}",
+            name=name,
+            build_directory=str(build_dir),
             sources=[str(_SOURCE)],
             extra_cflags=_flags(),
             extra_ldflags=["-fopenmp"],
