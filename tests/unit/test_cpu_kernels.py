@@ -124,3 +124,19 @@ def test_linear_takes_the_kernel_only_for_a_few_rows_without_autograd(monkeypatc
     x = torch.randn(1, 16, requires_grad=True)
     linear(x, w).sum().backward()  # autograd: F.linear, with its gradient
     assert len(calls) == 1 and x.grad is not None
+
+
+def test_a_failed_build_falls_back_to_torch_with_a_warning(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    x, w_gu, w_d, weights, experts = _case(1, 8, 32, 16, 2, seed=3)
+    with torch.no_grad():
+        y = experts_forward(x, w_gu, w_d, weights, experts)
+        assert linear(x, w_gu[0]).shape == (1, 32)
+    assert "CPU kernels are unavailable (RuntimeError: no C++ compiler found)" in caplog.text
+    assert (y - _explicit(x, w_gu, w_d, weights, experts)).abs().max() < 1e-5
