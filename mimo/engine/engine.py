@@ -60,7 +60,7 @@ class Engine:
         # The C++ wrapper calls the ~150 kernels of a step without Python in between: 4% faster
         # batch-1 decode on the bench preset, for 15 s more compile time on first use.
         weight = next(model.parameters())
-        if weight.device.type == "cpu" and weight.dtype == torch.float32:
+        if weight.device.type == "cpu" and weight.dtype in kernels.DTYPES:
             # Built (once per machine) or loaded now, not in the first step: the decision is fixed
             # before a compiled step is traced, and a build's notice comes before any output.
             kernels.load()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mimo.ops import kernels
 
 DECODE_ROWS = 8
-"""Up to this many input rows (a decode step's batch), fp32 on a CPU without autograd, take
+"""Up to this many input rows (a decode step's batch), fp32 or bf16 on a CPU without autograd, take
 ``torch.ops.mimo.linear_decode``: on the bench preset it reads a step's dense weights 1.15x as
 fast as MKL at one row and 2.3x at eight (benchmarks/README.md, "Where a step's time goes")."""
 

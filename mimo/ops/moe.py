@@ -53,7 +53,7 @@ def experts_forward(
 
     Five ways to the same sum, by situation:
 
-    * few assignments (decode) in fp32 on a CPU, without autograd: mimo's C++ kernel
+    * few assignments (decode) in fp32 or bf16 on a CPU, without autograd: mimo's C++ kernel
       ``torch.ops.mimo.moe_decode`` (``mimo/ops/kernels``), one pass over the chosen weights,
       eager or inside ``torch.compile``;
     * inside ``torch.compile`` with few assignments (decode): the chosen experts' weights are

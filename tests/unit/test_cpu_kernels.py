@@ -55,6 +55,15 @@ def test_kernel_equals_the_explicit_sum(n_tok, e, d, i, k):
     assert (got - want).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("n_tok,e,d,i,k", [(1, 64, 128, 64, 8), (5, 8, 40, 26, 3)])
+def test_bf16_kernel_sums_bf16_weights_in_fp32(n_tok, e, d, i, k):
+    x, w_gu, w_d, weights, experts = (t.bfloat16() if t.is_floating_point() else t for t in _case(n_tok, e, d, i, k))
+    got = torch.ops.mimo.moe_decode(x, w_gu, w_d, weights.float(), experts)
+    want = _explicit(x.float(), w_gu.float(), w_d.float(), weights.float(), experts)  # exact products, fp32 sums
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() <= 2**-7 * want.abs().max()  # one bf16 rounding of the output
+
+
 def test_experts_forward_takes_the_kernel_for_decode_and_agrees_with_torch(monkeypatch):
     x, w_gu, w_d, weights, experts = _case(2, 16, 64, 32, 4, seed=1)
     calls = []
@@ -73,7 +82,9 @@ def test_kernel_is_skipped_where_it_does_not_apply():
     x, w_gu, w_d, *_ = _case(1, 4, 16, 8, 2)
     with torch.no_grad():
         assert kernels.ready(x, w_gu, w_d)
-        assert not kernels.ready(x.bfloat16(), w_gu, w_d)
+        assert kernels.ready(x.bfloat16(), w_gu.bfloat16(), w_d.bfloat16())
+        assert not kernels.ready(x.bfloat16(), w_gu, w_d)  # mixed dtypes
+        assert not kernels.ready(x.half(), w_gu.half(), w_d.half())
         assert not kernels.ready(x, w_gu.transpose(1, 2), w_d)
     assert not kernels.ready(x, w_gu, w_d)  # autograd: the kernel has no backward
 
@@ -90,8 +101,10 @@ def test_bad_expert_ids_are_a_clear_error():
     x, w_gu, w_d, weights, experts = _case(1, 4, 16, 8, 2)
     with pytest.raises(RuntimeError, match="expert id 7 outside"):
         torch.ops.mimo.moe_decode(x, w_gu, w_d, weights, torch.tensor([[0, 7]]))
-    with pytest.raises(RuntimeError, match="float32"):
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         torch.ops.mimo.moe_decode(x.double(), w_gu, w_d, weights, experts)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        torch.ops.mimo.moe_decode(x, w_gu, w_d.bfloat16(), weights, experts)
 
 
 def test_disabled_by_environment(monkeypatch):
@@ -109,6 +122,11 @@ def test_linear_kernel_equals_matmul(rows, n, k):
     x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
     got = torch.ops.mimo.linear_decode(x, w)
     assert (got - x @ w.T).abs().max() < 1e-4
+    xb, wb = x.bfloat16(), w.bfloat16()
+    got = torch.ops.mimo.linear_decode(xb, wb)
+    want = xb.float() @ wb.float().T
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() <= 2**-7 * want.abs().max()
 
 
 def test_linear_takes_the_kernel_only_for_a_few_rows_without_autograd(monkeypatch):

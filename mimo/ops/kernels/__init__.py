@@ -1,7 +1,8 @@
 """mimo's own CPU kernels for decode steps, built on first use with the machine's C++ compiler.
 
 ``decode.cpp`` defines ``torch.ops.mimo.moe_decode`` (a step's routed experts in one pass over
-the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 8 rows). A decode
+the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 8 rows), for
+fp32 and bf16 weights. A decode
 step's cost is reading weights: MKL's fp32 GEMM reads them at a third of the memory bandwidth
 when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec that streams as
 fast as a hand-blocked loop, and no maintained library offers either for the CPU.
@@ -94,12 +95,17 @@ def _register_fake() -> None:
         return x.new_empty(x.shape[0], w.shape[0])
 
 
+DTYPES = (torch.float32, torch.bfloat16)
+
+
 def ready(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can take these tensors (contiguous fp32 on the CPU, no autograd).
+    """Whether the kernels can take these tensors: contiguous, on the CPU, all fp32 or all bf16
+    (the kernels sum in fp32 either way), no autograd.
 
     Inside ``torch.compile`` this only reads the state: call :func:`load` before compiling."""
-    if torch.is_grad_enabled() or any(
-        t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors
+    dtype = tensors[0].dtype
+    if torch.is_grad_enabled() or dtype not in DTYPES or any(
+        t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() for t in tensors
     ):
         return False
     if torch.compiler.is_compiling():

@@ -15,7 +15,8 @@
 //   then                                        y[t, d] = sum over t's assignments a of part[a, d]
 //
 // where a runs over the (token, expert) assignments of expert e, so an expert chosen by several
-// tokens is read once. fp32 only; Python keeps torch ops for anything else (kernels/__init__.py).
+// tokens is read once. Weights and activations in fp32 or bf16, sums in fp32; Python keeps torch
+// ops for anything else (kernels/__init__.py).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -53,9 +54,29 @@ inline float lane_sum(vfloat v) {
 #endif
 }
 
+// Weights are fp32 or bf16 (the top half of an fp32: widening is a 16-bit shift); vectors and
+// sums are fp32.
+typedef uint16_t vbf16 __attribute__((vector_size(kLanes * sizeof(uint16_t)), aligned(sizeof(uint16_t))));
+typedef uint32_t vu32 __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+inline vfloat load(const float* p) { return *reinterpret_cast<const vfloat*>(p); }
+inline vfloat load(const uint16_t* p) {
+  const vu32 bits = __builtin_convertvector(*reinterpret_cast<const vbf16*>(p), vu32) << 16;
+  vfloat f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline float scalar(float v) { return v; }
+inline float scalar(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
 // out[m][r] = <rows[r * ld : + n], vec[m][0 : n]> for r < R, m < M.
-template <int R, int M>
-inline void dot_block(const float* rows, int64_t ld, const float* const* vec, int64_t n, float (*out)[kRows]) {
+template <typename T, int R, int M>
+inline void dot_block(const T* rows, int64_t ld, const float* const* vec, int64_t n, float (*out)[kRows]) {
   vfloat acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = vfloat{};
@@ -66,30 +87,30 @@ inline void dot_block(const float* rows, int64_t ld, const float* const* vec, in
     for (int m = 0; m < M; ++m) v[m] = *reinterpret_cast<const vfloat*>(vec[m] + i);
     for (int r = 0; r < R; ++r) {
       __builtin_prefetch(rows + (r + R) * ld + i, 0, 3);  // the same line of the next block: +10-18% here
-      const vfloat a = *reinterpret_cast<const vfloat*>(rows + r * ld + i);
+      const vfloat a = load(rows + r * ld + i);
       for (int m = 0; m < M; ++m) acc[r][m] += a * v[m];
     }
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
       float s = lane_sum(acc[r][m]);
-      for (int64_t j = i; j < n; ++j) s += rows[r * ld + j] * vec[m][j];
+      for (int64_t j = i; j < n; ++j) s += scalar(rows[r * ld + j]) * vec[m][j];
       out[m][r] = s;
     }
 }
 
 // out[m * ldo + row] = <W[row, 0 : n], vec[m]> for rows [row0, row1) and M vectors, R rows at a time.
-template <int R, int M>
-void rows_times_vecs(const float* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, float* out, int64_t ldo) {
+template <typename T, int R, int M>
+void rows_times_vecs(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, float* out, int64_t ldo) {
   float tmp[M][kRows];
   int64_t row = row0;
   for (; row + R <= row1; row += R) {
-    dot_block<R, M>(W + row * n, n, vec, n, tmp);
+    dot_block<T, R, M>(W + row * n, n, vec, n, tmp);
     for (int m = 0; m < M; ++m)
       for (int r = 0; r < R; ++r) out[m * ldo + row + r] = tmp[m][r];
   }
   for (; row < row1; ++row) {
-    dot_block<1, M>(W + row * n, n, vec, n, tmp);
+    dot_block<T, 1, M>(W + row * n, n, vec, n, tmp);
     for (int m = 0; m < M; ++m) out[m * ldo + row] = tmp[m][0];
   }
 }
@@ -97,27 +118,29 @@ void rows_times_vecs(const float* W, int64_t n, int64_t row0, int64_t row1, cons
 // The same for any number of vectors, up to 8 per pass over the rows (4 rows x up to 4 vectors,
 // or 2 rows x 5-8 vectors: at most 16 accumulators). Measured at 8 vectors: 2 rows x 8 is 1.5x
 // faster than two passes of 4 rows x 4.
-void rows_times_any(const float* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, int64_t nvec,
+template <typename T>
+void rows_times_any(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, int64_t nvec,
                     float* out, int64_t ldo) {
   for (int64_t m0 = 0; m0 < nvec; m0 += kMaxVecs) {
     const float* const* v = vec + m0;
     float* o = out + m0 * ldo;
     switch (std::min<int64_t>(kMaxVecs, nvec - m0)) {
-      case 1: rows_times_vecs<4, 1>(W, n, row0, row1, v, o, ldo); break;
-      case 2: rows_times_vecs<4, 2>(W, n, row0, row1, v, o, ldo); break;
-      case 3: rows_times_vecs<4, 3>(W, n, row0, row1, v, o, ldo); break;
-      case 4: rows_times_vecs<4, 4>(W, n, row0, row1, v, o, ldo); break;
-      case 5: rows_times_vecs<2, 5>(W, n, row0, row1, v, o, ldo); break;
-      case 6: rows_times_vecs<2, 6>(W, n, row0, row1, v, o, ldo); break;
-      case 7: rows_times_vecs<2, 7>(W, n, row0, row1, v, o, ldo); break;
-      default: rows_times_vecs<2, 8>(W, n, row0, row1, v, o, ldo); break;
+      case 1: rows_times_vecs<T, 4, 1>(W, n, row0, row1, v, o, ldo); break;
+      case 2: rows_times_vecs<T, 4, 2>(W, n, row0, row1, v, o, ldo); break;
+      case 3: rows_times_vecs<T, 4, 3>(W, n, row0, row1, v, o, ldo); break;
+      case 4: rows_times_vecs<T, 4, 4>(W, n, row0, row1, v, o, ldo); break;
+      case 5: rows_times_vecs<T, 2, 5>(W, n, row0, row1, v, o, ldo); break;
+      case 6: rows_times_vecs<T, 2, 6>(W, n, row0, row1, v, o, ldo); break;
+      case 7: rows_times_vecs<T, 2, 7>(W, n, row0, row1, v, o, ldo); break;
+      default: rows_times_vecs<T, 2, 8>(W, n, row0, row1, v, o, ldo); break;
     }
   }
 }
 
 // For every group g (one expert, weights W_g [N, n], and its vectors sorted[start[g] : start[g + 1]]):
 // out[p, row] = <W_g[row], vec[p]>. Threads take contiguous ranges of (group, block of rows).
-void grouped_rows_times_vecs(const float* W, int64_t N, int64_t n, const std::vector<int64_t>& group_expert,
+template <typename T>
+void grouped_rows_times_vecs(const T* W, int64_t N, int64_t n, const std::vector<int64_t>& group_expert,
                              const std::vector<int64_t>& start, const std::vector<const float*>& vec, float* out) {
   const int64_t G = static_cast<int64_t>(group_expert.size());
   const int64_t blocks = (N + kRows - 1) / kRows;
@@ -131,33 +154,47 @@ void grouped_rows_times_vecs(const float* W, int64_t N, int64_t n, const std::ve
   });
 }
 
-void check_float(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(), what,
-              ": contiguous float32 CPU tensors only");
+void check_tensor(const at::Tensor& t, const char* what) {
+  TORCH_CHECK((t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16) && t.is_contiguous() &&
+                  t.device().is_cpu(),
+              what, ": contiguous float32 or bfloat16 CPU tensors only");
+}
+
+// Calls f with the weight data as const float* (fp32) or const uint16_t* (bf16 bits).
+template <typename F>
+void with_weights(const at::Tensor& w, F&& f) {
+  if (w.scalar_type() == at::kFloat) {
+    f(w.const_data_ptr<float>());
+  } else {
+    f(reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>()));
+  }
 }
 
 at::Tensor linear_decode(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "linear_decode: x [M, K] and w [N, K]");
-  check_float(x, "linear_decode");
-  check_float(w, "linear_decode");
+  check_tensor(x, "linear_decode");
+  check_tensor(w, "linear_decode");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  at::Tensor y = at::empty({M, N}, xf.options());
   std::vector<const float*> vec(M);
-  for (int64_t m = 0; m < M; ++m) vec[m] = x.data_ptr<float>() + m * K;
-  const float* W = w.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) vec[m] = xf.const_data_ptr<float>() + m * K;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
-    rows_times_any(W, K, b0 * kRows, std::min(b1 * kRows, N), vec.data(), M, yp, N);
+  with_weights(w, [&](const auto* W) {
+    at::parallel_for(0, (N + kRows - 1) / kRows, 1, [&](int64_t b0, int64_t b1) {
+      rows_times_any(W, K, b0 * kRows, std::min(b1 * kRows, N), vec.data(), M, yp, N);
+    });
   });
-  return y;
+  return y.to(x.scalar_type());
 }
 
 at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at::Tensor& w_down,
                       const at::Tensor& weights, const at::Tensor& experts) {
   TORCH_CHECK(x.dim() == 2 && w_gate_up.dim() == 3 && w_down.dim() == 3, "moe_decode: x [T, D], weights [E, 2I, D] and [E, D, I]");
-  check_float(x, "moe_decode");
-  check_float(w_gate_up, "moe_decode");
-  check_float(w_down, "moe_decode");
+  check_tensor(x, "moe_decode");
+  check_tensor(w_gate_up, "moe_decode");
+  check_tensor(w_down, "moe_decode");
+  TORCH_CHECK(w_gate_up.scalar_type() == w_down.scalar_type(), "moe_decode: both expert weights must have one dtype");
   const int64_t T = x.size(0), D = x.size(1), E = w_gate_up.size(0), F2 = w_gate_up.size(1), I = F2 / 2;
   TORCH_CHECK(w_gate_up.size(2) == D && F2 % 2 == 0 && w_down.size(0) == E && w_down.size(1) == D && w_down.size(2) == I,
               "moe_decode: weight shapes do not match x");
@@ -186,9 +223,8 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at
   std::vector<int64_t> sorted(A);
   for (int64_t a = 0; a < A; ++a) sorted[count[ep[a]]++] = a;
 
-  const float* xp = x.data_ptr<float>();
-  const float* gu = w_gate_up.data_ptr<float>();
-  const float* dn = w_down.data_ptr<float>();
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const float* xp = xf.const_data_ptr<float>();
   std::vector<float> act(A * I), part(A * D);
   std::vector<const float*> xvec(A), avec(A);
   for (int64_t p = 0; p < A; ++p) {
@@ -198,7 +234,7 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at
 
   // Pass 1: the gate and up rows of each chosen expert -> h; then act = w * silu(gate) * up.
   std::vector<float> h(A * F2);
-  grouped_rows_times_vecs(gu, F2, D, group_expert, start, xvec, h.data());
+  with_weights(w_gate_up, [&](const auto* gu) { grouped_rows_times_vecs(gu, F2, D, group_expert, start, xvec, h.data()); });
   at::parallel_for(0, A, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const float w = wp[sorted[p]];
@@ -207,10 +243,10 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at
     }
   });
   // Pass 2: the down rows of each chosen expert -> part.
-  grouped_rows_times_vecs(dn, D, I, group_expert, start, avec, part.data());
+  with_weights(w_down, [&](const auto* dn) { grouped_rows_times_vecs(dn, D, I, group_expert, start, avec, part.data()); });
 
   // Each token's k contributions, in its own row.
-  at::Tensor y = at::zeros({T, D}, x.options());
+  at::Tensor y = at::zeros({T, D}, xf.options());
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t p = 0; p < A; ++p) {
@@ -220,7 +256,7 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at
       for (int64_t d = 0; d < D; ++d) yp[t * D + d] += src[d];
     }
   });
-  return y;
+  return y.to(x.scalar_type());
 }
 
 }  // namespace
