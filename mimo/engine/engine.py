@@ -52,18 +52,19 @@ class Engine:
             )
         self.model = model.eval()
         model.fuse_projections()
+        weight = next(model.parameters())
+        if weight.device.type == "cpu" and weight.dtype in kernels.DTYPES:
+            # mimo's decode kernels, built (once per machine) or loaded now rather than in the first
+            # step: the choice is fixed before a compiled step is traced, and a build's notice comes
+            # before any output.
+            kernels.load()
         # Decode and verify steps through torch.compile (inductor): the trunk becomes a few fused
         # kernels instead of ~1000 small eager ops. The first steps compile (tens of seconds on 2
         # cores, cached on disk afterwards); prefill and MTP drafting stay eager.
         # A step compiles only while its MoE layers stay one graph (at most one assignment per
         # expert on average, where the gathered-weights form reads no more than grouped matmuls would).
-        # The C++ wrapper calls the ~150 kernels of a step without Python in between: 4% faster
+        # The C++ wrapper calls the ~150 kernels of a step without Python in between: 5-8% faster
         # batch-1 decode on the bench preset, for 15 s more compile time on first use.
-        weight = next(model.parameters())
-        if weight.device.type == "cpu" and weight.dtype in kernels.DTYPES:
-            # Built (once per machine) or loaded now, not in the first step: the decision is fixed
-            # before a compiled step is traced, and a build's notice comes before any output.
-            kernels.load()
         self._compiled_trunk = torch.compile(model.trunk, options={"cpp_wrapper": True}) if compile else None
         self._has_moe = any(cfg.is_moe(i) for i in range(cfg.num_hidden_layers))
         # Peaked softmaxes produce subnormal floats, which x86 handles in microcode (15x slower steps).
@@ -74,7 +75,7 @@ class Engine:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.prefill_chunk = prefill_chunk
-        dtype = next(model.parameters()).dtype
+        dtype = weight.dtype
         self.cache = HybridKVCache(cfg, max_num_seqs, self.max_model_len + k + 1, lookahead=k + 1, dtype=dtype,
                                    dynamic_capacity=compile)
         eos = set(cfg.eos_token_ids)

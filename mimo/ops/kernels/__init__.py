@@ -27,7 +27,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("decode.cpp")
-_state: dict[str, bool] = {}
+_ok: bool | None = None  # None until load() has run
 
 
 def _flags() -> list[str]:
@@ -51,9 +51,10 @@ def _build_tag() -> str:
 
 def load() -> bool:
     """Build (once per machine) and load the kernels; True when ``torch.ops.mimo.*`` are usable."""
-    if "ok" in _state:
-        return _state["ok"]
-    _state["ok"] = False
+    global _ok
+    if _ok is not None:
+        return _ok
+    _ok = False
     if os.environ.get("MIMO_CPU_KERNELS", "1") == "0":
         return False
     try:
@@ -79,10 +80,10 @@ def load() -> bool:
             is_python_module=False,
         )
         _register_fake()
-        _state["ok"] = True
+        _ok = True
     except Exception as e:  # no compiler, no OpenMP, an unknown platform: the torch path still works
         logger.warning("mimo's CPU kernels are unavailable (%s: %s); using torch ops instead", type(e).__name__, e)
-    return _state["ok"]
+    return _ok
 
 
 def _register_fake() -> None:
@@ -109,5 +110,5 @@ def ready(*tensors: torch.Tensor) -> bool:
     ):
         return False
     if torch.compiler.is_compiling():
-        return _state.get("ok", False)
+        return bool(_ok)
     return load()
