@@ -1,4 +1,4 @@
-"""Tokenizer: byte-level BPE training, the ChatML chat template, and incremental detokenisation.
+"""Tokenizer: byte-level BPE training, chat-template rendering, and incremental detokenisation.
 
 This module owns everything between text and token ids (spec §5):
 
@@ -7,12 +7,8 @@ This module owns everything between text and token ids (spec §5):
 * :class:`Tokenizer` wraps a ``tokenizers.Tokenizer`` and reads/writes a Hugging Face model
   directory (``tokenizer.json`` + ``tokenizer_config.json``), so transformers' ``AutoTokenizer``
   loads what we save and we load what the hub ships (including the released MiMo tokenizer).
-* :data:`CHAT_TEMPLATE` is a ChatML Jinja template rendered exactly as transformers renders
-  templates (sandboxed, ``trim_blocks``/``lstrip_blocks``, the same ``tojson``), so
-  ``Tokenizer.apply_chat_template`` and transformers' ``apply_chat_template`` give identical text.
-  Thinking is off by default, as in the released model: the generation prompt then carries an
-  empty ``<think>\\n\\n</think>\\n\\n`` stub. Tool calls use the Qwen3-Coder XML form the released
-  model emits (``<tool_call>\\n<function=NAME>\\n<parameter=P>\\nVALUE\\n</parameter>...``).
+* ``Tokenizer.apply_chat_template`` renders the model's chat template (mimo's own,
+  :data:`mimo.chat_format.CHAT_TEMPLATE`, unless the model ships one) exactly as transformers does.
 * :class:`IncrementalDetokenizer` turns a stream of ids into text deltas without ever emitting
   half of a multi-byte UTF-8 character.
 """
@@ -20,20 +16,17 @@ This module owns everything between text and token ids (spec §5):
 from __future__ import annotations
 
 import codecs
-import copy
 import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-import jinja2
-import jinja2.ext
 import tokenizers
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from mimo.chat_format import CHAT_TEMPLATE, ROLES, render_chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -42,129 +35,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     ENDOFTEXT, "<|im_start|>", "<|im_end|>", "<think>", "</think>",
     "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
 )
-ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MODEL_MAX_LENGTH = 32768
-# transformers passes a message's reasoning under any of these names; we alias them the same way.
-_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
-
-# The tool instructions follow Qwen3-Coder's wording, the family whose XML call format the
-# released model uses (spec §5); MiMo's own wording is not public.
-_TOOLS_PREAMBLE = (
-    "# Tools\n\nYou have access to the following functions:\n\n<tools>"
-)
-_TOOLS_HOWTO = (
-    "\n</tools>\n\n"
-    "If you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
-    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
-    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n"
-    "</parameter>\n</function>\n</tool_call>\n\n"
-    "<IMPORTANT>\nReminder:\n"
-    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested "
-    "within <tool_call></tool_call> XML tags\n"
-    "- Required parameters MUST be specified\n"
-    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, "
-    "but NOT after\n"
-    "- If there is no function call available, answer the question like normal with your current knowledge and "
-    "do not tell the user about function calls\n</IMPORTANT>"
-)
-
-# ChatML. Every piece of output is an explicit {{- ... }} so that the text does not depend on the
-# template's own layout; trim_blocks/lstrip_blocks are set anyway, as transformers sets them.
-CHAT_TEMPLATE = (
-    """{%- macro render_content(content) -%}
-    {%- if content is not defined or content is none -%}
-    {%- elif content is string -%}
-        {{- content -}}
-    {%- elif content is iterable and content is not mapping -%}
-        {%- for part in content -%}
-            {%- if part.type == "text" -%}
-                {{- part.text -}}
-            {%- else -%}
-                {{- raise_exception("only text content parts are supported") -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- else -%}
-        {{- raise_exception("message content must be a string or a list of text parts") -}}
-    {%- endif -%}
-{%- endmacro -%}
-{%- set has_tools = tools is defined and tools is not none and tools | length > 0 -%}
-{%- if messages | length > 0 and messages[0].role == "system" -%}
-    {%- set system_content = render_content(messages[0].content) -%}
-    {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-    {%- set system_content = none -%}
-    {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- if system_content is not none or has_tools -%}
-    {{- "<|im_start|>system\\n" -}}
-    {%- if system_content -%}
-        {{- system_content -}}
-        {%- if has_tools -%}
-            {{- "\\n\\n" -}}
-        {%- endif -%}
-    {%- endif -%}
-    {%- if has_tools -%}
-        {{- """ + json.dumps(_TOOLS_PREAMBLE) + """ -}}
-        {%- for tool in tools -%}
-            {{- "\\n" ~ (tool | tojson) -}}
-        {%- endfor -%}
-        {{- """ + json.dumps(_TOOLS_HOWTO) + """ -}}
-    {%- endif -%}
-    {{- "<|im_end|>\\n" -}}
-{%- endif -%}
-{%- for message in loop_messages -%}
-    {%- if message.role == "tool" -%}
-        {%- if loop.first or loop.previtem.role != "tool" -%}
-            {{- "<|im_start|>user" -}}
-        {%- endif -%}
-        {{- "\\n<tool_response>\\n" ~ render_content(message.content) ~ "\\n</tool_response>" -}}
-        {%- if loop.last or loop.nextitem.role != "tool" -%}
-            {{- "<|im_end|>\\n" -}}
-        {%- endif -%}
-    {%- elif message.role == "assistant" -%}
-        {{- "<|im_start|>assistant\\n" -}}
-        {%- if message.reasoning_content is defined and message.reasoning_content is string
-              and message.reasoning_content -%}
-            {{- "<think>\\n" ~ message.reasoning_content.strip("\\n") ~ "\\n</think>\\n\\n" -}}
-        {%- endif -%}
-        {%- set content = render_content(message.content) -%}
-        {{- content -}}
-        {%- if message.tool_calls is defined and message.tool_calls -%}
-            {%- for tool_call in message.tool_calls -%}
-                {%- set call = tool_call.function if tool_call.function is defined else tool_call -%}
-                {%- if content or not loop.first -%}
-                    {{- "\\n" -}}
-                {%- endif -%}
-                {{- "<tool_call>\\n<function=" ~ call.name ~ ">\\n" -}}
-                {%- if call.arguments is mapping -%}
-                    {%- for name, value in call.arguments | items -%}
-                        {{- "<parameter=" ~ name ~ ">\\n" -}}
-                        {%- if value is string -%}
-                            {{- value -}}
-                        {%- else -%}
-                            {{- value | tojson -}}
-                        {%- endif -%}
-                        {{- "\\n</parameter>\\n" -}}
-                    {%- endfor -%}
-                {%- elif call.arguments is defined and call.arguments is not none -%}
-                    {{- raise_exception("tool call arguments must be a mapping; parse JSON-string arguments first") -}}
-                {%- endif -%}
-                {{- "</function>\\n</tool_call>" -}}
-            {%- endfor -%}
-        {%- endif -%}
-        {{- "<|im_end|>\\n" -}}
-    {%- else -%}
-        {{- "<|im_start|>" ~ message.role ~ "\\n" ~ render_content(message.content) ~ "<|im_end|>\\n" -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- "<|im_start|>assistant\\n" -}}
-    {%- if not (enable_thinking is defined and enable_thinking) -%}
-        {{- "<think>\\n\\n</think>\\n\\n" -}}
-    {%- endif -%}
-{%- endif -%}
-"""
-)
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -202,137 +73,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) 
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
-
-
-# ---------------------------------------------------------------------------------------------
-# Chat template rendering
-# ---------------------------------------------------------------------------------------------
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
-    # Same as transformers' override: Jinja's own tojson HTML-escapes and sorts keys, which would
-    # change the text the model sees.
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
-
-
-@lru_cache(maxsize=8)
-def _compile(template: str) -> jinja2.Template:
-    # Mirrors transformers' _compile_jinja_template: chat templates are untrusted code from the hub.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env.from_string(template)
-
-
-def _check_content(content: Any, where: str) -> None:
-    if isinstance(content, str):
-        return
-    if isinstance(content, list) and all(
-        isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-    ):
-        return
-    raise ValueError(f"{where}: content must be a string or a list of {{'type': 'text', 'text': str}} parts, "
-                     f"got {type(content).__name__}")
-
-
-def _prepare_tool_call(call: Any, where: str) -> dict[str, Any]:
-    if not isinstance(call, Mapping):
-        raise ValueError(f"{where}: each tool call must be a dict, got {type(call).__name__}")
-    call = dict(call)
-    fn = call.get("function", call)
-    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
-        raise ValueError(f"{where}: a tool call needs function.name (OpenAI shape "
-                         "{'type': 'function', 'function': {'name': ..., 'arguments': ...}})")
-    fn = dict(fn)
-    args = fn.get("arguments")
-    if args is None or args == "":
-        args = {}
-    if isinstance(args, str):
-        # The OpenAI API sends arguments as a JSON string; the template renders one parameter per key.
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: tool call {fn['name']!r} has arguments that are not valid JSON: {e}") from e
-    if not isinstance(args, Mapping):
-        raise ValueError(f"{where}: tool call {fn['name']!r} arguments must be a JSON object, "
-                         f"got {type(args).__name__}")
-    fn["arguments"] = dict(args)
-    if "function" in call:
-        call["function"] = fn
-        return call
-    return fn
-
-
-def _prepare_messages(messages: Any) -> list[dict[str, Any]]:
-    """Validate messages and return copies in the shape the template reads."""
-    if not isinstance(messages, (list, tuple)):
-        raise ValueError(f"messages must be a list of dicts with 'role' and 'content', got {type(messages).__name__}")
-    out = []
-    for i, msg in enumerate(messages):
-        where = f"message {i}"
-        if not isinstance(msg, Mapping):
-            raise ValueError(f"{where} must be a dict with 'role' and 'content', got {type(msg).__name__}")
-        msg = copy.deepcopy(dict(msg))
-        role = msg.get("role")
-        if role not in ROLES:
-            raise ValueError(f"{where} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        where = f"message {i} ({role})"
-        tool_calls = msg.get("tool_calls")
-        if tool_calls is not None:
-            if role != "assistant":
-                raise ValueError(f"{where}: only assistant messages may carry tool_calls")
-            if not isinstance(tool_calls, list):
-                raise ValueError(f"{where}: tool_calls must be a list, got {type(tool_calls).__name__}")
-            msg["tool_calls"] = [_prepare_tool_call(c, where) for c in tool_calls]
-        if msg.get("content") is None:
-            if not msg.get("tool_calls"):
-                raise ValueError(f"{where} has no content")
-            msg["content"] = ""
-        _check_content(msg["content"], where)
-        reasoning = next((msg[k] for k in _REASONING_FIELDS if msg.get(k) is not None), None)
-        if reasoning is not None:
-            if not isinstance(reasoning, str):
-                raise ValueError(f"{where}: reasoning_content must be a string, got {type(reasoning).__name__}")
-            msg["reasoning_content"] = reasoning
-        out.append(msg)
-    return out
-
-
-def render_chat_template(
-    template: str,
-    messages: Sequence[Mapping[str, Any]],
-    tools: Sequence[Mapping[str, Any]] | None = None,
-    add_generation_prompt: bool = True,
-    enable_thinking: bool = False,
-    **kwargs: Any,
-) -> str:
-    """Validate ``messages`` and render ``template`` the way transformers does."""
-    if tools is not None:
-        if not isinstance(tools, (list, tuple)) or not all(isinstance(t, Mapping) for t in tools):
-            raise ValueError("tools must be a list of JSON-schema dicts (OpenAI shape {'type': 'function', "
-                             "'function': {...}})")
-        tools = [copy.deepcopy(dict(t)) for t in tools]
-    try:
-        return _compile(template).render(
-            messages=_prepare_messages(messages),
-            tools=tools,
-            documents=None,
-            add_generation_prompt=add_generation_prompt,
-            enable_thinking=enable_thinking,
-            **kwargs,
-        )
-    except jinja2.exceptions.TemplateError as e:
-        raise ValueError(f"chat template failed: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,11 +258,13 @@ class Tokenizer:
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None = None,
         add_generation_prompt: bool = True,
-        enable_thinking: bool = False,
+        enable_thinking: bool | None = None,
         tokenize: bool = False,
         **kwargs: Any,
     ) -> str | list[int]:
-        """Render a conversation with the chat template; token ids when ``tokenize`` is true."""
+        """Render a conversation with the chat template; token ids when ``tokenize`` is true.
+
+        ``enable_thinking=None`` lets the template decide (mimo's own template: thinking off)."""
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat_template (tokenizer_config.json has none)")
         kwargs.setdefault("eos_token", self.eos_token)

@@ -1,12 +1,10 @@
-"""Tool calls in the released model's Qwen3-Coder XML format -> OpenAI ``tool_calls`` (spec §5).
+"""Tool calls in the MiMo release family's XML format -> OpenAI ``tool_calls`` (spec §5).
 
-The model writes one block per call::
+The model writes one block per call (the format the chat template documents to the model)::
 
     <tool_call>
     <function=NAME>
-    <parameter=P>
-    VALUE
-    </parameter>
+    <parameter=P>VALUE</parameter>
     </function>
     </tool_call>
 
@@ -18,16 +16,28 @@ not a valid call; :func:`convert_param_value` turns a VALUE into JSON according 
 
 A block is valid when, apart from whitespace, it is exactly ``<function=NAME>``, zero or more
 ``<parameter=P>VALUE</parameter>``, and ``</function>`` (which may be missing: the block's end closes it),
-and NAME is one of the request's tools. One leading and one trailing ``\\n`` of VALUE are stripped; the rest
-is verbatim. A repeated parameter keeps its last value. Nothing here raises on model output.
+and NAME is one of the request's tools. A repeated parameter keeps its last value. Nothing here raises on
+model output.
+
+VALUE is kept byte for byte, as the release's template promises the model ("preserved exactly as-is,
+including newlines and spaces") and as SGLang's and vLLM's parsers for this model do: a file written with
+``write_file(content=...)`` keeps its final newline. (Qwen3-Coder pads values with one newline on each
+side; that convention is not this model's, and stripping it would corrupt such files.) Two decisions:
+
+* XML entities are not unescaped: ``&amp;`` stays ``&amp;``. The template writes values unescaped, so the
+  model's text *is* the value; unescaping would corrupt HTML or XML a tool is asked to write (vLLM's
+  choice; SGLang unescapes).
+* ``null``/``None`` becomes JSON ``null`` only where the schema allows null; for a string-only parameter
+  it is the text ``"null"``. (The template writes a Python ``None`` argument as ``None``.)
 
 Value conversion, by the parameter's JSON-schema type (``type``, a list of types, ``anyOf``/``oneOf``
-members, or the types of ``enum``/``const`` values; Python spellings such as ``int`` are accepted):
+members, or the types of ``enum``/``const`` values; Python spellings such as ``int`` are accepted), on
+VALUE without surrounding whitespace except where the result is a string:
 
 * ``null`` allowed and VALUE is ``null``/``none`` -> ``null``;
 * otherwise the first of integer, number, boolean, object, array that is allowed and parses wins
   (object/array: JSON, then a Python literal such as ``{'a': 1}``, must give a dict/list);
-* otherwise ``string`` allowed -> VALUE unchanged;
+* otherwise ``string`` allowed -> VALUE exactly as written;
 * otherwise (unknown parameter, no schema, or no allowed type parsed): JSON if VALUE parses, else VALUE.
 """
 
@@ -141,10 +151,6 @@ def parse_tool_call_body(body: str, schemas: ToolSchemas) -> tuple[str, str] | N
         if value_end < 0:
             return None
         value = body[name_end + 1 : value_end]
-        if value.startswith("\n"):
-            value = value[1:]
-        if value.endswith("\n"):
-            value = value[:-1]
         args[param] = convert_param_value(value, schemas.param_schema(name, param))
         pos = value_end + len(_PARAM_CLOSE)
     return name, json.dumps(args, ensure_ascii=False, allow_nan=False)

@@ -28,7 +28,7 @@ MODEL = "mimo-test"
 MAX_MODEL_LEN = 1024
 MAX_BODY = 64 * 1024
 
-TOOL_XML = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+TOOL_XML = "<tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n</function>\n</tool_call>"
 # The reply chosen by a marker in the last user turn; a tool response in that turn gets ANSWER.
 SCRIPTS = {
     "[[tool]]": TOOL_XML,

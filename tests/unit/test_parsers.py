@@ -1,4 +1,4 @@
-"""Output parsers: reasoning split, Qwen3-Coder XML tool calls, and streamed == whole-text parsing."""
+"""Output parsers: reasoning split, the release's XML tool calls, and streamed == whole-text parsing."""
 
 import json
 import random
@@ -56,7 +56,8 @@ TOOLS = [
 ]
 
 
-def call_xml(name: str, params: dict[str, str], inline: bool = False) -> str:
+def call_xml(name: str, params: dict[str, str], inline: bool = True) -> str:
+    """A call in the release's format (``inline``), or Qwen3-Coder's newline-padded one."""
     body = "".join(
         f"<parameter={k}>{v}</parameter>\n" if inline else f"<parameter={k}>\n{v}\n</parameter>\n" for k, v in params.items()
     )
@@ -189,12 +190,19 @@ def test_convert_param_value(raw, schema, expected):
 # ------------------------------------------------------------------------------------- tool-call blocks
 
 
-def test_parse_tool_call_body_strips_one_newline_each_side():
+def test_parse_tool_call_body_keeps_values_verbatim():
+    """String values are the exact text between the tags (the release's promise); typed ones are trimmed."""
     schemas = ToolSchemas(TOOLS)
-    body = "\n<function=get_weather>\n<parameter=city>\n\nNew York\n\n</parameter>\n</function>\n"
-    name, arguments = parse_tool_call_body(body, schemas)
+    body = "\n<function=get_weather>\n<parameter=city>\n\nNew York\n\n</parameter>\n<parameter=days>\n3\n</parameter>\n"
+    name, arguments = parse_tool_call_body(body + "</function>\n", schemas)
     assert name == "get_weather"
-    assert json.loads(arguments) == {"city": "\nNew York\n"}
+    assert json.loads(arguments) == {"city": "\n\nNew York\n\n", "days": 3}
+    # A file written by a tool keeps its final newline and its indentation; entities stay as written.
+    body = "<function=run_sql>\n<parameter=query>  SELECT 1 &amp; 2;\n</parameter>\n<parameter=limit>null</parameter>\n"
+    assert json.loads(parse_tool_call_body(body, schemas)[1]) == {"query": "  SELECT 1 &amp; 2;\n", "limit": None}
+    # null is JSON null only where the schema allows it; a string parameter gets the text.
+    body = "<function=get_weather>\n<parameter=city>null</parameter>\n</function>"
+    assert json.loads(parse_tool_call_body(body, schemas)[1]) == {"city": "null"}
 
 
 @pytest.mark.parametrize(
@@ -270,7 +278,7 @@ def test_extract_no_schema_and_unknown_parameter_use_json_then_string():
 
 
 def test_extract_missing_function_close_is_tolerated():
-    out = extract("<tool_call>\n<function=get_weather>\n<parameter=city>\nLima\n</parameter>\n</tool_call>", TOOLS)
+    out = extract("<tool_call>\n<function=get_weather>\n<parameter=city>Lima</parameter>\n</tool_call>", TOOLS)
     assert args_of(out.tool_calls[0]) == {"city": "Lima"}
 
 
@@ -426,13 +434,15 @@ def random_call(rng: random.Random) -> tuple[str, str, dict]:
         for k in rng.sample(["a", "b", "c"], rng.randint(0, 2)):
             params[k] = rng.choice([("7", 7), ("hi there", "hi there"), ('{"k": [true]}', {"k": [True]})])
     sep = rng.choice(["\n", "", "  \n"])
-    body = ""
-    for k, (raw, _) in params.items():
-        inline = rng.random() < 0.3 and not raw.startswith("\n") and not raw.endswith("\n")
-        body += f"<parameter={k}>{raw}</parameter>{sep}" if inline else f"<parameter={k}>\n{raw}\n</parameter>{sep}"
+    body, expected = "", {}
+    for k, (raw, value) in params.items():
+        # Mostly the release's inline form; sometimes Qwen3-Coder's padding, which a string value keeps.
+        padded = rng.random() < 0.3
+        body += f"<parameter={k}>\n{raw}\n</parameter>{sep}" if padded else f"<parameter={k}>{raw}</parameter>{sep}"
+        expected[k] = f"\n{value}\n" if padded and isinstance(value, str) else value
     close = rng.choice(["</function>\n", "</function>", ""])  # a missing </function> is tolerated
     xml = f"<tool_call>{sep}<function={name}>{sep}{body}{close}</tool_call>"
-    return xml, name, {k: v for k, (_, v) in params.items()}
+    return xml, name, expected
 
 
 def random_output(rng: random.Random):

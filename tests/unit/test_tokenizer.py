@@ -113,9 +113,9 @@ def test_save_and_load(tok: Tokenizer, saved: str) -> None:
 
 def test_chat_template_basic(tok: Tokenizer) -> None:
     msgs = CONVERSATIONS["system"]
-    body = ("<|im_start|>system\nYou are MiMo.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-            "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n再见 👋<|im_end|>\n")
-    assert tok.apply_chat_template(msgs) == body + "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    body = ("<|im_start|>system\nYou are MiMo.<|im_end|><|im_start|>user\nhi<|im_end|>"
+            "<|im_start|>assistant\n<think></think>Hello!<|im_end|><|im_start|>user\n再见 👋<|im_end|>")
+    assert tok.apply_chat_template(msgs) == body + "<|im_start|>assistant\n<think></think>"
     assert tok.apply_chat_template(msgs, enable_thinking=True) == body + "<|im_start|>assistant\n"
     assert tok.apply_chat_template(msgs, add_generation_prompt=False) == body
     ids = tok.apply_chat_template(msgs, tokenize=True)
@@ -125,35 +125,37 @@ def test_chat_template_basic(tok: Tokenizer) -> None:
 def test_chat_template_reasoning_and_tools(tok: Tokenizer) -> None:
     text = tok.apply_chat_template(CONVERSATIONS["agent"][1:], add_generation_prompt=False)
     assert text == (
-        "<|im_start|>user\nList files, twice.<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\nUse the run tool.\n</think>\n\nSure.\n"
-        "<tool_call>\n<function=run>\n<parameter=cmd>\nls -l\n</parameter>\n</function>\n</tool_call>\n"
-        "<tool_call>\n<function=run>\n<parameter=cmd>\nls\n</parameter>\n<parameter=n>\n2\n</parameter>\n"
-        '<parameter=o>\n[1, "é"]\n</parameter>\n</function>\n</tool_call><|im_end|>\n'
-        "<|im_start|>user\n<tool_response>\na.py\n</tool_response>\n<tool_response>\nb.py\n</tool_response>"
-        "<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\nBoth ran.\n</think>\n\nDone.<|im_end|>\n"
-        "<|im_start|>user\nthanks<|im_end|>\n"
+        "<|im_start|>system\nYou are MiMo, a helpful AI assistant engineered by Xiaomi.<|im_end|>"
+        "<|im_start|>user\nList files, twice.<|im_end|>"
+        "<|im_start|>assistant\n<think>Use the run tool.</think>Sure."
+        "<tool_call>\n<function=run>\n<parameter=cmd>ls -l</parameter>\n</function>\n</tool_call>"
+        "<tool_call>\n<function=run>\n<parameter=cmd>ls</parameter>\n<parameter=n>2</parameter>\n"
+        '<parameter=o>[1, "é"]</parameter>\n</function>\n</tool_call><|im_end|>'
+        "<|im_start|>tool\n<tool_response>\na.py\n</tool_response>\n<tool_response>\nb.py\n</tool_response>\n"
+        "<|im_end|>"
+        "<|im_start|>assistant\n<think>\nBoth ran.\n</think>Done.<|im_end|>"
+        "<|im_start|>user\nthanks<|im_end|>"
     )
     # OpenAI sends arguments as a JSON string; content may be missing when there are tool calls.
     as_json = [{"role": "user", "content": "go"},
                {"role": "assistant", "tool_calls": [_tool_call("run", '{"cmd": "pwd"}')]}]
     as_dict = [as_json[0], {"role": "assistant", "content": None, "tool_calls": [_tool_call("run", {"cmd": "pwd"})]}]
     assert tok.apply_chat_template(as_json) == tok.apply_chat_template(as_dict)
-    assert "<|im_start|>assistant\n<tool_call>\n<function=run>" in tok.apply_chat_template(as_json)
+    assert "<|im_start|>assistant\n<think></think><tool_call>\n<function=run>" in tok.apply_chat_template(as_json)
     assert isinstance(as_json[1]["tool_calls"][0]["function"]["arguments"], str)  # caller's messages untouched
 
 
 def test_tools_in_system_turn(tok: Tokenizer) -> None:
     user = [{"role": "user", "content": "hi"}]
     fresh = tok.apply_chat_template(user, tools=_TOOLS)
-    assert fresh.startswith("<|im_start|>system\n# Tools\n\n")
-    assert "\n" + json.dumps(_TOOLS[0], ensure_ascii=False) + "\n</tools>" in fresh
-    assert "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>" in fresh
-    assert fresh.count("<|im_start|>system") == 1 and fresh.endswith("<|im_start|>user\nhi<|im_end|>\n"
-                                                                      "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert fresh.startswith("<|im_start|>system\nYou are MiMo, a helpful AI assistant engineered by Xiaomi.\n\n# Tools\n\n")
+    assert "<function>\n<name>run</name>\n<description>Run a <shell> command</description>\n<parameters>\n" in fresh
+    assert '<required>["cmd"]</required>\n</parameters>\n</function>\n</tools>' in fresh
+    assert "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>value_1</parameter>" in fresh
+    assert fresh.count("<|im_start|>system") == 1 and fresh.endswith("<|im_start|>user\nhi<|im_end|>"
+                                                                      "<|im_start|>assistant\n<think></think>")
     merged = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, *user], tools=_TOOLS)
-    assert merged == fresh.replace("<|im_start|>system\n", "<|im_start|>system\nBe brief.\n\n", 1)
+    assert merged == fresh.replace("You are MiMo, a helpful AI assistant engineered by Xiaomi.", "Be brief.", 1)
     assert tok.apply_chat_template(user, tools=[]) == tok.apply_chat_template(user)
 
 
