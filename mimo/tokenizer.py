@@ -124,6 +124,7 @@ class Tokenizer:
             if token is not None and tokenizer.token_to_id(token) is None:
                 raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
         self._token_bytes: dict[int, bytes] = {}
+        self._max_token_bytes: int | None = None
 
     # -- loading and saving --------------------------------------------------------------------
 
@@ -246,6 +247,20 @@ class Tokenizer:
                 b = token.encode("utf-8")
             self._token_bytes[token_id] = b
         return b
+
+    def max_token_bytes(self) -> int:
+        """The most bytes one token stands for (0 when unknown: not a byte-level tokenizer). A text of ``n``
+        bytes has at least ``n / max_token_bytes()`` tokens, which bounds its length without encoding it."""
+        if self._max_token_bytes is None:
+            table = _byte_decoder()
+            longest = 0
+            if self.is_byte_level:
+                # Byte-level pieces map one char to one byte; added tokens are their UTF-8 text.
+                for token in self.backend.get_vocab(with_added_tokens=True):
+                    n = len(token) if all(c in table for c in token) else len(token.encode("utf-8"))
+                    longest = max(longest, n)
+            self._max_token_bytes = longest
+        return self._max_token_bytes
 
     @property
     def is_byte_level(self) -> bool:

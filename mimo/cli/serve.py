@@ -11,8 +11,12 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mimo
+
+if TYPE_CHECKING:
+    from mimo.checkpoint import GenerationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +61,21 @@ def _check_model_dir(path: Path, explicit: bool) -> None:
                                 "prompts and render chats")
 
 
-def _sampling_defaults(choice: str, model_dir: Path) -> dict:
-    from mimo.server.serving import generation_defaults
+def _generation_config(choice: str, model_dir: Path) -> GenerationConfig:
+    """The generation config that supplies defaults (--generation-config): the model's, none, or DIR's."""
+    from mimo.checkpoint import GenerationConfig
+    from mimo.server.serving import check_sampling_defaults
 
     if choice == "none":
-        return {}
-    if choice == "auto":
-        return generation_defaults(model_dir)
+        return GenerationConfig()
+    directory = model_dir if choice == "auto" else Path(choice)
     try:
-        return generation_defaults(choice, required=True)
+        gc = GenerationConfig.from_pretrained(directory, required=choice != "auto")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--generation-config {choice}: {e} (use auto, none or a directory that has one)") \
             from None
+    check_sampling_defaults(gc.sampling, directory)
+    return gc
 
 
 def _is_loopback(host: str) -> bool:
@@ -97,18 +104,21 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("MIMO_API_KEY") or None
     if not _is_loopback(args.host) and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach the port can use the model", args.host)
-    defaults = _sampling_defaults(args.generation_config, path)
+    gen = _generation_config(args.generation_config, path)
     llm = LLM(path, dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, compile=args.compile)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name
     app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len,
-                    config=ServerConfig().with_sampling_defaults(defaults))
+                    config=ServerConfig.from_generation_config(gen))
     print(f"mimo serve: {name} ({path}) on http://{args.host}:{args.port}/v1 "
           f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
-    if defaults:
-        print("sampling defaults from generation_config.json: " + ", ".join(f"{k} {v}" for k, v in defaults.items()))
+    if gen.sampling or gen.max_new_tokens:
+        settings = [f"{k} {v}" for k, v in gen.sampling.items()]
+        if gen.max_new_tokens:
+            settings.append(f"chat max_tokens {gen.max_new_tokens} when a request sets none")
+        print("defaults from generation_config.json: " + ", ".join(settings))
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
+from collections.abc import Iterable
 
 import torch
 
@@ -40,7 +41,10 @@ class Engine:
         max_model_len: int | None = None,
         prefill_chunk: int = 512,
         compile: bool = False,
+        eos_token_ids: Iterable[int] = (),
     ) -> None:
+        """``eos_token_ids``: ids that end a sequence besides config.json's and the tokenizer's EOS (the
+        model directory's generation_config.json lists them; :class:`mimo.engine.llm.LLM` reads it)."""
         cfg = model.config
         k = num_speculative_tokens
         if not isinstance(k, int) or k < 0:
@@ -78,7 +82,7 @@ class Engine:
         dtype = weight.dtype
         self.cache = HybridKVCache(cfg, max_num_seqs, self.max_model_len + k + 1, lookahead=k + 1, dtype=dtype,
                                    dynamic_capacity=compile)
-        eos = set(cfg.eos_token_ids)
+        eos = set(cfg.eos_token_ids) | set(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.eos_ids = eos
@@ -161,6 +165,10 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
 
     @property
     def num_running(self) -> int:

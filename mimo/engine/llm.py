@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from tqdm.auto import tqdm
 
-from mimo.checkpoint import MiMoForCausalLM
+from mimo.checkpoint import GenerationConfig, MiMoForCausalLM
 from mimo.engine.engine import Engine
 from mimo.engine.outputs import RequestOutput, StreamDelta
 from mimo.engine.params import SamplingParams
@@ -16,6 +16,9 @@ from mimo.tokenizer import Tokenizer
 
 
 class LLM:
+    """A model directory (or a loaded model) and an engine over it. From a directory, the end-of-sequence ids
+    of its ``generation_config.json`` end sequences too (:attr:`generation_config`)."""
+
     def __init__(
         self,
         model: str | os.PathLike | MiMoForCausalLM,
@@ -28,8 +31,10 @@ class LLM:
         prefill_chunk: int = 512,
         compile: bool = False,
     ) -> None:
+        self.generation_config = GenerationConfig()
         if isinstance(model, str | os.PathLike):
             path = os.fspath(model)
+            self.generation_config = GenerationConfig.from_pretrained(path)
             self.model = MiMoForCausalLM.from_pretrained(path, dtype=dtype)
             if tokenizer is None and os.path.exists(os.path.join(path, "tokenizer.json")):
                 tokenizer = Tokenizer.from_pretrained(path)
@@ -39,7 +44,7 @@ class LLM:
         self.tokenizer = tokenizer
         self.last_output: RequestOutput | None = None  # the final output of the last stream()
         self.engine = Engine(self.model, tokenizer, num_speculative_tokens, max_num_seqs, max_model_len, prefill_chunk,
-                             compile=compile)
+                             compile=compile, eos_token_ids=self.generation_config.eos_token_ids)
 
     def generate(
         self,

@@ -5,11 +5,13 @@ Routes: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions`` (
 
 Every error, including FastAPI's own (unknown route, wrong method, validation), is answered in OpenAI's
 shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON, bad UTF-8, bad parameters and
-prompts that do not fit the context (FastAPI's 422 becomes 400, as in OpenAI's API), 401 without the right
+prompts that do not fit the context (FastAPI's 422 becomes 400, as in OpenAI's API), 415 for a body sent with a
+``Content-Type`` other than JSON (none at all is taken as JSON), 401 without the right
 ``Authorization: Bearer KEY`` (every route but ``/health`` when the server has a key), 404 for an unknown
 model or route, 413 for a body over :attr:`ServerConfig.max_body_bytes` (by ``Content-Length`` before
-reading, and by the bytes actually read), 503 when the engine's waiting queue is full, 500 when the
-engine fails (the server keeps serving).
+reading, and by the bytes actually read), 503 with ``Retry-After`` when the engine's waiting queue is full,
+500 when the engine fails (the server keeps serving). A 4xx answer to a generation route counts as a rejected
+request in ``/metrics``.
 
 Request bodies are parsed here rather than by FastAPI's body injection, so that the limit applies while
 reading and every failure gets a precise message.
@@ -49,7 +51,7 @@ __all__ = ["APIError", "ServerConfig", "build_app"]
 R = TypeVar("R", bound=BaseModel)
 _UNAUTHENTICATED = frozenset({"/health"})
 _TYPES = {401: "authentication_error", 404: "invalid_request_error", 405: "invalid_request_error",
-          413: "invalid_request_error", 503: "server_overloaded"}
+          413: "invalid_request_error", 415: "invalid_request_error", 503: "server_overloaded"}
 
 
 def build_app(async_engine: AsyncEngine, tokenizer: Tokenizer, model_name: str, api_key: str | None = None,
@@ -61,14 +63,15 @@ def build_app(async_engine: AsyncEngine, tokenizer: Tokenizer, model_name: str, 
     config = config or ServerConfig()
     limit = min(max_model_len or async_engine.max_model_len, async_engine.max_model_len)
     end_ids = tuple(i for i in (tokenizer.token_to_id("<|im_end|>"),) if i is not None)
-    ctx = ServerContext(async_engine, tokenizer, model_name, limit, config, end_ids)
+    ctx = ServerContext(async_engine, tokenizer, model_name, limit, config, end_ids,
+                        max_token_bytes=tokenizer.max_token_bytes(), vocab_size=async_engine.vocab_size)
     registry = async_engine.metrics.registry
     responses = registry.register(Counter("mimo_http_responses_total", "HTTP responses by status code.", ("code",)))
 
     app = FastAPI(title="mimo", summary="OpenAI-compatible API for MiMo-V2-Flash models")
     app.state.ctx = ctx
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=config.max_body_bytes, responses=responses)
-    _install_error_handlers(app)
+    _install_error_handlers(app, async_engine)
 
     @app.get("/health")
     async def health() -> Response:
@@ -94,19 +97,31 @@ def build_app(async_engine: AsyncEngine, tokenizer: Tokenizer, model_name: str, 
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = await _parse(request, CompletionRequest, config.max_body_bytes)
+        req = await _parse(request, CompletionRequest, ctx)
         return await create_completion(ctx, req, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = await _parse(request, ChatCompletionRequest, config.max_body_bytes)
+        req = await _parse(request, ChatCompletionRequest, ctx)
         return await create_chat_completion(ctx, req, request)
 
+    app.router.on_shutdown.append(lambda: ctx.workers.shutdown(wait=False, cancel_futures=True))
     return app
 
 
-async def _parse(request: Request, model: type[R], max_bytes: int) -> R:
-    """Read (at most ``max_bytes``), decode and validate a JSON request body."""
+_JSON_TYPES = ("application/json",)
+_LARGE_BODY = 256 * 1024  # decoded and validated on a worker thread above this size
+
+
+async def _parse(request: Request, model: type[R], ctx: ServerContext) -> R:
+    """Read (at most the body limit), decode and validate a JSON request body."""
+    kind = request.headers.get("content-type")
+    if kind is not None:
+        media = kind.split(";", 1)[0].strip().lower()
+        if media not in _JSON_TYPES and not media.endswith("+json"):
+            raise APIError(415, f"unsupported Content-Type {media!r}: send the JSON body with "
+                                "'Content-Type: application/json'", code="unsupported_media_type")
+    max_bytes = ctx.config.max_body_bytes
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -115,6 +130,12 @@ async def _parse(request: Request, model: type[R], max_bytes: int) -> R:
                            code="request_too_large")
         chunks.append(chunk)
     body = b"".join(chunks)
+    if len(body) > _LARGE_BODY:  # a 4 MiB body takes tens of milliseconds to decode: not on the event loop
+        return await ctx.off_loop(_decode, body, model)
+    return _decode(body, model)
+
+
+def _decode(body: bytes, model: type[R]) -> R:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -150,10 +171,15 @@ def _error_response(status: int, body: dict[str, Any], headers: dict[str, str] |
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+_GENERATION_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
+
+
+def _install_error_handlers(app: FastAPI, engine: AsyncEngine) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> Response:
-        return _error_response(exc.status, exc.body())
+        if 400 <= exc.status < 500 and request.url.path in _GENERATION_ROUTES:
+            engine.metrics.requests.inc(status="rejected")  # bad input, before or at admission
+        return _error_response(exc.status, exc.body(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

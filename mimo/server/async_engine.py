@@ -75,7 +75,7 @@ class EngineMetrics:
         self.registry = Registry()
         r = self.registry
         self.requests = r.register(Counter("mimo_requests_total", "Requests by outcome: finished, aborted (client left), "
-                                           "failed (engine error), rejected (bad input), queue_full.", ("status",),
+                                           "failed (engine error), rejected (bad input: 4xx), queue_full.", ("status",),
                                            initial=[(s,) for s in STATUSES]))
         self.prompt_tokens = r.register(Counter("mimo_prompt_tokens_total", "Prompt tokens of admitted requests."))
         self.generation_tokens = r.register(Counter("mimo_generation_tokens_total", "Generated tokens."))
@@ -144,10 +144,12 @@ class AsyncEngine:
             raise ValueError(f"max_waiting must be >= 1, got {max_waiting}")
         self.engine = engine
         self.max_waiting = max_waiting
+        # Sequences the server holds at once: those in a cache slot plus those allowed to wait for one.
+        self.capacity = int(getattr(engine, "max_num_seqs", 0)) + max_waiting
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._tracked: dict[str, _Tracked] = {}  # stepping thread only
         self._count_lock = threading.Lock()
-        self._pending_adds = 0  # sent to the thread, not yet admitted: counts toward the waiting limit
+        self._pending_adds = 0  # sequences sent to the thread, not yet admitted: they count toward the capacity
         self._snapshot = (0, 0, 0)  # (running, waiting, cache bytes) after the thread's last iteration
         self._closed = False
         self.metrics = EngineMetrics(lambda: self._snapshot)
@@ -158,6 +160,12 @@ class AsyncEngine:
     @property
     def max_model_len(self) -> int:
         return int(self.engine.max_model_len)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The model's vocabulary size, when the engine says (token-id prompts must lie below it)."""
+        v = getattr(self.engine, "vocab_size", None)
+        return None if v is None else int(v)
 
     @property
     def num_speculative_tokens(self) -> int:
@@ -174,16 +182,19 @@ class AsyncEngine:
     async def add(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> RequestStream:
         """Queue a request; returns once the engine admitted it (``ValueError`` for bad input).
 
-        Raises :class:`QueueFullError` when ``max_waiting`` sequences already wait for a slot, and
-        :class:`EngineError` when the engine is shut down.
+        Raises :class:`QueueFullError` when its ``params.n`` sequences would leave more than ``max_waiting``
+        sequences waiting for one of the engine's ``max_num_seqs`` slots, and :class:`EngineError` when the
+        engine is shut down.
         """
         if not self.is_alive():
             raise EngineError("the engine is not running (the server is shutting down)")
         with self._count_lock:
-            if self._pending_adds + self._snapshot[1] >= self.max_waiting:
+            running, waiting, _ = self._snapshot
+            if self._pending_adds + running + waiting + params.n > self.capacity:
                 self.metrics.requests.inc(status="queue_full")
-                raise QueueFullError(f"the server is at capacity ({self.max_waiting} requests waiting); retry later")
-            self._pending_adds += 1
+                raise QueueFullError(f"the server is at capacity ({running} sequences running, "
+                                     f"{waiting + self._pending_adds} waiting); retry later")
+            self._pending_adds += params.n
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         admitted = loop.create_future()
@@ -264,22 +275,23 @@ class AsyncEngine:
 
     def _admit(self, rid: str, prompt: str | list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop,
                q: asyncio.Queue, admitted: asyncio.Future, arrival: float) -> None:
-        with self._count_lock:
-            self._pending_adds -= 1
         try:
             self.engine.add_request(prompt, params, rid)
         except Exception as e:
-            self.metrics.requests.inc(status="rejected")
-            if not isinstance(e, ValueError):
+            with self._count_lock:
+                self._pending_adds -= params.n
+            if not isinstance(e, ValueError):  # bad input (ValueError) is counted by the HTTP layer as rejected
+                self.metrics.requests.inc(status="failed")
                 logger.exception("engine.add_request failed")
                 e = EngineError(f"the engine could not take the request: {type(e).__name__}: {e}")
             self._resolve(loop, admitted, e)
             return
+        with self._count_lock:  # moved from pending to waiting in one step, so add() never sees it in neither
+            self._pending_adds -= params.n
+            self._snapshot = (self._snapshot[0], self.engine.num_waiting, self._snapshot[2])
         n_prompt = len(prompt) if isinstance(prompt, list) else len(self.engine.output(rid).prompt_token_ids)
         self.metrics.prompt_tokens.inc(n_prompt)
         self._tracked[rid] = _Tracked(rid, params.n, loop, q, arrival)
-        # Refresh now, so a burst of adds sees the queue grow before the next step ends.
-        self._snapshot = (self._snapshot[0], self.engine.num_waiting, self._snapshot[2])
         if not self._resolve(loop, admitted, None):
             self._abort(rid)
 

@@ -1,7 +1,8 @@
 """``POST /v1/chat/completions``: chat template, reasoning and tool-call parsing, logprobs, SSE streaming.
 
-The conversation is rendered with the tokenizer's chat template (``chat_template_kwargs.enable_thinking``
-turns thinking on; off by default, as in the released model) and generation stops at EOS or ``<|im_end|>``.
+The conversation is rendered with the tokenizer's chat template; ``chat_template_kwargs.enable_thinking`` is
+passed to it only when the request sets it, so the template's own default applies otherwise (off for
+MiMo-V2-Flash and mimo's template). Generation stops at EOS or ``<|im_end|>``.
 Special tokens stay in the generated text because ``<think>`` and ``<tool_call>`` are special tokens of
 mimo's tokenizer; the parsers of :mod:`mimo.server.parsers` then split it into ``reasoning_content``,
 ``content`` and ``tool_calls`` (also calls written inside the reasoning, MiMo-V2-Flash issue #23).
@@ -101,8 +102,8 @@ def render_prompt(ctx: ServerContext, req: ChatCompletionRequest) -> str:
 
 async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest, request: Request) -> Response:
     ctx.check_model(req.model)
-    prompt = render_prompt(ctx, req)
-    ids = ctx.encode(prompt, "messages")
+    prompt = await ctx.off_loop(render_prompt, ctx, req)
+    ids = await ctx.tokenize(prompt, "messages")
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = resolve_max_tokens(req.max_new_tokens(), len(ids), ctx.max_model_len, ctx.config.max_chat_tokens, param)
     top = (req.top_logprobs or 0) if req.logprobs else None
@@ -158,7 +159,7 @@ class _Chat:
         for k, c in enumerate(self.choices):
             parsed = extract(c.text, self.tools, self.in_reasoning)
             message = ChatCompletionMessage(content=parsed.content, reasoning_content=parsed.reasoning,
-                                            tool_calls=[ToolCall.model_validate(t) for t in parsed.tool_calls])
+                                            tool_calls=[ToolCall.model_validate(t) for t in parsed.tool_calls] or None)
             choices.append(ChatCompletionChoice(
                 index=k, message=message, finish_reason=finish_reason(c.finish_reason, bool(parsed.tool_calls)),
                 logprobs=ChatChoiceLogprobs(content=c.logprobs) if c.logprobs is not None else None))

@@ -58,7 +58,13 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, request:
     prompts = req.prompts()
     if len(prompts) > ctx.config.max_prompts:
         raise APIError(400, f"at most {ctx.config.max_prompts} prompts per request, got {len(prompts)}", param="prompt")
-    ids_list = [ctx.encode(p, "prompt") if isinstance(p, str) else list(p) for p in prompts]
+    ids_list = []
+    for p in prompts:
+        if isinstance(p, str):
+            ids_list.append(await ctx.tokenize(p, "prompt"))
+        else:
+            ctx.check_token_ids(p, "prompt")
+            ids_list.append(list(p))
     texts = [p if isinstance(p, str) else None for p in prompts]
     params = [
         sampling_params(ctx, req, max_tokens=resolve_max_tokens(req.max_tokens, len(ids), ctx.max_model_len, None),

@@ -3,15 +3,18 @@
 Owns what clients may send to ``/v1/completions`` and ``/v1/chat/completions``. The response models and
 error bodies live in :mod:`mimo.server.responses` and are re-exported here, so the server imports one module.
 
-Requests ignore unknown fields (OpenAI SDKs and agent frameworks send extras). Sampling fields left out
-are ``None``: the server applies its defaults (the model's ``generation_config.json``, else OpenAI's), so a
-model never sees a default it did not choose. Failed checks are pydantic errors located at the bad field
-(``temperature``, ``messages[2]``, ``tools[0].function.name``) whose text says what is allowed;
-:func:`validation_error_body` turns them into one OpenAI error body (``param`` = the field's path).
+Requests ignore unknown fields (OpenAI SDKs and agent frameworks send extras). Types are strict, as in
+OpenAI's API: ``"stream": "yes"``, ``"n": "2"`` or ``"temperature": "0.5"`` are errors, not coerced (an
+integer is a valid number). Sampling fields left out are ``None``: the server applies its defaults (the
+model's ``generation_config.json``, else OpenAI's), so a model never sees a default it did not choose.
+Failed checks are pydantic errors located at the bad field (``temperature``, ``messages[2]``,
+``tools[0].function.name``) whose text says what is allowed; :func:`validation_error_body` turns them into
+one OpenAI error body (``param`` = the field's path).
 
 Accepted but not enforced: ``response_format`` (no constrained decoding), ``tool_choice="required"``
 (the model is asked, not forced; :meth:`ChatCompletionRequest.tools_for_parsing` narrows parsing to a
-named tool), ``stream_options`` without ``stream`` (ignored, where OpenAI rejects it).
+named tool). Rejected as OpenAI rejects them: ``stream_options`` without ``stream``, a ``tool`` message
+without ``tool_call_id``, a ``seed`` outside the 64-bit signed range.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ TOOL_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_N = 16
 MAX_LOGPROBS = 20
 MAX_STOP = 4
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 # field -> (low, high, low end open): the closed/open ends are OpenAI's documented ranges.
 _RANGES = {
     "temperature": (0.0, 2.0, False),
@@ -102,7 +106,7 @@ _RANGES = {
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Request):
@@ -154,6 +158,20 @@ class _SamplingRequest(_Request):
     def _n(cls, v: int) -> int:
         if not 1 <= v <= MAX_N:
             raise ValueError(f"must be between 1 and {MAX_N}, got {v}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not SEED_MIN <= v <= SEED_MAX:
+            raise ValueError(f"must be a 64-bit signed integer (between {SEED_MIN} and {SEED_MAX}), got {v}")
+        return v
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, v: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if v is not None and "stream" in info.data and not info.data["stream"]:
+            raise ValueError("is only allowed when stream is true")
         return v
 
     @field_validator("repetition_penalty")
@@ -288,6 +306,8 @@ class ChatMessage(_Request):
     def _content_required(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"content is required for a {self.role!r} message")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs the tool_call_id of the call it answers")
         return self
 
     def text(self) -> str:
@@ -440,7 +460,15 @@ class ChatCompletionRequest(_SamplingRequest):
             tools = [t for t in tools if t.function.name == choice.function.name]
         return [t.model_dump(exclude_none=True) for t in tools]
 
-    def thinking_enabled(self, default: bool = False) -> bool:
-        """``chat_template_kwargs["enable_thinking"]``; thinking is off by default for MiMo-V2-Flash (spec §5)."""
-        value = (self.chat_template_kwargs or {}).get("enable_thinking")
-        return default if value is None else bool(value)
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_kwargs(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        thinking = (v or {}).get("enable_thinking")
+        if thinking is not None and not isinstance(thinking, bool):
+            raise ValueError(f"enable_thinking must be true or false, got {thinking!r}")
+        return v
+
+    def thinking_enabled(self) -> bool | None:
+        """``chat_template_kwargs["enable_thinking"]``, or ``None`` when the request leaves it to the template
+        (MiMo-V2-Flash's own default is off, spec §5; other templates may default to on)."""
+        return (self.chat_template_kwargs or {}).get("enable_thinking")

@@ -4,7 +4,8 @@ Owns the wire shape of what the server sends: completions (whole and streamed, w
 chat completions, chat stream chunks, ``/v1/models``, usage, logprobs, and the OpenAI error body
 ``{"error": {"message", "type", "param", "code"}}`` (:func:`error_body`, :func:`validation_error_body`).
 
-Serialisation follows OpenAI: a chat message always carries ``content`` (``null`` when it only calls tools);
+Serialisation follows OpenAI: a chat message always carries ``content`` (``null`` when it only calls tools)
+and carries ``tool_calls`` only when there are some;
 streamed deltas (:class:`DeltaMessage` and its parts) carry only the fields that are set, and a chunk's
 ``usage`` appears only on the final usage chunk. :class:`FunctionCall` and :class:`ToolCall` live here
 because requests (assistant history) and responses share them.
@@ -122,7 +123,14 @@ class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     reasoning_content: str | None = None
-    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatCompletionChoice(BaseModel):

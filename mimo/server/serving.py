@@ -9,7 +9,8 @@ Defaults and limits (documented in the README):
 * ``max_tokens``: a request may ask for at most the context left after its prompt (``max_model_len`` minus
   the prompt's tokens); asking for more is a 400 that says so, as vLLM does. When left out, completions get
   16 (OpenAI's default; ``null`` = up to the context) and chat completions get what fits, capped at
-  :attr:`ServerConfig.max_chat_tokens`.
+  :attr:`ServerConfig.max_chat_tokens` (the model's ``generation_config.json`` ``max_new_tokens`` when it
+  has one, as vLLM does).
 * a prompt that leaves no room for one generated token is a 400.
 """
 
@@ -20,8 +21,9 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
@@ -29,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from mimo.checkpoint import GenerationConfig
 from mimo.engine.params import SamplingParams
 from mimo.server.async_engine import AsyncEngine, EngineError, QueueFullError, RequestStream
 from mimo.server.protocol import error_body
@@ -38,7 +41,9 @@ if TYPE_CHECKING:
     from mimo.tokenizer import Tokenizer
 
 T = TypeVar("T")
+TOKENIZE_WORKERS = 2  # requests tokenised at once; more would only share the same cores
 SSE_DONE = "data: [DONE]\n\n"
+RETRY_AFTER_S = "1"  # a queue-full 503 asks clients to retry after this many seconds (Retry-After)
 
 
 @dataclass(frozen=True)
@@ -58,42 +63,38 @@ class ServerConfig:
         """This config with ``defaults`` (from :func:`generation_defaults`) as the sampling defaults."""
         return dataclasses.replace(self, **{f"default_{k}": v for k, v in defaults.items()})
 
-
-GENERATION_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+    @classmethod
+    def from_generation_config(cls, gen: GenerationConfig) -> ServerConfig:
+        """Defaults from a model's generation config: its sampling values, and its ``max_new_tokens`` as the
+        cap of chat requests that set no ``max_tokens``."""
+        cfg = cls().with_sampling_defaults(gen.sampling)
+        return dataclasses.replace(cfg, max_chat_tokens=gen.max_new_tokens) if gen.max_new_tokens else cfg
 
 
 def generation_defaults(directory: str | os.PathLike[str], required: bool = False) -> dict[str, Any]:
-    """The sampling defaults in ``directory/generation_config.json``: the keys a request may also set
-    (``GENERATION_KEYS``; ``do_sample`` and ``max_new_tokens`` are not used, as in vLLM). Without such
-    a file: ``{}``, or a FileNotFoundError if ``required``. A ValueError that names the file when a
-    value is not a valid setting."""
-    path = os.path.join(directory, "generation_config.json")
-    if not os.path.isfile(path):
-        if required:
-            raise FileNotFoundError(f"no generation_config.json in {directory}")
-        return {}
+    """The sampling defaults in ``directory/generation_config.json`` (the keys a request may also set; see
+    :class:`mimo.checkpoint.GenerationConfig`). Without such a file: ``{}``, or a FileNotFoundError if
+    ``required``. A ValueError that names the file when a value is not a valid setting."""
+    return check_sampling_defaults(GenerationConfig.from_pretrained(directory, required=required).sampling, directory)
+
+
+def check_sampling_defaults(defaults: dict[str, Any], directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``defaults`` if they make valid SamplingParams, else a ValueError naming the generation config."""
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    out = {k: cfg[k] for k in GENERATION_KEYS if cfg.get(k) is not None}
-    try:
-        SamplingParams(**out)
+        SamplingParams(**defaults)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
-    return out
+        raise ValueError(f"{os.path.join(directory, 'generation_config.json')}: {e}") from None
+    return defaults
 
 
 class APIError(Exception):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
@@ -104,7 +105,7 @@ def api_error_from(e: BaseException) -> APIError:
     if isinstance(e, APIError):
         return e
     if isinstance(e, QueueFullError):
-        return APIError(503, str(e), "server_overloaded", code="queue_full")
+        return APIError(503, str(e), "server_overloaded", code="queue_full", headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(e, ValueError):
         return APIError(400, str(e))
     if isinstance(e, EngineError):
@@ -114,12 +115,38 @@ def api_error_from(e: BaseException) -> APIError:
 
 @dataclass
 class ServerContext:
+    """What every handler needs. Tokenisation and chat-template rendering run on :attr:`workers`, never on the
+    event loop: a multi-megabyte prompt takes seconds to encode, and every stream would stall meanwhile."""
+
     engine: AsyncEngine
     tokenizer: Tokenizer
     model_name: str
     max_model_len: int
     config: ServerConfig
     end_of_turn_ids: tuple[int, ...]  # chat: stop tokens besides EOS (``<|im_end|>``)
+    max_token_bytes: int = 0  # the longest token in bytes: bounds a text's token count before encoding (0: no bound)
+    vocab_size: int | None = None  # the model's: token-id prompts must lie below it
+    workers: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(TOKENIZE_WORKERS, thread_name_prefix="mimo-tokenize"))
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a worker thread (exceptions propagate)."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, fn, *args)
+
+    async def tokenize(self, text: str, param: str) -> list[int]:
+        """:meth:`encode` off the event loop, after a length bound that needs no encoding."""
+        if self.max_token_bytes and len(text) > self.max_model_len * self.max_token_bytes:
+            # Every token covers at most max_token_bytes bytes, and a text has at least as many bytes as chars.
+            least = len(text) // self.max_token_bytes
+            raise APIError(400, f"This model's maximum context length is {self.max_model_len} tokens, but the {param} "
+                                f"has at least {least} tokens ({len(text)} characters). Please shorten it.",
+                           param=param, code="context_length_exceeded")
+        return await self.off_loop(self.encode, text, param)
+
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        if self.vocab_size is not None and ids and max(ids) >= self.vocab_size:
+            raise APIError(400, f"{param} has token id {max(ids)}, outside the vocabulary [0, {self.vocab_size})",
+                           param=param)
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
@@ -128,7 +155,8 @@ class ServerContext:
 
     def encode(self, text: str, param: str) -> list[int]:
         try:
-            ids = self.tokenizer.encode(text)
+            # encode_batch releases the GIL while it works (encode does not), so other threads keep running.
+            ids = self.tokenizer.encode_batch([text])[0]
         except (ValueError, TypeError) as e:
             raise APIError(400, f"{param} could not be tokenized: {e}", param=param) from None
         if not ids:

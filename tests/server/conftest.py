@@ -79,6 +79,14 @@ class ScriptedEngine:
     def k(self) -> int:
         return self.inner.k
 
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.inner.max_num_seqs
+
     def add_request(self, prompt, params, request_id=None):
         text = self.tok.decode(prompt) if isinstance(prompt, list) else prompt
         turn = text.rsplit("<|im_start|>user", 1)[-1]

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mimo.cli.serve import _sampling_defaults
+from mimo.checkpoint import GenerationConfig
+from mimo.cli.serve import _generation_config
 from mimo.server.protocol import CompletionRequest
 from mimo.server.serving import ServerConfig, generation_defaults, sampling_params
 
@@ -49,9 +50,29 @@ def test_request_fields_override_the_model_defaults():
 
 
 def test_serve_generation_config_choices(tmp_path):
-    _write(tmp_path, {"temperature": 0.3})
-    assert _sampling_defaults("auto", tmp_path) == {"temperature": 0.3}
-    assert _sampling_defaults("none", tmp_path) == {}
-    assert _sampling_defaults(str(tmp_path), tmp_path / "elsewhere") == {"temperature": 0.3}
+    _write(tmp_path, {"temperature": 0.3, "max_new_tokens": 256, "eos_token_id": [2, 5]})
+    assert _generation_config("auto", tmp_path) == GenerationConfig({"temperature": 0.3}, (2, 5), 256)
+    assert _generation_config("none", tmp_path) == GenerationConfig()
+    assert _generation_config(str(tmp_path), tmp_path / "elsewhere").sampling == {"temperature": 0.3}
     with pytest.raises(FileNotFoundError, match="no generation_config.json"):
-        _sampling_defaults(str(tmp_path / "missing"), tmp_path)
+        _generation_config(str(tmp_path / "missing"), tmp_path)
+    _write(tmp_path, {"top_p": 0})
+    with pytest.raises(ValueError, match="top_p"):
+        _generation_config("auto", tmp_path)
+
+
+def test_max_new_tokens_caps_chat_requests_without_max_tokens():
+    cfg = ServerConfig.from_generation_config(GenerationConfig({"top_p": 0.95}, (), 256))
+    assert cfg.max_chat_tokens == 256 and cfg.default_top_p == 0.95
+    assert ServerConfig.from_generation_config(GenerationConfig()).max_chat_tokens == ServerConfig().max_chat_tokens
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"eos_token_id": "<|im_end|>"}, "eos_token_id"),
+    ({"eos_token_id": [1, -2]}, "eos_token_id"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+])
+def test_bad_generation_limits_are_clear_errors(tmp_path, cfg, message):
+    _write(tmp_path, cfg)
+    with pytest.raises(ValueError, match=message):
+        GenerationConfig.from_pretrained(tmp_path)

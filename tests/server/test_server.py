@@ -327,6 +327,17 @@ BAD = {  # name -> (path, body: dict | bytes, headers or None for the default, s
         {"role": "tool", "tool_call_id": "c1", "content": "x"}]), None, 400, "not valid JSON"),
     "stream_options wrong type": (_CHAT, _chat(stream=True, stream_options="yes"), None, 400, "stream_options"),
     "oversized body": (_COMP, _comp(prompt="x" * (MAX_BODY + 10)), None, 413, "larger than the limit"),
+    # OpenAI's exact edges (issue #10)
+    "stream_options without stream": (_CHAT, _chat(stream_options={"include_usage": True}), None, 400,
+                                      "only allowed when stream is true"),
+    "tool message without tool_call_id": (_CHAT, _chat(messages=[*_MSG, {"role": "tool", "content": "x"}]), None,
+                                          400, "tool_call_id"),
+    "stream as a string": (_CHAT, _chat(stream="yes"), None, 400, "valid boolean"),
+    "number as a string": (_CHAT, _chat(temperature="0.5"), None, 400, "valid number"),
+    "integer as a string": (_COMP, _comp(n="2"), None, 400, "valid integer"),
+    "seed 2**70": (_COMP, _comp(seed=2**70), None, 400, "64-bit signed integer"),
+    "enable_thinking as a string": (_CHAT, _chat(chat_template_kwargs={"enable_thinking": "false"}), None, 400,
+                                    "true or false"),
     "missing api key": (_COMP, _comp(), {}, 401, "missing API key"),
     "wrong api key": (_COMP, _comp(), {"Authorization": "Bearer sk-wrong"}, 401, "incorrect API key"),
     "unknown route": ("/v1/nope", _comp(), None, 404, "Not Found"),
@@ -344,6 +355,16 @@ def test_bad_request(server, name):
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert needle.lower() in err["message"].lower(), err
+    if name in PARAMS:
+        assert err["param"] == PARAMS[name], err
+
+
+PARAMS = {  # the field a 400 names
+    "stream_options without stream": "stream_options", "tool message without tool_call_id": "messages[1]",
+    "stream as a string": "stream", "number as a string": "temperature", "integer as a string": "n",
+    "seed 2**70": "seed", "enable_thinking as a string": "chat_template_kwargs",
+    "token id outside the vocabulary": "prompt",
+}
 
 
 def test_wrong_method_and_server_still_serves(server, client):

@@ -120,11 +120,12 @@ def test_chat_defaults_and_helpers():
     r = chat(model="mimo", stream=True, stream_options={"include_usage": True}, response_format={"type": "json_object"})
     assert r.max_new_tokens() is None and r.include_usage and not r.logprobs
     assert r.effective_tool_choice() == "none" and r.tools_for_parsing() is None
-    assert not r.thinking_enabled() and r.thinking_enabled(default=True)
-    assert chat(chat_template_kwargs={"enable_thinking": True}).thinking_enabled()
+    assert r.thinking_enabled() is None  # left to the chat template's own default
+    assert chat(chat_template_kwargs={"enable_thinking": True}).thinking_enabled() is True
+    assert chat(chat_template_kwargs={"enable_thinking": False}).thinking_enabled() is False
     assert chat(max_tokens=10).max_new_tokens() == 10
     assert chat(max_tokens=10, max_completion_tokens=20).max_new_tokens() == 20
-    assert not chat(stream_options={"include_usage": True}).include_usage  # only with stream
+    assert not chat(stream=True, stream_options={"include_usage": False}).include_usage
 
 
 def test_chat_messages_all_roles_and_history():
@@ -203,11 +204,29 @@ def test_chat_messages_all_roles_and_history():
         ({"tool_choice": "required"}, "tool_choice", "at least one tool"),
         ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice", "'none', 'auto', 'required'"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function"}}, "tool_choice", "'none', 'auto', 'required'"),
+        # OpenAI's strict edges
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
+        ({"stream": False, "stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream"),
+        ({"messages": [*USER, {"role": "tool", "content": "42"}]}, "messages[1]", "tool_call_id"),
+        ({"stream": "yes"}, "stream", "valid boolean"),
+        ({"n": "2"}, "n", "valid integer"),
+        ({"temperature": "0.5"}, "temperature", "valid number"),
+        ({"max_tokens": "10"}, "max_tokens", "valid integer"),
+        ({"logprobs": 1}, "logprobs", "valid boolean"),
+        ({"seed": 2**70}, "seed", "64-bit signed integer"),
+        ({"seed": -(2**63) - 1}, "seed", "64-bit signed integer"),
+        ({"chat_template_kwargs": {"enable_thinking": "false"}}, "chat_template_kwargs", "true or false"),
     ],
 )
 def test_chat_validation_names_the_field(kw, path, fragment):
     got_path, msg = first_error(chat, **kw)
     assert got_path == path and fragment in msg, (got_path, msg)
+
+
+def test_strict_types_still_take_integers_as_numbers():
+    r = chat(temperature=1, top_p=1, seed=2**63 - 1, stream=True, stream_options={"include_usage": True})
+    assert r.temperature == 1.0 and r.include_usage
+    assert chat(messages=[*USER, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]).messages[1].tool_call_id
 
 
 def test_tool_choice_and_tools_for_parsing():
@@ -265,6 +284,9 @@ def test_chat_response_wire_shape():
     assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     message = data["choices"][0]["message"]
     assert message["content"] is None and "content" in message  # null, not missing
+    plain = ChatCompletionMessage(content="hi").model_dump()
+    assert plain == {"role": "assistant", "content": "hi", "reasoning_content": None}  # no tool_calls key at all
+    assert "tool_calls" not in ChatCompletionMessage(content="hi", tool_calls=[]).model_dump()
     assert message["tool_calls"][0] == {
         "id": "call_abc",
         "type": "function",
