@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
@@ -23,10 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.config import preset
     from mimo.eval.speed import measure_decode, measure_prefill
     from mimo.model.sizes import speculative_bound_speedup
+    from mimo.utils.machine import cpu_description
     from mimo.utils.paths import resolve_model_dir
 
     if args.threads:
@@ -41,11 +43,21 @@ def run(args: argparse.Namespace) -> int:
         prompts = _code_prompts(path)
     model.set_attention_backend("sdpa")
     k = model.config.num_mtp_layers if args.mtp is None else args.mtp
+    batches = [int(x) for x in args.batches.split(",")]
+    runs = [(b, mtp) for b in batches for mtp in sorted({0, k})]
     result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(), "compile": args.compile,
-              "prefill_tokens_per_s": measure_prefill(model, args.prefill_tokens), "decode": []}
-    for b in [int(x) for x in args.batches.split(",")]:
+              "machine": cpu_description(), "decode": []}
+    print(f"model {name} ({args.dtype}, {result['threads']} threads{', compiled decode' if args.compile else ''}) "
+          f"on {result['machine']}")
+    # Each figure is printed as soon as it is measured; the bar (stderr) counts the measurements.
+    with tqdm(total=1 + len(runs), desc="measuring", unit="run", leave=False) as bar:
+        result["prefill_tokens_per_s"] = measure_prefill(model, args.prefill_tokens)
+        bar.update(1)
+        bar.write(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
+        bar.write(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14} "
+                  f"{'vs mtp 0':>9} {'bound':>6}")
         plain = None
-        for mtp in sorted({0, k}):
+        for b, mtp in runs:
             r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts, compile=args.compile).as_dict()
             if mtp == 0:
                 plain = r["tokens_per_s"]
@@ -54,14 +66,11 @@ def run(args: argparse.Namespace) -> int:
                 if b == 1:
                     r["bandwidth_bound_speedup"] = speculative_bound_speedup(model.config, mtp, r["acceptance_length"])
             result["decode"].append(r)
-    print(f"model {name} ({args.dtype}, {result['threads']} threads{', compiled decode' if args.compile else ''})")
-    print(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
-    print(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14} {'vs mtp 0':>9} {'bound':>6}")
-    for r in result["decode"]:
-        vs = f"{r['speedup_vs_mtp0']:>8.2f}x" if "speedup_vs_mtp0" in r else f"{'':>9}"
-        bound = f"{r['bandwidth_bound_speedup']:>5.2f}x" if "bandwidth_bound_speedup" in r else ""
-        print(f"{r['batch']:>5} {r['mtp']:>3} {r['tokens_per_s']:>9.1f} {r['acceptance_length']:>10.2f} "
-              f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB {vs} {bound}".rstrip())
+            bar.update(1)
+            vs = f"{r['speedup_vs_mtp0']:>8.2f}x" if "speedup_vs_mtp0" in r else f"{'':>9}"
+            bound = f"{r['bandwidth_bound_speedup']:>5.2f}x" if "bandwidth_bound_speedup" in r else ""
+            bar.write(f"{r['batch']:>5} {r['mtp']:>3} {r['tokens_per_s']:>9.1f} {r['acceptance_length']:>10.2f} "
+                      f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB {vs} {bound}".rstrip())
     if any("bandwidth_bound_speedup" in r for r in result["decode"]):
         print("bound: the batch-1 MTP speed-up that bytes allow at this acceptance length (k MTP blocks and "
               "lm_heads, then a verify whose tokens pick more experts; see `mimo info`)")

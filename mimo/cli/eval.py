@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.eval.lm import acceptance, score_files, unigram_bits_per_byte
     from mimo.tokenizer import Tokenizer
@@ -46,22 +48,26 @@ def run(args: argparse.Namespace) -> int:
     for _, abspath in held:
         with open(abspath, encoding="utf-8") as f:
             texts.append(f.read())
+    # Each figure is printed as soon as it is known; the stages show their own progress bars (stderr).
     report = score_files(model, tok, texts, args.seq_len)
+    print(f"held-out: {report.files} files, {report.tokens} tokens, {report.bytes} bytes")
+    print(f"  loss {report.loss_nats_per_token:.4f} nats/token, {report.bits_per_byte:.4f} bits/byte")
+    print(f"  zlib -9 {report.zlib_bits_per_byte:.4f} bits/byte")
+    for k, acc in enumerate(report.mtp_top1_accuracy, 1):
+        print(f"  MTP depth {k} top-1 accuracy {acc:.4f}")
     if not args.no_unigram:
         with tempfile.TemporaryDirectory() as tmp:
             tokens = build_token_cache(tok, train, args.cache_dir or tmp)
             report.unigram_bits_per_byte = unigram_bits_per_byte(tokens, tok, texts)
-    al, speedup, same = acceptance(model, tok, texts, args.prefix_tokens, args.new_tokens, args.max_prompts)
-    report.acceptance_length, report.speculative_speedup, report.speculative_outputs_identical = al, speedup, same
-    print(f"held-out: {report.files} files, {report.tokens} tokens, {report.bytes} bytes")
-    print(f"  loss {report.loss_nats_per_token:.4f} nats/token, {report.bits_per_byte:.4f} bits/byte")
-    if report.unigram_bits_per_byte is not None:
         print(f"  unigram baseline {report.unigram_bits_per_byte:.4f} bits/byte")
-    print(f"  zlib -9 {report.zlib_bits_per_byte:.4f} bits/byte")
-    for k, acc in enumerate(report.mtp_top1_accuracy, 1):
-        print(f"  MTP depth {k} top-1 accuracy {acc:.4f}")
-    for k, v in report.acceptance_length.items():
-        print(f"  acceptance length k={k}: {v:.3f} tokens per decode forward (greedy)")
+
+    def show(k: int, al: float, tps: float) -> None:
+        what = f"acceptance length k={k}: {al:.3f} tokens per decode forward (greedy)" if k else "plain decode k=0"
+        tqdm.write(f"  {what}, {tps:.1f} tokens/s")
+
+    al, speedup, same = acceptance(model, tok, texts, args.prefix_tokens, args.new_tokens, args.max_prompts,
+                                   on_result=show)
+    report.acceptance_length, report.speculative_speedup, report.speculative_outputs_identical = al, speedup, same
     if speedup is not None:
         print(f"  wall-clock decode speed k={max(al)} vs k=0: {speedup:.2f}x; outputs identical: {same}")
     print(json.dumps(asdict(report)))

@@ -10,8 +10,8 @@ from mimo.utils.paths import resolve_model_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompt_text", nargs="?", help="the prompt (or use --prompt)")
-    p.add_argument("--prompt", help="the prompt text")
+    p.add_argument("prompt_text", nargs="?", help="the prompt ('-' reads it from standard input; or use --prompt)")
+    p.add_argument("--prompt", help="the prompt text ('-' reads it from standard input)")
     p.add_argument("--model", help="model directory (default: the shipped models/mimo-nano)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -31,12 +31,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from mimo.engine.llm import LLM
     from mimo.engine.params import SamplingParams
 
     prompt = args.prompt if args.prompt is not None else args.prompt_text
+    if prompt == "-":
+        prompt = sys.stdin.read()
     if not prompt:
-        raise ValueError("give a prompt: mimo generate 'def fib(n):'  (or --prompt TEXT)")
+        raise ValueError("give a prompt: mimo generate 'def fib(n):'  (or --prompt TEXT, or - to read standard input)")
     llm = LLM(resolve_model_dir(args.model), dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=1,
               compile=args.compile)
     if llm.tokenizer is None:
@@ -54,7 +58,19 @@ def run(args: argparse.Namespace) -> int:
     t_first = None
     n = 0
     last = None
-    for delta in llm.stream(prompt, params):
+    bar = None
+
+    def prefill(done: int, total: int) -> None:
+        # A prompt of several prefill chunks takes a while before the first token: show how far it got.
+        nonlocal bar
+        if bar is None and total > llm.engine.prefill_chunk:
+            bar = tqdm(total=total, desc="prefill", unit="tok", leave=False, file=sys.stderr)
+        if bar is not None:
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+    for delta in llm.stream(prompt, params, on_prefill=prefill):
         sys.stdout.write(delta.text)
         sys.stdout.flush()
         if t_first is None and delta.token_ids:
@@ -62,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         n += len(delta.token_ids)
         last = delta
     sys.stdout.write("\n")
+    sys.stdout.flush()
     dt = time.perf_counter() - t0
     if args.stats:
         st = llm.last_output.stats if llm.last_output else None

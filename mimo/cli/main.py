@@ -18,8 +18,21 @@ SUBCOMMANDS = {
 }
 
 
+def one_line(message: str, limit: int = 1000) -> str:
+    """An error message cut to its first line (a prompt echoed in it may be a whole file)."""
+    first, *rest = str(message).splitlines() or [""]
+    if rest or len(first) > limit:
+        return first[:limit] + " [...]"
+    return first
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        super().error(one_line(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimo", description="MiMo-V2-Flash: model, engine, training and server.")
+    parser = _Parser(prog="mimo", description="MiMo-V2-Flash: model, engine, training and server.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -45,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
-        print(f"mimo {args.command}: error: {e}", file=sys.stderr)
+        print(f"mimo {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

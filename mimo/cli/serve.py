@@ -7,9 +7,11 @@ variable. Without ``--model`` it serves the shipped mimo-nano from ``models/mimo
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,6 +90,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    path = Path(args.model) if args.model else default_model_dir()
+    _check_model_dir(path, explicit=bool(args.model))
+    sock = _listen_socket(args.host, args.port)  # before anything heavy: a taken port fails at once
+    try:
+        return _serve(args, path, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     import uvicorn  # imported here: `mimo info` must not pay for the server stack
 
     from mimo.engine.llm import LLM
@@ -95,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from mimo.server.async_engine import AsyncEngine
     from mimo.server.serving import ServerConfig
 
-    path = Path(args.model) if args.model else default_model_dir()
-    _check_model_dir(path, explicit=bool(args.model))
+    port = sock.getsockname()[1]
     if args.max_model_len is not None and args.max_model_len < 2:
         raise ValueError(f"--max-model-len must be at least 2, got {args.max_model_len}")
     if args.max_num_seqs < 1:
@@ -112,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or path.resolve().name
     app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len,
                     config=ServerConfig.from_generation_config(gen))
-    print(f"mimo serve: {name} ({path}) on http://{args.host}:{args.port}/v1 "
+    print(f"mimo serve: {name} ({path}) on http://{args.host}:{port}/v1 "
           f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
     if gen.sampling or gen.max_new_tokens:
         settings = [f"{k} {v}" for k, v in gen.sampling.items()]
@@ -120,7 +131,27 @@ def run(args: argparse.Namespace) -> int:
             settings.append(f"chat max_tokens {gen.max_new_tokens} when a request sets none")
         print("defaults from generation_config.json: " + ", ".join(settings))
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])
     finally:
         engine.close()
     return 0
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: any free port), or a ValueError that says why not."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a port number (0-65535)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host!r} is not an address of this machine: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts need no wait
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        hint = " (is another server running there? choose another --port)" if e.errno == errno.EADDRINUSE else ""
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None
+    sock.set_inheritable(True)
+    return sock

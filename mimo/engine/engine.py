@@ -124,6 +124,11 @@ class Engine:
     def output(self, request_id: str) -> RequestOutput:
         return self.to_output(self.requests[request_id])
 
+    def prefill_progress(self, request_id: str) -> tuple[int, int]:
+        """(prompt tokens in the cache, prompt tokens) of a request's first sample."""
+        seq = self.requests[request_id][0]
+        return min(seq.num_computed, len(seq.prompt_ids)), len(seq.prompt_ids)
+
     def release(self, request_id: str) -> None:
         """Forget a request (aborting it if it still runs)."""
         self.abort(request_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -74,12 +74,23 @@ class LLM:
             for i in ids:
                 self.engine.release(i)
 
-    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Iterator[StreamDelta]:
-        """Deltas (new text and token ids) for one request as they are generated."""
+    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
+               on_prefill: Callable[[int, int], None] | None = None) -> Iterator[StreamDelta]:
+        """Deltas (new text and token ids) for one request as they are generated.
+
+        ``on_prefill(done, total)`` is called after each step that worked on the prompt (a long prompt is
+        prefilled in chunks, one per step), so a caller can show progress before the first token."""
         rid = self.engine.add_request(prompt, sampling_params or SamplingParams())
+        reported = 0
         try:
             while not self.engine.output(rid).finished:
-                for d in self.engine.step():
+                deltas = self.engine.step()
+                if on_prefill is not None and reported is not None:
+                    done, total = self.engine.prefill_progress(rid)
+                    if done > reported:
+                        on_prefill(done, total)
+                    reported = done if done < total else None  # prefill over: no more calls
+                for d in deltas:
                     if d.request_id == rid:
                         yield d
             self.last_output = self.engine.output(rid)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,9 +98,12 @@ def unigram_bits_per_byte(train_tokens: np.ndarray, tokenizer: Tokenizer, texts:
 
 @torch.no_grad()
 def acceptance(model: CausalLM, tokenizer: Tokenizer, texts: list[str], prefix_tokens: int = 96,
-               new_tokens: int = 64, max_prompts: int = 16, progress: bool = True
+               new_tokens: int = 64, max_prompts: int = 16, progress: bool = True,
+               on_result: Callable[[int, float, float], None] | None = None,
                ) -> tuple[dict[int, float], float | None, bool | None]:
-    """Greedy acceptance length for k = 1..K, and (speedup of k = K over k = 0, identical outputs)."""
+    """Greedy acceptance length for k = 1..K, and (speedup of k = K over k = 0, identical outputs).
+
+    ``on_result(k, acceptance_length, tokens_per_s)`` is called as each k finishes."""
     prompts = [ids[:prefix_tokens] for ids in (tokenizer.encode(t) for t in texts) if len(ids) > prefix_tokens]
     prompts = prompts[:max_prompts]
     if not prompts or model.config.num_mtp_layers == 0:
@@ -122,6 +126,8 @@ def acceptance(model: CausalLM, tokenizer: Tokenizer, texts: list[str], prefix_t
             outs.append(o.outputs[0].token_ids)
             eng.release(rid)
         results[k] = (toks / steps, len(prompts) * new_tokens / seconds, outs)
+        if on_result is not None:
+            on_result(k, results[k][0], results[k][1])
     kmax = max(results)
     al = {k: r[0] for k, r in results.items() if k > 0}
     return al, results[kmax][1] / results[0][1], all(results[k][2] == results[0][2] for k in results)

@@ -1,5 +1,6 @@
 """The commands that run a model: generate, eval, bench (on a tiny random model with a real tokenizer)."""
 
+import io
 import json
 
 import pytest
@@ -49,3 +50,31 @@ def test_bench_prints_table_and_json(model_dir, capsys):
     spec = next(r for r in d["decode"] if r["mtp"] == 3)
     assert spec["speedup_vs_mtp0"] > 0 and 0 < spec["bandwidth_bound_speedup"] <= 4
     assert "bound: the batch-1 MTP speed-up" in out
+
+
+def test_generate_reads_the_prompt_from_stdin(model_dir, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("def fibonacci(n):\n    "))
+    assert main(["generate", "--model", model_dir, "-", "--max-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("def fibonacci(n):\n    ")
+
+
+def test_a_prompt_echoed_in_an_error_is_cut_to_its_first_line(model_dir, capsys):
+    # A prompt that looks like an option is echoed by argparse: a whole file must not flood the terminal.
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", model_dir, "-x=1\n" + "print(x)\n" * 500, "--max-tokens", "4"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: -x=1 [...]" in err and "print(x)" not in err
+
+
+def test_generate_shows_prefill_progress_for_a_long_prompt(model_dir, capsys):
+    prompt = "def add(a, b):\n    return a + b\n" * 120  # several prefill chunks
+    assert main(["generate", "--model", model_dir, prompt, "--max-tokens", "2"]) == 0
+    assert "prefill" in capsys.readouterr().err
+
+
+def test_bench_and_eval_print_the_machine_and_partial_results(model_dir, capsys):
+    assert main(["bench", "--model", model_dir, "--new-tokens", "4", "--batches", "1", "--prefill-tokens", "32",
+                 "--mtp", "1"]) == 0
+    out = capsys.readouterr().out
+    assert " on " in out.splitlines()[0] and "cores" in out.splitlines()[0]
+    assert "prefill:" in out and json.loads(out.strip().splitlines()[-1])["machine"]

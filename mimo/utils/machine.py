@@ -1,0 +1,49 @@
+"""What machine a figure is measured on: CPU model, vector ISA and cores (read from /proc/cpuinfo).
+
+Benchmarks print this beside every figure: the machines mimo runs on differ (AVX-512/AMX Xeons, AVX2-only
+EPYCs, ARM) and a speed only means something with the machine it was measured on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "avx_vnni", "asimd", "sve")
+
+
+def cpu_info() -> dict:
+    """``{"cpu", "isa", "vector_isa", "cores"}``; ``isa`` lists the relevant flags the CPU reports."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model", "cpu model") and not model:
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [name for name in _ISA if name in flags]
+    return {"cpu": model or platform.processor() or platform.machine(), "isa": isa, "vector_isa": _widest(isa),
+            "cores": os.cpu_count()}
+
+
+def _widest(isa: list[str]) -> str:
+    if "amx_tile" in isa:
+        return "AMX + AVX-512"
+    if "avx512f" in isa:
+        return "AVX-512"
+    if "avx2" in isa:
+        return "AVX2"
+    if "asimd" in isa:
+        return "NEON" + (" + SVE" if "sve" in isa else "")
+    return "no vector extension found"
+
+
+def cpu_description(info: dict | None = None) -> str:
+    """One line: ``AMD EPYC 9B14 (AVX-512), 2 cores``."""
+    info = info or cpu_info()
+    return f"{info['cpu']} ({info['vector_isa']}), {info['cores']} cores"
