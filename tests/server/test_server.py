@@ -400,3 +400,22 @@ def test_serve_cli_explains_a_missing_model(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no model at" in err and "config.json" in err
+
+
+def test_serve_cli_explains_a_bad_or_taken_port_before_loading(capsys):
+    import socket
+
+    from mimo.cli.main import main
+
+    assert main(["serve", "--port", "99999"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == "mimo serve: error: --port 99999 is not a port number (0-65535)" and "serving" not in out
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        t0 = time.monotonic()
+        assert main(["serve", "--port", str(port)]) == 2
+        out, err = capsys.readouterr()
+    assert time.monotonic() - t0 < 5 and out == ""  # refused before the model loads, no banner
+    assert len(err.strip().splitlines()) == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err
