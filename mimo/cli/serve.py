@@ -1,4 +1,5 @@
-"""``mimo serve``: the OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/completions``, ...).
+"""``mimo serve``: the OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/completions``, ...) and
+its chat page at ``/``.
 
 Binds to loopback by default; the API key comes from ``--api-key`` or the ``MIMO_API_KEY`` environment
 variable. Without ``--model`` it serves the shipped mimo-nano from ``models/mimo-nano`` in the repository.
@@ -80,6 +81,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _page_url(host: str, port: int) -> str:
+    """The chat page's address; a wildcard bind is reachable on loopback, and IPv6 needs brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: `mimo info` must not pay for the server stack
 
@@ -109,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
           f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
     if defaults:
         print("sampling defaults from generation_config.json: " + ", ".join(f"{k} {v}" for k, v in defaults.items()))
+    print(f"open {_page_url(args.host, args.port)} in a browser for the chat page", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
