@@ -7,7 +7,7 @@ import torch
 
 from mimo import LLM, SamplingParams
 from mimo.engine.engine import Engine
-from tests.helpers import random_model, tiny_config
+from tests.helpers import oracle_model, random_model, tiny_config
 
 GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
 
@@ -36,24 +36,7 @@ def test_speculative_greedy_equals_plain_greedy(model):
 def _oracle_model():
     """Residual stream = token embedding only, so next token = f(current token), and every MTP block
     computes f of its input token exactly: all drafts are right."""
-    cfg = tiny_config(sliding_window=5, num_hidden_layers=6)
-    m = random_model(cfg, seed=5, nontrivial=False)
-    with torch.no_grad():
-        for layer in m.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            if hasattr(layer.mlp, "experts"):
-                layer.mlp.experts.down_proj.zero_()
-            else:
-                layer.mlp.down_proj.weight.zero_()
-        d = cfg.hidden_size
-        for blk in m.model.mtp.layers:
-            blk.eh_proj.weight.zero_()
-            blk.eh_proj.weight[:, :d] = torch.eye(d)
-            blk.self_attn.o_proj.weight.zero_()
-            blk.mlp.down_proj.weight.zero_()
-            blk.enorm.weight.fill_(1.0)
-            blk.final_layernorm.weight.copy_(m.model.norm.weight)
-    return m
+    return oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=5)
 
 
 def test_every_draft_accepted_in_constructed_case():
