@@ -124,6 +124,11 @@ def test_token_colours_are_the_engines_provenance(page, chat_server):
     assert float(figures.get_attribute("data-ttft-ms")) > 0
     text = figures.text_content()
     assert f"acceptance length {stats.acceptance_length:.2f}" in text and "tokens/s" in text and "TTFT" in text
+    assert reply.locator(".text").is_visible() and reply.locator(".token-list").is_visible()
+    page.select_option("#view", "tokens")
+    assert reply.locator(".text").is_hidden() and reply.locator(".token-list").is_visible()
+    page.select_option("#view", "text")
+    assert reply.locator(".text").is_visible() and reply.locator(".token-list").is_hidden()
 
 
 def test_reasoning_collapses_and_goes_back_with_the_history(page, chat_server):

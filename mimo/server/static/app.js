@@ -80,7 +80,7 @@
       if ($(id).value === "" && defaults[key] !== undefined) $(id).value = String(defaults[key]);
     }
     $("max-tokens").placeholder = `server default (up to ${info.max_chat_tokens})`;
-    $("thinking").options[0].textContent = `model default (${info.thinking_default ? "on" : "off"})`;
+    $("thinking").options[0].textContent = `default (${info.thinking_default ? "on" : "off"})`;
     if (state.key !== null) $("key-status").textContent = "key accepted";
     return true;
   }
@@ -449,9 +449,14 @@
     $("prompt").focus();
   }
 
+  // Follow the stream unless the reader scrolled up (a chunk can add many lines at once, so "near the bottom"
+  // is decided when the reader scrolls, not when text arrives).
+  let following = true;
+
   function scrollDown(always) {
     const box = $("messages");
-    if (always || box.scrollHeight - box.scrollTop - box.clientHeight < 80) box.scrollTop = box.scrollHeight;
+    if (always) following = true;
+    if (following) box.scrollTop = box.scrollHeight;
   }
 
   // ------------------------------------------------------------------ wiring
@@ -471,6 +476,13 @@
       e.preventDefault();
       stop();
     }
+  });
+  $("messages").addEventListener("scroll", () => {
+    const box = $("messages");
+    following = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  });
+  $("view").addEventListener("change", () => {
+    $("messages").dataset.view = $("view").value; // the style sheet hides the text or the token view
   });
   $("stop").addEventListener("click", stop);
   $("new-chat").addEventListener("click", newChat);
