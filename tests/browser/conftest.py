@@ -29,8 +29,8 @@ from tests.server.conftest import ScriptedEngine, run_server
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MODEL = "mimo-page-test"
-# Not a plain token: the page must send the key exactly as typed (a space and punctuation included).
-PAGE_KEY = "s3cret key/+=:~!"
+# Not a plain token: the page must send the key exactly as typed (a space, punctuation and a Latin-1 letter).
+PAGE_KEY = "s3cret kéy/+=:~!"
 XSS = '<script>window.__pwned=1</script> <img src=x onerror="window.__pwned=1"> [click](javascript:window.__pwned=1)'
 XSS_TOOL = ("<tool_call>\n<function=get_weather>\n<parameter=city>\n<img src=x onerror=\"window.__pwned=1\">"
             "<script>window.__pwned=1</script>\n</parameter>\n</function>\n</tool_call>")

@@ -227,6 +227,9 @@ def test_key_protected_server_refuses_the_page_until_the_key_is_entered(page, ke
     assert error.text_content() == "HTTP 401: missing API key: send the header 'Authorization: Bearer YOUR_KEY'"
     assert page.input_value("#prompt") == "hello"  # back in the box, to send again with the key
 
+    page.fill("#api-key", "ключ")
+    page.click("#key-save")
+    assert "cannot carry this key" in page.text_content("#key-status")
     page.fill("#api-key", "not the key")
     page.click("#key-save")
     page.locator("#key-status").filter(has_text="refused").wait_for(timeout=TIMEOUT_MS)

@@ -92,7 +92,13 @@
 
   async function useKey(event) {
     event.preventDefault();
-    state.key = $("api-key").value; // sent as typed: the server decides what it accepts
+    const key = $("api-key").value; // sent as typed: the server decides what it accepts
+    // A header carries bytes: characters beyond Latin-1 cannot be sent, and the server could never match them.
+    if (/[^\x00-\xff]/.test(key)) {
+      $("key-status").textContent = "an HTTP header cannot carry this key (it has characters beyond Latin-1)";
+      return;
+    }
+    state.key = key === "" ? null : key;
     $("api-key").value = "";
     $("key-status").textContent = "checking…";
     await loadInfo();
@@ -331,7 +337,6 @@
     if (state.info) body.model = state.info.model;
     body.messages = state.messages;
     body.stream = true;
-    body.stream_options = { include_usage: true };
     body.mimo_provenance = true;
     return body;
   }
