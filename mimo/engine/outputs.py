@@ -41,9 +41,6 @@ class CompletionOutput:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     logprobs: list[TokenLogprob] | None = None
     error: str | None = None
-    # One entry per token of ``token_ids``: 0 = sampled from the main model (prefill's token, a plain decode
-    # token, a verify step's correction or bonus token), k = 1..3 = MTP block k's draft, accepted by verification.
-    provenance: list[int] | None = None
 
     @property
     def finished(self) -> bool:

@@ -8,10 +8,9 @@ Every error, including FastAPI's own (unknown route, wrong method, validation), 
 shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON, bad UTF-8, bad parameters and
 prompts that do not fit the context (FastAPI's 422 becomes 400, as in OpenAI's API), 401 without the right
 ``Authorization: Bearer KEY`` (every route but ``/health`` and the page's ``/`` and ``/static/*`` when the
-server has a key), 404 for an unknown
-model or route, 413 for a body over :attr:`ServerConfig.max_body_bytes` (by ``Content-Length`` before
-reading, and by the bytes actually read), 503 when the engine's waiting queue is full, 500 when the
-engine fails (the server keeps serving).
+server has a key), 404 for an unknown model or route, 413 for a body over :attr:`ServerConfig.max_body_bytes`
+(by ``Content-Length`` before reading, and by the bytes actually read), 503 when the engine's waiting queue
+is full, 500 when the engine fails (the server keeps serving).
 
 Request bodies are parsed here rather than by FastAPI's body injection, so that the limit applies while
 reading and every failure gets a precise message.

@@ -363,7 +363,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
     @field_validator("logprobs", "mimo_provenance", mode="before")
     @classmethod
-    def _logprobs_null(cls, v: Any) -> Any:
+    def _false_when_null(cls, v: Any) -> Any:
         return False if v is None else v
 
     @field_validator("messages")
