@@ -81,7 +81,9 @@ class PageEngine(ScriptedEngine):
         return out
 
 
-@pytest.fixture(scope="session")
+# Module scope: while Playwright's sync API is open it marks an event loop running on this thread, and the
+# asyncio.run() of later test modules would fail.
+@pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package "
                                    "(pip install -e '.[dev]')")

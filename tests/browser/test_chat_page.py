@@ -23,8 +23,8 @@ from tests.server.conftest import ANSWER
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-# A whole number of speculative steps for the test model: the reply ends on a main-model token, so no accepted
-# draft is cut off by max_tokens and the page's count of accepted tokens is the engine's.
+# For the test model, max_tokens cuts off no accepted draft (see test_token_colours_are_the_engines_provenance),
+# so the page's count of accepted tokens is the engine's.
 MAX_TOKENS = 40
 TIMEOUT_MS = 20_000
 
@@ -119,6 +119,9 @@ def test_token_colours_are_the_engines_provenance(page, chat_server):
         "els => Object.fromEntries(els.map(e => [e.dataset.p, getComputedStyle(e).backgroundColor]))")
     assert len(set(colours.values())) == 4
     figures = reply.locator(".stats")
+    # No accepted draft was cut off by max_tokens when the reply ends on a main-model token or on block 3's draft
+    # (a step accepts at most 3); only then is every accepted draft on the page.
+    assert shown[-1][1] in (0, 3), "max_tokens cut accepted drafts off: change MAX_TOKENS"
     assert int(figures.get_attribute("data-accepted")) == stats.accepted == sum(p > 0 for _, p in shown) > 0
     assert float(figures.get_attribute("data-acceptance-length")) == pytest.approx(stats.acceptance_length)
     assert float(figures.get_attribute("data-ttft-ms")) > 0

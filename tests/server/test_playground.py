@@ -146,6 +146,9 @@ def test_streamed_provenance_is_the_engines(spec_server, tokenizer):
                      for t, p in zip(d.token_ids, d.provenance)]
     assert tokens == want
     stats = engine.output(rid).stats
+    # No accepted draft was cut off by max_tokens when the reply ends on a main-model token or on block 3's draft
+    # (a step accepts at most 3); only then is every accepted draft on the page.
+    assert tokens[-1][1] in (0, 3), "max_tokens cut accepted drafts off: change max_tokens"
     assert sum(p > 0 for _, p in tokens) == stats.accepted > 0 and {p for _, p in tokens} == {0, 1, 2, 3}
 
 
