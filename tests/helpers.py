@@ -34,6 +34,32 @@ def random_model(config: MiMoConfig | None = None, seed: int = 0, nontrivial: bo
     return model.eval()
 
 
+def oracle_model(config: MiMoConfig, seed: int = 0, draft_noise: tuple[float, ...] = ()) -> MiMoForCausalLM:
+    """A model whose MTP blocks know the next token: residual stream = token embedding only, so the next token
+    is f(current token), and every MTP block computes f of its input token exactly. ``draft_noise[k-1]`` > 0
+    perturbs block k's input projection, so its drafts are right only for some tokens (a mix of depths)."""
+    m = random_model(config, seed=seed, nontrivial=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            if hasattr(layer.mlp, "experts"):
+                layer.mlp.experts.down_proj.zero_()
+            else:
+                layer.mlp.down_proj.weight.zero_()
+        d = config.hidden_size
+        for i, blk in enumerate(m.model.mtp.layers):
+            blk.eh_proj.weight.zero_()
+            blk.eh_proj.weight[:, :d] = torch.eye(d)
+            if i < len(draft_noise) and draft_noise[i]:
+                blk.eh_proj.weight[:, :d] += draft_noise[i] * torch.randn(d, d, generator=g)
+            blk.self_attn.o_proj.weight.zero_()
+            blk.mlp.down_proj.weight.zero_()
+            blk.enorm.weight.fill_(1.0)
+            blk.final_layernorm.weight.copy_(m.model.norm.weight)
+    return m.eval()
+
+
 def rewrite_config(directory: str, keep: str) -> dict:
     """Rewrite config.json keeping only one spelling: 'hub' or 'transformers'."""
     path = os.path.join(directory, "config.json")

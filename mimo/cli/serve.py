@@ -1,4 +1,5 @@
-"""``mimo serve``: the OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/completions``, ...).
+"""``mimo serve``: the OpenAI-compatible HTTP server (``/v1/chat/completions``, ``/v1/completions``, ...) and
+its chat page at ``/``.
 
 Binds to loopback by default; the API key comes from ``--api-key`` or the ``MIMO_API_KEY`` environment
 variable. Without ``--model`` it serves the shipped mimo-nano from ``models/mimo-nano`` in the repository.
@@ -89,6 +90,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _page_url(host: str, port: int) -> str:
+    """The chat page's address; a wildcard bind is reachable on loopback, and IPv6 needs brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else default_model_dir()
     _check_model_dir(path, explicit=bool(args.model))
@@ -130,6 +138,7 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
         if gen.max_new_tokens:
             settings.append(f"chat max_tokens {gen.max_new_tokens} when a request sets none")
         print("defaults from generation_config.json: " + ", ".join(settings))
+    print(f"open {_page_url(args.host, port)} in a browser for the chat page", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level=args.log_level)).run(sockets=[sock])
     finally:

@@ -310,9 +310,10 @@ class Engine:
             lps = token_logprobs(logits[j, : a + 1], toks, [s.params.logprobs] * (a + 1))
             s.stats.decode_steps += 1
             s.stats.drafted += k
-            s.stats.accepted += a
             n_before = len(s.output_ids)
-            self._commit(s, toks.tolist(), lps)
+            self._commit(s, toks.tolist(), lps, list(range(1, a + 1)) + [0])  # drafts 1..a, then the trunk's token
+            # Accepted drafts that made it into the output: a stop (or max_tokens) may cut the step's tail off.
+            s.stats.accepted += min(a, len(s.output_ids) - n_before)
             s.stats.decode_tokens += len(s.output_ids) - n_before
             s.num_computed = int(q[j]) + 2 + a
             if not s.finished:
@@ -320,10 +321,11 @@ class Engine:
                 s.chain[0].append(int(q[j]) + 1, hidden[j, : a + 1])
 
     # ------------------------------------------------------------------ stopping
-    def _commit(self, s: Sequence, tokens: list[int], lps: list) -> None:
+    def _commit(self, s: Sequence, tokens: list[int], lps: list, provenance: list[int] | None = None) -> None:
         p = s.params
-        for t, lp in zip(tokens, lps):
+        for t, lp, src in zip(tokens, lps, provenance or [0] * len(tokens)):
             s.output_ids.append(t)
+            s.provenance.append(src)
             if s.logprobs is not None and lp is not None:
                 s.logprobs.append(lp)
             if s.detok is not None:
@@ -363,10 +365,11 @@ class Engine:
         text = s.text[s.sent_chars : upto]
         toks = s.output_ids[s.sent_tokens :]
         lps = s.logprobs[s.sent_tokens :] if s.logprobs is not None else None
+        provenance = s.provenance[s.sent_tokens :]
         s.sent_chars, s.sent_tokens = upto, len(s.output_ids)
         if not text and not toks and not s.finished:
             return None
-        return StreamDelta(s.request_id, text, toks, s.index, s.finish_reason, s.stop_reason, lps, s.error)
+        return StreamDelta(s.request_id, text, toks, s.index, s.finish_reason, s.stop_reason, lps, s.error, provenance)
 
     def _free(self, seq: Sequence) -> None:
         slot = seq.slot

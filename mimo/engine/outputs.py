@@ -19,7 +19,7 @@ class SpecStats:
     decode_steps: int = 0  # main-model forward passes after prefill (one per decode / verify step)
     prefill_chunks: int = 0
     drafted: int = 0
-    accepted: int = 0
+    accepted: int = 0  # drafts verification accepted that reached the output (a stop may cut a step short)
     decode_tokens: int = 0  # tokens emitted by decode steps (the first token comes from prefill)
 
     @property
@@ -70,3 +70,6 @@ class StreamDelta:
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprob] | None = None
     error: str | None = None
+    # One entry per token of ``token_ids``: 0 = sampled from the main model (prefill's token, a plain decode
+    # token, a verify step's correction or bonus token), k = 1..3 = MTP block k's draft, accepted by verification.
+    provenance: list[int] | None = None

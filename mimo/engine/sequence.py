@@ -50,6 +50,7 @@ class Sequence:
     params: SamplingParams
     index: int = 0  # which of the request's n samples
     output_ids: list[int] = field(default_factory=list)
+    provenance: list[int] = field(default_factory=list)  # per output token: 0 main model, k accepted draft of block k
     slot: int = -1
     num_computed: int = 0  # positions 0 .. num_computed-1 are in the main KV cache
     generator: torch.Generator | None = None

@@ -1,17 +1,18 @@
 """The FastAPI application of ``mimo serve``: routes, API-key check, body limits and OpenAI-shaped errors.
 
 Routes: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions`` (:mod:`mimo.server.completions`),
-``POST /v1/chat/completions`` (:mod:`mimo.server.chat`), ``GET /health`` and ``GET /metrics`` (Prometheus).
+``POST /v1/chat/completions`` (:mod:`mimo.server.chat`), ``GET /health`` and ``GET /metrics`` (Prometheus), and
+the chat page: ``GET /``, ``GET /static/{name}`` and ``GET /v1/mimo/info`` (:mod:`mimo.server.playground`).
 
 Every error, including FastAPI's own (unknown route, wrong method, validation), is answered in OpenAI's
 shape ``{"error": {"message", "type", "param", "code"}}``: 400 for bad JSON, bad UTF-8, bad parameters and
 prompts that do not fit the context (FastAPI's 422 becomes 400, as in OpenAI's API), 415 for a body sent with a
 ``Content-Type`` other than JSON (none at all is taken as JSON), 401 without the right
-``Authorization: Bearer KEY`` (every route but ``/health`` when the server has a key), 404 for an unknown
-model or route, 413 for a body over :attr:`ServerConfig.max_body_bytes` (by ``Content-Length`` before
-reading, and by the bytes actually read), 503 with ``Retry-After`` when the engine's waiting queue is full,
-500 when the engine fails (the server keeps serving). A 4xx answer to a generation route counts as a rejected
-request in ``/metrics``.
+``Authorization: Bearer KEY`` (every route but ``/health`` and the page's ``/`` and ``/static/*`` when the
+server has a key), 404 for an unknown model or route, 413 for a body over :attr:`ServerConfig.max_body_bytes`
+(by ``Content-Length`` before reading, and by the bytes actually read), 503 with ``Retry-After`` when the
+engine's waiting queue is full, 500 when the engine fails (the server keeps serving). A 4xx answer to a
+generation route counts as a rejected request in ``/metrics``.
 
 Request bodies are parsed here rather than by FastAPI's body injection, so that the limit applies while
 reading and every failure gets a precise message.
@@ -35,6 +36,8 @@ from mimo.server.async_engine import AsyncEngine
 from mimo.server.chat import create_chat_completion
 from mimo.server.completions import create_completion
 from mimo.server.metrics import Counter
+from mimo.server.playground import install as install_playground
+from mimo.server.playground import is_public
 from mimo.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -105,6 +108,7 @@ def build_app(async_engine: AsyncEngine, tokenizer: Tokenizer, model_name: str, 
         req = await _parse(request, ChatCompletionRequest, ctx)
         return await create_chat_completion(ctx, req, request)
 
+    install_playground(app, ctx)
     app.router.on_shutdown.append(lambda: ctx.workers.shutdown(wait=False, cancel_futures=True))
     return app
 
@@ -226,7 +230,8 @@ class _Guard:
 
     def _check(self, scope: Scope) -> APIError | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope.get("path") not in _UNAUTHENTICATED:
+        path = scope.get("path")
+        if self.api_key is not None and path not in _UNAUTHENTICATED and not is_public(path):
             auth = headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             if not auth:

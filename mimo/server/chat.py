@@ -14,6 +14,8 @@ a named tool are requests to the model, not constraints on decoding.
 Streaming follows OpenAI: a first chunk with ``role``, then content / reasoning / tool-call deltas, a chunk
 with ``finish_reason`` per choice, a usage chunk (``choices: []``) when ``stream_options.include_usage``,
 and ``data: [DONE]``. An engine failure mid-stream is sent as an ``{"error": ...}`` event before ``[DONE]``.
+With ``"mimo_provenance": true`` each engine delta's tokens ride on its first chunk as ``choice.mimo.tokens``
+(``[text, provenance]`` pairs, :class:`mimo.server.responses.TokenProvenance`): what the chat page colours.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from mimo.server.protocol import (
     ChatLogprobToken,
     ChatMessage,
     DeltaMessage,
+    TokenProvenance,
     ToolCall,
     TopLogprob,
     UsageInfo,
@@ -166,10 +169,17 @@ class _Chat:
         return ChatCompletionResponse(id=self.id, created=self.created, model=self.ctx.model_name, choices=choices,
                                       usage=self.usage())
 
+    def _provenance(self, d: StreamDelta) -> TokenProvenance | None:
+        """The delta's tokens with their provenance, when the request asked for them (``mimo_provenance``)."""
+        if not self.req.mimo_provenance or not d.token_ids:
+            return None
+        sources = d.provenance or [0] * len(d.token_ids)  # an engine that reports none does not speculate
+        return TokenProvenance(tokens=[(self.ctx.token_text(t), p) for t, p in zip(d.token_ids, sources)])
+
     def _chunk(self, index: int, delta: dict[str, Any], lps: list[ChatLogprobToken] | None = None,
-               reason: str | None = None) -> str:
+               reason: str | None = None, tokens: TokenProvenance | None = None) -> str:
         choice = ChatCompletionStreamChoice(index=index, delta=DeltaMessage.model_validate(delta), finish_reason=reason,
-                                            logprobs=ChatChoiceLogprobs(content=lps) if lps else None)
+                                            logprobs=ChatChoiceLogprobs(content=lps) if lps else None, mimo=tokens)
         return sse(ChatCompletionChunk(id=self.id, created=self.created, model=self.ctx.model_name, choices=[choice]))
 
     async def stream(self, deltas: AsyncGenerator[tuple[int, StreamDelta], None]) -> AsyncIterator[str]:
@@ -183,9 +193,12 @@ class _Chat:
                 parts = c.parser.feed(text) if text else []
                 if d.finish_reason is not None:
                     parts += c.parser.finish()
-                for part in parts or ([{}] if lps else []):  # logprobs ride on the delta's first chunk
-                    yield self._chunk(d.index, part, lps)
-                    lps = None
+                tokens = self._provenance(d)
+                # logprobs and provenance ride on the delta's first chunk (an empty delta when the parser holds
+                # the text back), so every generated token reaches the client once
+                for part in parts or ([{}] if lps or tokens else []):
+                    yield self._chunk(d.index, part, lps, tokens=tokens)
+                    lps = tokens = None
                 if d.finish_reason is not None:
                     yield self._chunk(d.index, {}, reason=finish_reason(d.finish_reason, c.parser.has_tool_calls))
             if self.req.include_usage:

@@ -11,6 +11,9 @@ Failed checks are pydantic errors located at the bad field (``temperature``, ``m
 ``tools[0].function.name``) whose text says what is allowed; :func:`validation_error_body` turns them into
 one OpenAI error body (``param`` = the field's path).
 
+mimo's one extra field, ``mimo_provenance`` (chat, streamed only), adds each token's MTP provenance to the
+stream (:class:`mimo.server.responses.TokenProvenance`); clients that do not send it never see it.
+
 Accepted but not enforced: ``response_format`` (no constrained decoding), ``tool_choice="required"``
 (the model is asked, not forced; :meth:`ChatCompletionRequest.tools_for_parsing` narrows parsing to a
 named tool). Rejected as OpenAI rejects them: ``stream_options`` without ``stream``, a ``tool`` message
@@ -44,6 +47,7 @@ from mimo.server.responses import (
     FunctionCall,
     ModelCard,
     ModelList,
+    TokenProvenance,
     ToolCall,
     TopLogprob,
     UsageInfo,
@@ -79,6 +83,7 @@ __all__ = [
     "NamedToolChoice",
     "StreamOptions",
     "TextContentPart",
+    "TokenProvenance",
     "ToolCall",
     "TopLogprob",
     "UsageInfo",
@@ -373,10 +378,12 @@ class ChatCompletionRequest(_SamplingRequest):
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None  # accepted, not enforced
+    # mimo's extra (the chat page sends it): each streamed choice carries its tokens and how MTP produced them.
+    mimo_provenance: bool = False
 
-    @field_validator("logprobs", mode="before")
+    @field_validator("logprobs", "mimo_provenance", mode="before")
     @classmethod
-    def _logprobs_null(cls, v: Any) -> Any:
+    def _false_when_null(cls, v: Any) -> Any:
         return False if v is None else v
 
     @field_validator("messages")

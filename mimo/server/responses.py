@@ -5,9 +5,10 @@ chat completions, chat stream chunks, ``/v1/models``, usage, logprobs, and the O
 ``{"error": {"message", "type", "param", "code"}}`` (:func:`error_body`, :func:`validation_error_body`).
 
 Serialisation follows OpenAI: a chat message always carries ``content`` (``null`` when it only calls tools)
-and carries ``tool_calls`` only when there are some;
-streamed deltas (:class:`DeltaMessage` and its parts) carry only the fields that are set, and a chunk's
-``usage`` appears only on the final usage chunk. :class:`FunctionCall` and :class:`ToolCall` live here
+and carries ``tool_calls`` only when there are some; streamed deltas (:class:`DeltaMessage` and its parts)
+carry only the fields that are set, a chunk's ``usage`` appears only on the final usage chunk, and a streamed
+choice's ``mimo`` (token provenance, mimo's one extra) only when the request asked for it.
+:class:`FunctionCall` and :class:`ToolCall` live here
 because requests (assistant history) and responses share them.
 """
 
@@ -171,11 +172,30 @@ class DeltaMessage(_DropNone):
     tool_calls: list[DeltaToolCall] | None = None
 
 
+class TokenProvenance(BaseModel):
+    """mimo's extra on a streamed chat choice, sent only to requests with ``"mimo_provenance": true``.
+
+    ``tokens`` are the engine delta's tokens as ``[text, provenance]``: the token's raw text (special tokens
+    included; a token holding part of a UTF-8 character reads U+FFFD) and 0 when the main model produced it,
+    k = 1..3 when it is MTP block k's draft that verification accepted. OpenAI clients ignore the field.
+    """
+
+    tokens: list[tuple[str, int]]
+
+
 class ChatCompletionStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
     logprobs: ChatChoiceLogprobs | None = None
     finish_reason: str | None = None
+    mimo: TokenProvenance | None = None  # serialised only when set
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_mimo(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("mimo") is None:
+            data.pop("mimo", None)
+        return data
 
 
 class ChatCompletionChunk(BaseModel):

@@ -70,6 +70,7 @@ class ScriptedEngine:
         self.prompts: list[str] = []  # rendered prompts of scripted requests
         self.crash = False
         self.end = tokenizer.token_to_id("<|im_end|>")
+        self.scripts = dict(SCRIPTS)  # marker -> reply; subclasses add their own
 
     @property
     def max_model_len(self) -> int:
@@ -93,7 +94,7 @@ class ScriptedEngine:
         if "<tool_response>" in turn and self.prompts:
             reply = ANSWER
         else:
-            reply = next((r for m, r in SCRIPTS.items() if m in turn), None)
+            reply = next((r for m, r in self.scripts.items() if m in turn), None)
         if CRASH in turn:
             self.crash, reply = True, "never sent"
         if reply is None:

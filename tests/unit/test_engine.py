@@ -7,7 +7,7 @@ import torch
 
 from mimo import LLM, SamplingParams
 from mimo.engine.engine import Engine
-from tests.helpers import random_model, tiny_config
+from tests.helpers import oracle_model, random_model, tiny_config
 
 GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
 
@@ -36,24 +36,7 @@ def test_speculative_greedy_equals_plain_greedy(model):
 def _oracle_model():
     """Residual stream = token embedding only, so next token = f(current token), and every MTP block
     computes f of its input token exactly: all drafts are right."""
-    cfg = tiny_config(sliding_window=5, num_hidden_layers=6)
-    m = random_model(cfg, seed=5, nontrivial=False)
-    with torch.no_grad():
-        for layer in m.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            if hasattr(layer.mlp, "experts"):
-                layer.mlp.experts.down_proj.zero_()
-            else:
-                layer.mlp.down_proj.weight.zero_()
-        d = cfg.hidden_size
-        for blk in m.model.mtp.layers:
-            blk.eh_proj.weight.zero_()
-            blk.eh_proj.weight[:, :d] = torch.eye(d)
-            blk.self_attn.o_proj.weight.zero_()
-            blk.mlp.down_proj.weight.zero_()
-            blk.enorm.weight.fill_(1.0)
-            blk.final_layernorm.weight.copy_(m.model.norm.weight)
-    return m
+    return oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=5)
 
 
 def test_every_draft_accepted_in_constructed_case():
@@ -67,6 +50,40 @@ def test_every_draft_accepted_in_constructed_case():
             assert o.stats.accepted == o.stats.drafted  # nothing rejected
             # 47 decode tokens in steps of k+1 (the last step may be cut by max_tokens)
             assert o.stats.decode_steps == math.ceil(47 / (k + 1))
+
+
+def _provenance(engine, prompts, params):
+    """Stream ``prompts`` through ``engine``; the provenance of each request's tokens, checked step by step."""
+    rids = [engine.add_request(p, params) for p in prompts]
+    prov = {rid: [] for rid in rids}
+    while engine.has_unfinished():
+        for d in engine.step():
+            assert len(d.provenance) == len(d.token_ids)
+            if d.finish_reason is None:  # a step emits the accepted drafts 1..a, then the main model's token
+                assert d.provenance == list(range(1, len(d.provenance))) + [0]
+            prov[d.request_id] += d.provenance
+    return [(prov[rid], engine.output(rid).stats) for rid in rids]
+
+
+@pytest.mark.parametrize("oracle", [False, True], ids=["random", "every-draft-accepted"])
+def test_provenance_counts_the_accepted_drafts(model, oracle):
+    m = _oracle_model() if oracle else model
+    for k in (0, 3):
+        runs = _provenance(Engine(m, num_speculative_tokens=k), _prompts(), GREEDY)
+        for prov, stats in runs:
+            assert len(prov) == 48 and prov[0] == 0  # the first token comes from prefill
+            assert sum(p > 0 for p in prov) == stats.accepted
+            if k == 0:
+                assert set(prov) == {0}
+            # Main-model decode forwards from the provenance alone (what the chat page computes): one per trunk
+            # token after prefill's, plus a last step whose trunk token a stop cut off.
+            forwards = prov.count(0) - 1 + (prov[-1] > 0)
+            assert forwards == stats.decode_steps
+            assert (len(prov) - 1) / forwards == pytest.approx(stats.acceptance_length)
+        if k == 3 and oracle:
+            assert prov == [0] + [1, 2, 3, 0] * 11 + [1, 2, 3]  # max_tokens cuts the last step's trunk token
+        elif k == 3:  # a random model: some drafts accepted, most not
+            assert 0 < sum(stats.accepted for _, stats in runs) < sum(stats.drafted for _, stats in runs)
 
 
 def test_rejection_sampling_preserves_the_target_distribution():
