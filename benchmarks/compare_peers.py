@@ -31,9 +31,11 @@ from _results import write_json  # noqa: E402
 from mimo.checkpoint import MiMoForCausalLM  # noqa: E402
 from mimo.config import preset  # noqa: E402
 from mimo.engine.engine import Engine  # noqa: E402
+from mimo.engine.llm import prepare_for_inference  # noqa: E402
 from mimo.eval.speed import decode_run, measure_decode, measure_prefill, prompts_for  # noqa: E402
 from mimo.model.sizes import parameter_counts  # noqa: E402
 from mimo.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from mimo.utils import runtime  # noqa: E402
 
 
 def _best(fn, n: int = 5) -> float:
@@ -155,7 +157,7 @@ def paired(path: str, args: argparse.Namespace) -> dict:
     sees one machine, where this shared machine's speed drifts by more than the differences
     measured between rounds minutes apart; the ratios are taken within each set."""
     model = MiMoForCausalLM.from_pretrained(path)
-    model.set_attention_backend("sdpa")
+    prepare_for_inference(model)
     measures = {"mimo_prefill_tps": lambda: measure_prefill(model, args.prefill_tokens, repeats=1)}
     for compile in (True, False):
         for b in (1, 8):
@@ -192,7 +194,7 @@ def paired(path: str, args: argparse.Namespace) -> dict:
 
 def mimo_side(path: str, dtype: torch.dtype, args: argparse.Namespace) -> dict:
     model = MiMoForCausalLM.from_pretrained(path, dtype=dtype)
-    model.set_attention_backend("sdpa")
+    prepare_for_inference(model)
     tag = {torch.float32: "", torch.bfloat16: "_bf16"}[dtype]
     res = {f"mimo_prefill_tps{tag}": measure_prefill(model, args.prefill_tokens)}
     for compile in (False, True) if args.compile else (False,):
@@ -246,7 +248,7 @@ def main() -> None:
     args = ap.parse_args()
     if bool(args.llama_python) != bool(args.llama_converter):
         ap.error("--llama-python and --llama-converter go together")
-    torch.set_num_threads(args.threads)
+    runtime.configure(threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
             path = args.model

@@ -36,4 +36,6 @@ if [ "${1:-}" = "--dev" ]; then
 fi
 step "installing $what"
 pip_install -e ".${extra}"
+step "building mimo's CPU decode kernels (once per machine, about 15 s; mimo falls back to torch ops without a compiler)"
+.venv/bin/mimo kernels --build | grep -v "^building" || echo "    (not built: decoding will use torch ops)"
 .venv/bin/python -c "import torch, mimo; print(f'mimo {mimo.__version__} ready (torch {torch.__version__})')"

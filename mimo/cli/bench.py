@@ -26,13 +26,14 @@ def run(args: argparse.Namespace) -> int:
 
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.config import preset
+    from mimo.engine.llm import prepare_for_inference
     from mimo.eval.speed import measure_decode, measure_prefill
     from mimo.model.sizes import speculative_bound_speedup
+    from mimo.utils import runtime
     from mimo.utils.machine import cpu_description
     from mimo.utils.paths import resolve_model_dir
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runtime.configure(threads=args.threads)
     dtype = getattr(torch, args.dtype)
     prompts = None
     if args.preset:
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         path = resolve_model_dir(args.model)
         model, name = MiMoForCausalLM.from_pretrained(path, dtype=dtype), path
         prompts = _code_prompts(path)
-    model.set_attention_backend("sdpa")
+    prepare_for_inference(model)
     k = model.config.num_mtp_layers if args.mtp is None else args.mtp
     batches = [int(x) for x in args.batches.split(",")]
     runs = [(b, mtp) for b in batches for mtp in sorted({0, k})]

@@ -28,16 +28,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from mimo.checkpoint import MiMoForCausalLM
+    from mimo.engine.llm import prepare_for_inference
     from mimo.eval.lm import acceptance, score_files, unigram_bits_per_byte
     from mimo.tokenizer import Tokenizer
     from mimo.training.data import build_token_cache, split_files, stdlib_files
+    from mimo.utils import runtime
     from mimo.utils.paths import resolve_model_dir
+
+    runtime.configure()
 
     path = resolve_model_dir(args.model)
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise ValueError(f"{path} has no tokenizer.json; mimo eval needs the model's tokenizer")
     model = MiMoForCausalLM.from_pretrained(path)
-    model.set_attention_backend("sdpa")
+    prepare_for_inference(model)
     tok = Tokenizer.from_pretrained(path)
     train, held = split_files(stdlib_files())
     held = [(rel, p) for rel, p in held if not any(fnmatch.fnmatch(rel, g) for g in args.exclude)]

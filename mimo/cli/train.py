@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mimo.training.checkpointing import latest_checkpoint, read_json
     from mimo.training.trainer import TrainConfig, train
+    from mimo.utils import runtime
+
+    runtime.configure()
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}

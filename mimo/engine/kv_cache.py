@@ -23,10 +23,11 @@ from mimo.config import FULL, SLIDING, MiMoConfig
 
 
 class _Ring:
-    def __init__(self, slots: int, heads: int, size: int, dk: int, dv: int, dtype: torch.dtype) -> None:
-        self.k = torch.zeros(slots, heads, size, dk, dtype=dtype)
-        self.v = torch.zeros(slots, heads, size, dv, dtype=dtype)
-        self.pos = torch.full((slots, size), -1, dtype=torch.long)
+    def __init__(self, slots: int, heads: int, size: int, dk: int, dv: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.k = torch.zeros(slots, heads, size, dk, dtype=dtype, device=device)
+        self.v = torch.zeros(slots, heads, size, dv, dtype=dtype, device=device)
+        self.pos = torch.full((slots, size), -1, dtype=torch.long, device=device)
         self.size = size
 
     def nbytes(self) -> int:
@@ -35,10 +36,10 @@ class _Ring:
 
 class _Full:
     def __init__(self, slots: int, heads: int, capacity: int, dk: int, dv: int, dtype: torch.dtype,
-                 dynamic: bool = False) -> None:
+                 device: torch.device, dynamic: bool = False) -> None:
         self.dynamic = dynamic
-        self.k = torch.zeros(slots, heads, capacity, dk, dtype=dtype)
-        self.v = torch.zeros(slots, heads, capacity, dv, dtype=dtype)
+        self.k = torch.zeros(slots, heads, capacity, dk, dtype=dtype, device=device)
+        self.v = torch.zeros(slots, heads, capacity, dv, dtype=dtype, device=device)
         self._mark()
 
     def _mark(self) -> None:
@@ -52,8 +53,8 @@ class _Full:
 
     def grow(self, capacity: int) -> None:
         s, h, c, dk = self.k.shape
-        k = torch.zeros(s, h, capacity, dk, dtype=self.k.dtype)
-        v = torch.zeros(s, h, capacity, self.v.shape[-1], dtype=self.v.dtype)
+        k = self.k.new_zeros(s, h, capacity, dk)
+        v = self.v.new_zeros(s, h, capacity, self.v.shape[-1])
         k[:, :, :c], v[:, :, :c] = self.k, self.v
         self.k, self.v = k, v
         self._mark()
@@ -81,7 +82,7 @@ class _WritePlan:
         self.all_valid = self.rows.numel() == positions.numel()
         n = int(positions.max()) + 1
         # Full pools: index == position; later garbage is hidden by causality.
-        self.k_pos = torch.arange(n).expand(positions.shape[0], n)
+        self.k_pos = torch.arange(n, device=positions.device).expand(positions.shape[0], n)
         self._ring_index: dict[int, torch.Tensor] = {}
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +110,12 @@ class HybridKVCache:
         dtype: torch.dtype = torch.float32,
         initial_capacity: int = 256,
         dynamic_capacity: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         if lookahead < 1:
             raise ValueError("lookahead must be >= 1")
         self.config = config
+        self.device = device = torch.device(device)
         self.max_seqs = max_seqs
         self.max_len = max_len
         self.window = config.sliding_window
@@ -124,13 +127,13 @@ class HybridKVCache:
         for i, kind in enumerate(config.layer_types):
             h, dk, dv = config.num_kv_heads(kind), config.qk_head_dim(kind), config.v_dim(kind)
             if kind == FULL:
-                self.full[i] = _Full(max_seqs, h, cap, dk, dv, dtype, dynamic_capacity)
+                self.full[i] = _Full(max_seqs, h, cap, dk, dv, dtype, device, dynamic_capacity)
             else:
-                self.rings[i] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype)
+                self.rings[i] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype, device)
         for j in range(config.num_mtp_layers):
             h, dk, dv = config.num_kv_heads(SLIDING), config.qk_head_dim(SLIDING), config.v_dim(SLIDING)
-            self.rings[("mtp", j)] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype)
-        self._slots = torch.zeros(0, dtype=torch.long)
+            self.rings[("mtp", j)] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype, device)
+        self._slots = torch.zeros(0, dtype=torch.long, device=device)
         self._range: tuple[int, int] | None = None
         self._plan: _WritePlan | None = None
 
@@ -139,7 +142,7 @@ class HybridKVCache:
         """The next forward's row b is slot ``slots[b]``; a contiguous run of slots is read through views."""
         if not slots or len(set(slots)) != len(slots) or min(slots) < 0 or max(slots) >= self.max_seqs:
             raise ValueError(f"bad slot list {slots} for a cache of {self.max_seqs} slots")
-        self._slots = torch.tensor(slots, dtype=torch.long)
+        self._slots = torch.tensor(slots, dtype=torch.long, device=self.device)
         self._plan = None
         contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
         self._range = (slots[0], slots[0] + len(slots)) if contiguous else None

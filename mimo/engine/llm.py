@@ -4,33 +4,56 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from mimo.checkpoint import GenerationConfig, MiMoForCausalLM
+from mimo.engine.config import EngineConfig
 from mimo.engine.engine import Engine
 from mimo.engine.outputs import RequestOutput, StreamDelta
 from mimo.engine.params import SamplingParams
+from mimo.model.causal_lm import CausalLM
 from mimo.tokenizer import Tokenizer
+from mimo.utils import runtime
+
+
+def prepare_for_inference(model: CausalLM, attention_backend: str = "sdpa") -> CausalLM:
+    """The model as the engine runs it best: no gradients, the given attention backend, q/k/v and gate/up fused
+    (:meth:`CausalLM.fuse_projections`). Returns the same model, changed in place."""
+    model.requires_grad_(False)
+    model.set_attention_backend(attention_backend)
+    model.fuse_projections()
+    return model
 
 
 class LLM:
-    """A model directory (or a loaded model) and an engine over it. From a directory, the end-of-sequence ids
-    of its ``generation_config.json`` end sequences too (:attr:`generation_config`)."""
+    """A model directory (or a loaded model) and an engine over it, in vLLM's shape.
+
+    ``LLM`` is an entry point: it sets the process up for inference (:func:`mimo.utils.runtime.configure`:
+    subnormal flushing, heap reuse) and prepares the model (:func:`prepare_for_inference`; a model object
+    passed in is changed in place). Engine settings are :class:`EngineConfig` fields, given as keywords
+    (``num_speculative_tokens``, ``max_num_seqs``, ``max_model_len``, ``prefill_chunk``, ``compile``,
+    ``device``, ``cpu_kernels``) or as ``engine_config``. From a directory, the end-of-sequence ids of its
+    ``generation_config.json`` end sequences too (:attr:`generation_config`)."""
 
     def __init__(
         self,
         model: str | os.PathLike | MiMoForCausalLM,
         dtype: str | torch.dtype = "float32",
-        num_speculative_tokens: int = 0,
-        max_num_seqs: int = 16,
-        max_model_len: int | None = None,
         tokenizer: Tokenizer | None = None,
         attention_backend: str = "sdpa",
-        prefill_chunk: int = 512,
-        compile: bool = False,
+        engine_config: EngineConfig | None = None,
+        **engine_settings: Any,
     ) -> None:
+        config = engine_config or EngineConfig()
+        unknown = set(engine_settings) - EngineConfig.fields()
+        if unknown:
+            raise TypeError(f"LLM() got unknown setting(s) {', '.join(sorted(unknown))}; engine settings are "
+                            f"{', '.join(sorted(EngineConfig.fields()))}")
+        config = config.replace(**engine_settings)
+        runtime.configure()
         self.generation_config = GenerationConfig()
         if isinstance(model, str | os.PathLike):
             path = os.fspath(model)
@@ -40,11 +63,12 @@ class LLM:
                 tokenizer = Tokenizer.from_pretrained(path)
         else:
             self.model = model
-        self.model.set_attention_backend(attention_backend)
+        if config.device is not None:
+            self.model.to(config.device)
+        prepare_for_inference(self.model, attention_backend)
         self.tokenizer = tokenizer
         self.last_output: RequestOutput | None = None  # the final output of the last stream()
-        self.engine = Engine(self.model, tokenizer, num_speculative_tokens, max_num_seqs, max_model_len, prefill_chunk,
-                             compile=compile, eos_token_ids=self.generation_config.eos_token_ids)
+        self.engine = Engine(self.model, tokenizer, config, eos_token_ids=self.generation_config.eos_token_ids)
 
     def generate(
         self,

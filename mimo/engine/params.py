@@ -59,8 +59,9 @@ class SamplingParams:
             raise ValueError("stop_token_ids must be non-negative integers")
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20):
             raise bad("logprobs", "an integer in [0, 20]")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise bad("seed", "an integer")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not -(2**63) <= self.seed < 2**63):
+            raise bad("seed", "a 64-bit signed integer")
 
     @property
     def greedy(self) -> bool:

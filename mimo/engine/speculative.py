@@ -1,89 +1,152 @@
-"""Drafting with the MTP blocks: block k drafts depth k (paper §3.3, spec §3).
+"""MTP drafting, on the runner's side: block k drafts depth k (paper §3.3, spec §3).
 
-Alignment (see :func:`mimo.model.mtp_shift`): block k at position i reads token t[i+k] and the
-chain state h^(k-1)[i]; its output predicts t[i+k+1]. With q the last position the trunk has
-processed and t[q+1] the last sampled token, block 1 at q drafts t[q+2], block 2 at q (fed
-that draft) drafts t[q+3], and so on.
+Alignment (see :func:`mimo.model.mtp_shift`): block k at position i reads token t[i+k] and the chain state
+h^(k-1)[i]; its output predicts t[i+k+1]. With q the last position the trunk has processed and t[q+1] the
+last committed token, block 1 at q drafts t[q+2], block 2 at q (fed that draft) drafts t[q+3], and so on.
 
-Every MTP block keeps its own sliding-window KV cache, filled only from *committed* inputs.
-Each step, block k first catches up over the positions whose inputs became committed since the
-last step (``frontier[k-1] + 1 .. q-k+1``), then runs the k-1 positions that depend on this
-step's drafts (``q-k+2 .. q``). Those draft-dependent cache entries are invalidated as soon as
-the drafts are made, so a rejected draft never leaves a trace.
+Every MTP block keeps its own sliding-window KV cache, filled only from *committed* inputs. Each step,
+block k first catches up over the positions whose inputs became committed since the last step
+(``frontier[k-1] + 1 .. q-k+1``), then runs the k-1 positions that depend on this step's drafts
+(``q-k+2 .. q``). Those draft-dependent cache entries are invalidated as soon as the drafts are made, so a
+rejected draft never leaves a trace.
+
+The state this needs per cache slot (:class:`MTPState`: committed chain states, frontiers, and the recent
+committed tokens) lives with the runner, beside the KV cache, and moves with its slot.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from mimo.engine.kv_cache import HybridKVCache
-from mimo.engine.sampler import filtered_probs, sample
-from mimo.engine.sequence import ChainRows, Sequence
+from mimo.engine.sampling import SamplingBatch, sample
 from mimo.model.causal_lm import CausalLM
 
 
+@dataclass
+class ChainRows:
+    """Committed MTP chain states h^k for consecutive positions ``start .. start + len - 1``."""
+
+    start: int = 0
+    rows: torch.Tensor | None = None  # [n, D]
+
+    def end(self) -> int:
+        return self.start + (0 if self.rows is None else self.rows.shape[0])
+
+    def append(self, start: int, rows: torch.Tensor) -> None:
+        if self.rows is None or self.rows.shape[0] == 0:
+            self.start, self.rows = start, rows
+            return
+        if start != self.end():
+            raise AssertionError(f"chain rows must be contiguous: have up to {self.end()}, got {start}")
+        self.rows = torch.cat([self.rows, rows], dim=0)
+
+    def get(self, positions: range) -> torch.Tensor:
+        assert self.rows is not None and positions.start >= self.start and positions.stop <= self.end(), (
+            positions, self.start, self.end())
+        return self.rows[positions.start - self.start : positions.stop - self.start]
+
+    def drop_through(self, position: int) -> None:
+        """Forget rows at positions <= ``position``."""
+        if self.rows is None:
+            return
+        cut = max(0, min(position + 1 - self.start, self.rows.shape[0]))
+        self.rows = self.rows[cut:]
+        self.start += cut
+
+
+@dataclass
+class MTPState:
+    """One slot's drafting state: chain[k] holds committed h^k (k = 0 is the trunk's normed output);
+    frontier[k] is the last position block k+1 has processed with committed inputs only (its cache is valid
+    through it); ``tokens`` are the committed tokens from position ``tokens_start`` on."""
+
+    chain: list[ChainRows] = field(default_factory=list)
+    frontier: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    tokens_start: int = 0
+
+    def add_tokens(self, start: int, ids: list[int]) -> None:
+        """Committed tokens at positions ``start ..``; they must continue the ones kept."""
+        if not self.tokens:
+            self.tokens_start = start
+        elif start != self.tokens_start + len(self.tokens):
+            raise AssertionError(f"committed tokens must be contiguous: have up to "
+                                 f"{self.tokens_start + len(self.tokens)}, got {start}")
+        self.tokens.extend(ids)
+
+    def token(self, index: int) -> int:
+        return self.tokens[index - self.tokens_start]
+
+    def forget_tokens_before(self, index: int) -> None:
+        cut = max(0, min(index - self.tokens_start, len(self.tokens)))
+        del self.tokens[:cut]
+        self.tokens_start += cut
+
+
+def start_chain(state: MTPState, hidden: torch.Tensor, first_pos: int, k_max: int) -> None:
+    """After prefill: trunk states for positions first_pos.. start the chain; no block has run yet."""
+    state.chain = [ChainRows() for _ in range(k_max)]
+    state.chain[0].append(first_pos, hidden)
+    state.frontier = [first_pos - 1] * k_max
+
+
 @torch.no_grad()
-def draft(model: CausalLM, cache: HybridKVCache, seqs: list[Sequence], k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (draft ids [B, K], draft probs [B, K, V]); updates each sequence's chain and frontiers."""
-    b = len(seqs)
-    vocab = model.config.vocab_size
-    drafts = torch.zeros(b, k_max, dtype=torch.long)
-    probs = torch.zeros(b, k_max, vocab)
-    q = [s.num_computed - 1 for s in seqs]
+def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[MTPState], last_pos: list[int],
+          k_max: int, sampling: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draft ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V]).
+
+    Row j is cache slot ``slots[j]`` whose trunk has processed positions up to ``last_pos[j]`` (q); each
+    state's chain and frontiers advance over what became committed."""
+    b = len(slots)
+    device = cache.device
+    drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
+    probs = torch.zeros(b, k_max, model.config.vocab_size, device=device)
+    drafted: list[list[int]] = [[] for _ in range(b)]  # host copies of the drafts, for the next depth's inputs
+    q = last_pos
     pending: list[tuple[int, torch.Tensor] | None] = [None] * b  # block k-1's draft-dependent rows (start, rows)
-    slots = [s.slot for s in seqs]
     for k in range(1, k_max + 1):
         ids, chains, poss, spans = [], [], [], []
-        for j, s in enumerate(seqs):
-            lo, hi = s.frontier[k - 1] + 1, q[j]
+        for j, st in enumerate(states):
+            lo, hi = st.frontier[k - 1] + 1, q[j]
             commit_end = q[j] - k + 1
-            toks = [_token(s, i + k) if i + k <= q[j] + 1 else int(drafts[j, i + k - q[j] - 2]) for i in range(lo, hi + 1)]
-            known_end = min(hi, s.chain[k - 1].end() - 1)
-            parts = [s.chain[k - 1].get(range(lo, known_end + 1))] if known_end >= lo else []
+            ids.append([st.token(i + k) if i + k <= q[j] + 1 else drafted[j][i + k - q[j] - 2]
+                        for i in range(lo, hi + 1)])
+            known_end = min(hi, st.chain[k - 1].end() - 1)
+            parts = [st.chain[k - 1].get(range(lo, known_end + 1))] if known_end >= lo else []
             if known_end < hi:
                 start, rows = pending[j]  # type: ignore[misc]
                 parts.append(rows[known_end + 1 - start : hi + 1 - start])
-            ids.append(toks)
             chains.append(torch.cat(parts, dim=0))
             poss.append(list(range(lo, hi + 1)))
             spans.append((lo, hi, commit_end))
         width = max(len(t) for t in ids)
-        ids_t = torch.zeros(b, width, dtype=torch.long)
-        pos_t = torch.full((b, width), -1, dtype=torch.long)
-        chain_t = torch.zeros(b, width, chains[0].shape[-1], dtype=chains[0].dtype)
+        ids_t = torch.tensor([t + [0] * (width - len(t)) for t in ids], dtype=torch.long, device=device)
+        pos_t = torch.tensor([p + [-1] * (width - len(p)) for p in poss], dtype=torch.long, device=device)
+        chain_t = torch.zeros(b, width, chains[0].shape[-1], dtype=chains[0].dtype, device=device)
         for j in range(b):
-            n = len(ids[j])
-            ids_t[j, :n] = torch.tensor(ids[j])
-            pos_t[j, :n] = torch.tensor(poss[j])
-            chain_t[j, :n] = chains[j]
+            chain_t[j, : len(ids[j])] = chains[j]
         out = model.mtp_block(k, ids_t, chain_t, pos_t, cache.bind(slots))  # [B, W, D]
         last = []
-        for j, s in enumerate(seqs):
+        for j, st in enumerate(states):
             lo, hi, commit_end = spans[j]
             n_commit = max(0, commit_end - lo + 1)
             if n_commit:
                 if k < k_max:
-                    s.chain[k].append(lo, out[j, :n_commit])
-                s.frontier[k - 1] = commit_end
-                s.chain[k - 1].drop_through(commit_end)
+                    st.chain[k].append(lo, out[j, :n_commit])
+                st.frontier[k - 1] = commit_end
+                st.chain[k - 1].drop_through(commit_end)
             pending[j] = (lo + n_commit, out[j, n_commit : hi - lo + 1])
             last.append(out[j, hi - lo])
-            cache.truncate_one(("mtp", k - 1), s.slot, s.frontier[k - 1] + 1)
-        logits = model.compute_logits(torch.stack(last))  # [B, V]
-        p = filtered_probs(logits, [s.params for s in seqs])
-        drafts[:, k - 1] = sample(p, [s.generator for s in seqs])
+            cache.truncate_one(("mtp", k - 1), slots[j], st.frontier[k - 1] + 1)
+        p = sampling.filtered(model.compute_logits(torch.stack(last)))  # [B, V]
+        d = sample(p, sampling.generators)
+        drafts[:, k - 1] = d
         probs[:, k - 1] = p
+        for j, t in enumerate(d.tolist()):
+            drafted[j].append(t)
+    for st in states:  # tokens below every block's next input can no longer be read
+        st.forget_tokens_before(min(st.frontier) + 2)
     return drafts, probs
-
-
-def _token(seq: Sequence, index: int) -> int:
-    """Committed token ``index`` of prompt + output, without concatenating the two lists."""
-    n = len(seq.prompt_ids)
-    return seq.prompt_ids[index] if index < n else seq.output_ids[index - n]
-
-
-def start_chain(seq: Sequence, hidden: torch.Tensor, first_pos: int, k_max: int) -> None:
-    """After prefill: trunk states for positions first_pos.. start the chain; no block has run yet."""
-    seq.chain = [ChainRows() for _ in range(k_max)]
-    seq.chain[0].append(first_pos, hidden)
-    seq.frontier = [first_pos - 1] * k_max

@@ -133,12 +133,22 @@ class CausalLM(nn.Module):
                 m.backend = backend
 
     def fuse_projections(self) -> None:
-        """Inference speed-up: q/k/v and gate/up weights become views of one fused weight each, so
-        each takes one matmul. Parameters, state_dict and training are unaffected (autograd and
-        replaced weights fall back to the separate projections)."""
+        """Inference transform: q/k/v and gate/up weights become views of one fused weight each, so each
+        takes one matmul (parameters and state_dict are unchanged). A model whose weights require grad is
+        refused: call ``requires_grad_(False)`` first. A weight replaced later falls back to its own matmul."""
+        if any(p.requires_grad for p in self.parameters()):
+            raise RuntimeError("fuse_projections is an inference transform and this model's weights require grad "
+                               "(a fused model trains no q/k/v or gate/up weights): call model.requires_grad_(False) "
+                               "first")
         for m in self.modules():
             if isinstance(m, Attention | MLP):
                 m.fuse_projections()
+
+    def unfuse_projections(self) -> None:
+        """Undo :meth:`fuse_projections` (each weight gets its own storage again), e.g. to train the model."""
+        for m in self.modules():
+            if isinstance(m, Attention | MLP):
+                m.unfuse_projections()
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

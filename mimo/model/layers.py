@@ -57,8 +57,8 @@ def fuse_linears(*linears: nn.Linear) -> Fused:
 
 
 class Fused:
-    """A fused weight, usable only while every member weight is still a view of it and no
-    gradient is needed (a plain tensor: autograd would not reach the member parameters)."""
+    """A fused weight: a plain tensor whose slices the member weights are. Autograd through it would never
+    reach the member parameters, so using it where they need gradients raises instead of training nothing."""
 
     def __init__(self, weight: torch.Tensor, linears: tuple[nn.Linear, ...]) -> None:
         self.weight = weight
@@ -69,9 +69,17 @@ class Fused:
         return [m.weight.data_ptr() for m in self.linears] == self.ptrs
 
     def usable(self) -> bool:
+        if torch.is_grad_enabled() and any(m.weight.requires_grad for m in self.linears):
+            raise RuntimeError("this model's projections are fused for inference, so autograd cannot reach q/k/v "
+                               "or gate/up: call model.unfuse_projections() before training it")
         if torch.compiler.is_compiling():
-            return True  # only the engine compiles, after fusing, without grad (pointer checks would break the graph)
-        return not torch.is_grad_enabled() and self.intact()
+            return True  # pointer checks would break the graph; the engine compiles after fusing
+        return self.intact()
+
+    def unfuse(self) -> None:
+        """Give every member weight its own storage again."""
+        for m in self.linears:
+            m.weight.data = m.weight.data.clone()
 
 
 class Attention(nn.Module):
@@ -100,6 +108,11 @@ class Attention(nn.Module):
     def fuse_projections(self) -> None:
         if self.qkv is None or not self.qkv.intact():
             self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+
+    def unfuse_projections(self) -> None:
+        if self.qkv is not None:
+            self.qkv.unfuse()
+            self.qkv = None
 
     def forward(
         self,
@@ -150,6 +163,11 @@ class MLP(nn.Module):
     def fuse_projections(self) -> None:
         if self.gate_up is None or not self.gate_up.intact():
             self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
+
+    def unfuse_projections(self) -> None:
+        if self.gate_up is not None:
+            self.gate_up.unfuse()
+            self.gate_up = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None and self.gate_up.usable():

@@ -58,7 +58,8 @@ class Visibility:
         """[B, T, S]: 0 where visible, the dtype's most negative finite value elsewhere."""
         b = self._bias.get(dtype)
         if b is None:
-            b = torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, torch.finfo(dtype).min)
+            b = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            b.masked_fill_(~self.mask, torch.finfo(dtype).min)
             self._bias[dtype] = b
         return b
 
@@ -86,7 +87,7 @@ class Visibility:
                 i1 = min(t, i0 + size)
                 cols = self.mask[:, i0:i1].any(dim=1).any(dim=0).nonzero().flatten()
                 if cols.numel() == 0:  # a block of padding rows: one masked column keeps them finite
-                    cols = torch.zeros(1, dtype=torch.long)
+                    cols = torch.zeros(1, dtype=torch.long, device=self.mask.device)
                 kept += (i1 - i0) * len(cols)
                 out.append((i0, i1, cols, self.bias(dtype)[:, i0:i1].index_select(-1, cols)))
             self._blocks[key] = out if kept < 0.75 * t * s else None

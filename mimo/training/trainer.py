@@ -17,8 +17,9 @@ place (``os.replace``), so a run killed at any moment leaves the previous checkp
 No pickle: tensors go to safetensors, everything else to JSON.
 
 Denormals. Once logits become peaked, softmax and its backward produce subnormal floats, which
-x86 CPUs handle in microcode: we measured steps slowing down 15x. ``train`` flushes them to zero
-(``torch.set_flush_denormal``) for its duration.
+x86 CPUs handle in microcode, slowing steps down many times over. Flushing them to zero is a
+process-wide setting, so ``train`` leaves it to its caller: ``mimo train`` sets it once
+(:func:`mimo.utils.runtime.configure`), and so should a script that calls ``train`` itself.
 """
 
 from __future__ import annotations
@@ -242,15 +243,9 @@ def _check_resume(cfg: TrainConfig, saved: dict) -> None:
 # ---------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
           should_stop: Callable[[int], bool] | None = None) -> dict:
-    """Run (or resume) training as configured; return a summary. ``model_config`` overrides the preset."""
-    torch.set_flush_denormal(True)
-    try:
-        return _train(cfg, model_config, should_stop)
-    finally:
-        torch.set_flush_denormal(False)
+    """Run (or resume) training as configured; return a summary. ``model_config`` overrides the preset.
 
-
-def _train(cfg: TrainConfig, model_config: MiMoConfig | None, should_stop: Callable[[int], bool] | None) -> dict:
+    Process-wide settings (subnormal flushing) are the caller's; see the module docstring."""
     start = time.perf_counter()
     deadline = start + 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     os.makedirs(cfg.out, exist_ok=True)

@@ -152,6 +152,7 @@ def test_a_failed_build_falls_back_to_torch_with_a_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(kernels, "_ok", None)
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    assert not kernels.load()  # what the engine's runner does before its first step
     x, w_gu, w_d, weights, experts = _case(1, 8, 32, 16, 2, seed=3)
     with torch.no_grad():
         y = experts_forward(x, w_gu, w_d, weights, experts)

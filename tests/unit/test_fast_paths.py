@@ -109,19 +109,29 @@ def test_fused_projections_compute_the_same_and_keep_training_and_saving_intact(
     keys = set(model.state_dict())
     with torch.no_grad():
         before = model(ids).logits
+    # An inference transform: a model whose weights require grad is refused (it would train nothing).
+    with pytest.raises(RuntimeError, match="requires_grad_\\(False\\)"):
+        model.fuse_projections()
+    model.requires_grad_(False)
     model.fuse_projections()
     attn = model.model.layers[0].self_attn
-    assert attn.qkv is not None and not attn.qkv.usable()  # grad is on here: autograd needs the parameters
-    with torch.no_grad():
-        assert attn.qkv.usable()
-        after = model(ids).logits
+    assert attn.qkv is not None and attn.qkv.usable()  # grad mode on, but no weight needs a gradient
+    after = model(ids).logits
     assert (after - before).abs().max() < 1e-5
     assert set(model.state_dict()) == keys
-    # training still reaches the separate parameters
+    # training a fused model raises instead of silently dropping q/k/v and gate/up gradients ...
+    model.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="unfuse_projections"):
+        model(ids)
+    # ... and once unfused, training reaches the separate parameters
+    model.unfuse_projections()
+    assert attn.qkv is None
     model.zero_grad()
     model(ids).logits.sum().backward()
     assert attn.q_proj.weight.grad is not None and attn.q_proj.weight.grad.abs().sum() > 0
     # an in-place update through a parameter is seen by the fused weight (they share memory)
+    model.requires_grad_(False)
+    model.fuse_projections()
     with torch.no_grad():
         attn.v_proj.weight.mul_(2)
         doubled = model(ids).logits
@@ -135,7 +145,7 @@ def test_fused_projections_compute_the_same_and_keep_training_and_saving_intact(
         assert (again(ids).logits - doubled).abs().max() < 1e-5
     # a replaced weight makes the fused copy stale: the separate projection is used again
     with torch.no_grad():
-        attn.k_proj.weight = torch.nn.Parameter(attn.k_proj.weight.clone())
+        attn.k_proj.weight = torch.nn.Parameter(attn.k_proj.weight.clone(), requires_grad=False)
         assert not attn.qkv.usable()
         assert (model(ids).logits - doubled).abs().max() < 1e-5
 

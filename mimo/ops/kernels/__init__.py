@@ -49,6 +49,12 @@ def _build_tag() -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
+def build_directory() -> Path:
+    """Where this machine's build lives: one folder per source, CPU and torch version."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    return root / "mimo" / f"mimo_kernels_{_build_tag()}"
+
+
 def load() -> bool:
     """Build (once per machine) and load the kernels; True when ``torch.ops.mimo.*`` are usable."""
     global _ok
@@ -66,8 +72,8 @@ def load() -> bool:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-        name = f"mimo_kernels_{_build_tag()}"
-        build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions") / "mimo" / name
+        build_dir = build_directory()
+        name = build_dir.name
         build_dir.mkdir(parents=True, exist_ok=True)
         if not (build_dir / f"{name}.so").exists():  # say why the first step waits
             logger.warning("building mimo's CPU decode kernels for this machine (once, about 15 s)")
@@ -100,15 +106,21 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 
 def ready(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can take these tensors: contiguous, on the CPU, all fp32 or all bf16
+    """Whether the kernels are loaded and can take these tensors: contiguous, on the CPU, all fp32 or all bf16
     (the kernels sum in fp32 either way), no autograd.
 
-    Inside ``torch.compile`` this only reads the state: call :func:`load` before compiling."""
+    This never builds or loads them: whoever wants them (the engine's runner, ``mimo kernels --build``) calls
+    :func:`load` first, so a small forward elsewhere never waits for a compiler."""
     dtype = tensors[0].dtype
-    if torch.is_grad_enabled() or dtype not in DTYPES or any(
-        t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous() for t in tensors
-    ):
+    if not _ok or torch.is_grad_enabled() or dtype not in DTYPES:
         return False
-    if torch.compiler.is_compiling():
-        return bool(_ok)
-    return load()
+    return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
+
+
+def status() -> str:
+    """One line on the kernels' state (for ``mimo kernels``)."""
+    if os.environ.get("MIMO_CPU_KERNELS", "1") == "0":
+        return "turned off by MIMO_CPU_KERNELS=0: decoding uses torch ops"
+    path = build_directory()
+    built = (path / f"{path.name}.so").exists()
+    return f"{'built' if built else 'not built yet'} for this machine in {path}"

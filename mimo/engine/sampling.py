@@ -1,9 +1,14 @@
-"""Token sampling for the inference engine: penalties, the filtered distribution, seeded draws, logprobs,
-and speculative-decoding verification (rejection sampling).
+"""Token sampling, in one place: penalties, the filtered distribution, seeded draws, logprobs, and
+speculative-decoding verification (rejection sampling), on the device of the logits.
 
-Everything here is stateless and batched: row ``b`` of every tensor is one request with its own parameters
-(1-D tensors or Python lists of length ``B``) and its own ``torch.Generator``. Only torch and the standard
-library are imported.
+:class:`SamplingBatch` is what the engine's runner uses: it turns one step's rows' :class:`SamplingParams`
+into per-row tensors on the device once per step, and the host-side facts that decide which work to do
+(all greedy? any penalties?) are read from the parameters, not from the tensors, so a step does not wait on
+the device to find them out. Parameters are validated once, when a :class:`SamplingParams` is made; the
+functions below check shapes only.
+
+The functions are stateless and batched: row ``b`` of every tensor is one request with its own parameters
+(1-D tensors or Python lists of length ``B``) and its own ``torch.Generator``.
 
 Semantics follow vLLM (the engine's API is in vLLM's shape):
 
@@ -35,7 +40,11 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["apply_penalties", "logprobs", "processed_probs", "rejection_sample", "sample"]
+from mimo.engine.outputs import TokenLogprob
+from mimo.engine.params import SamplingParams
+
+__all__ = ["SamplingBatch", "apply_penalties", "logprobs", "processed_probs", "rejection_sample", "sample",
+           "token_logprobs"]
 
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
 ParamT = torch.Tensor | Sequence[float] | Sequence[int]
@@ -61,10 +70,9 @@ def _param(x: ParamT, batch: int, name: str, dtype: torch.dtype, device: torch.d
     return t
 
 
-def _bad(mask: torch.Tensor, values: torch.Tensor, name: str, rule: str) -> None:
-    if bool(mask.any()):
-        rows = mask.nonzero().flatten()[:5].tolist()
-        raise ValueError(f"{name} must be {rule}; rows {rows} have {values[rows].tolist()}")
+def _host_list(given: ParamT, tensor: torch.Tensor) -> list:
+    """The parameter's values on the host: as given when a list, else read from the tensor (one sync)."""
+    return list(given) if isinstance(given, (list, tuple)) else tensor.tolist()
 
 
 def _row_generators(generators: Generators, batch: int) -> Generators:
@@ -112,14 +120,11 @@ def _categorical(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp_max(weights.shape[-1] - 1)  # u < 1 keeps the point below the total; clamp is belt and braces
 
 
-def _flat_index(seqs: Sequence[Sequence[int]], vocab: int, device: torch.device, name: str) -> torch.Tensor:
-    """Token ids of ``seqs`` as flat indices ``row * vocab + id`` into a ``[len(seqs), vocab]`` table."""
+def _flat_index(seqs: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """Token ids of ``seqs`` (ids in [0, vocab): the engine admits no other) as flat indices ``row * vocab + id``
+    into a ``[len(seqs), vocab]`` table."""
     lengths = torch.as_tensor([len(s) for s in seqs], dtype=torch.int64, device=device)
     toks = torch.as_tensor([t for s in seqs for t in s], dtype=torch.int64, device=device)
-    if toks.numel():
-        lo, hi = int(toks.min()), int(toks.max())
-        if lo < 0 or hi >= vocab:
-            raise ValueError(f"{name} contains token id {lo if lo < 0 else hi} outside the vocabulary [0, {vocab})")
     rows = torch.repeat_interleave(torch.arange(len(seqs), device=device), lengths)
     return rows * vocab + toks
 
@@ -139,7 +144,7 @@ def apply_penalties(
 
     ``repetition_penalty`` > 0 (1 = off, > 1 discourages) applies to tokens in prompt or output;
     ``presence_penalty`` and ``frequency_penalty`` (0 = off) to output tokens only. Rows with neutral values
-    are not touched (and their token lists not even read).
+    are not touched (and their token lists not even read). Values are not checked here: SamplingParams does.
     """
     batch, vocab = _check_2d(logits, "logits")
     for name, seqs in (("prompt_token_ids", prompt_token_ids), ("output_token_ids", output_token_ids)):
@@ -149,31 +154,28 @@ def apply_penalties(
     rep = _param(repetition_penalty, batch, "repetition_penalty", torch.float32, dev)
     pres = _param(presence_penalty, batch, "presence_penalty", torch.float32, dev)
     freq = _param(frequency_penalty, batch, "frequency_penalty", torch.float32, dev)
-    _bad(~(rep > 0) | ~rep.isfinite(), rep, "repetition_penalty", "finite and > 0 (1.0 = off)")
-    _bad(~pres.isfinite(), pres, "presence_penalty", "finite (0.0 = off)")
-    _bad(~freq.isfinite(), freq, "frequency_penalty", "finite (0.0 = off)")
-
-    rep_rows = (rep != 1.0).nonzero().flatten()
-    pf_rows = ((pres != 0.0) | (freq != 0.0)).nonzero().flatten()
-    if rep_rows.numel() == 0 and pf_rows.numel() == 0:
+    # Which rows to touch is decided on the host when the parameters come as lists (no device round trip).
+    rep_list = _host_list(repetition_penalty, rep)
+    pf_list = [p != 0.0 or f != 0.0 for p, f in zip(_host_list(presence_penalty, pres), _host_list(frequency_penalty, freq))]
+    rep_idx = [i for i, r in enumerate(rep_list) if r != 1.0]
+    pf_idx = [i for i, on in enumerate(pf_list) if on]
+    if not rep_idx and not pf_idx:
         return logits
+    rep_rows = torch.tensor(rep_idx, dtype=torch.long, device=dev)
+    pf_rows = torch.tensor(pf_idx, dtype=torch.long, device=dev)
     # Work on the (few) seen token positions through flat indices rather than on dense [B, V] masks.
     logits = logits.clone(memory_format=torch.contiguous_format)
     flat = logits.view(-1)
     # vLLM order: repetition first (on the sign of the raw logit), then frequency and presence.
-    if rep_rows.numel():
-        rows = rep_rows.tolist()
-        seqs = [list(prompt_token_ids[i]) + list(output_token_ids[i]) for i in rows]
-        idx = torch.unique(_flat_index(seqs, vocab, dev, "prompt_token_ids/output_token_ids"))
+    if rep_idx:
+        seqs = [list(prompt_token_ids[i]) + list(output_token_ids[i]) for i in rep_idx]
+        idx = torch.unique(_flat_index(seqs, vocab, dev))
         idx = rep_rows[idx // vocab] * vocab + idx % vocab  # [n, V] table -> batch rows
         r = rep[idx // vocab].to(flat.dtype)
         v = flat[idx]
         flat[idx] = torch.where(v > 0, v / r, v * r)
-    if pf_rows.numel():
-        idx, counts = torch.unique(
-            _flat_index([output_token_ids[i] for i in pf_rows.tolist()], vocab, dev, "output_token_ids"),
-            return_counts=True,
-        )
+    if pf_idx:
+        idx, counts = torch.unique(_flat_index([output_token_ids[i] for i in pf_idx], vocab, dev), return_counts=True)
         idx = pf_rows[idx // vocab] * vocab + idx % vocab
         row = idx // vocab
         flat[idx] -= freq[row].to(flat.dtype) * counts.to(flat.dtype) + pres[row].to(flat.dtype)
@@ -204,16 +206,12 @@ def processed_probs(
     k = _param(top_k, batch, "top_k", torch.int64, dev)
     p_top = _param(top_p, batch, "top_p", torch.float32, dev)
     p_min = _param(min_p, batch, "min_p", torch.float32, dev)
-    _bad(~(temp >= 0) | ~temp.isfinite(), temp, "temperature", "finite and >= 0 (0 = greedy)")
-    _bad(k < -1, k, "top_k", ">= -1 (0 or -1 = off)")
-    _bad(~((p_top > 0) & (p_top <= 1)), p_top, "top_p", "in (0, 1] (1.0 = off)")
-    _bad(~((p_min >= 0) & (p_min <= 1)), p_min, "min_p", "in [0, 1] (0.0 = off)")
 
     x = logits.float()
     greedy = temp == 0
     out_greedy = torch.zeros(batch, vocab, dtype=torch.float32, device=dev)
     out_greedy.scatter_(1, x.argmax(-1, keepdim=True), 1.0)
-    if bool(greedy.all()):
+    if all(t == 0 for t in _host_list(temperature, temp)):
         return out_greedy
 
     # Greedy rows go through the maths with T = 1 and are overwritten at the end (keeps everything batched).
@@ -223,7 +221,7 @@ def processed_probs(
     use_p = (p_top < 1) & ~greedy
     use_min = (p_min > 0) & ~greedy
 
-    if bool(use_min.any()):
+    if any(m > 0 for m in _host_list(min_p, p_min)):
         # min-p is a ratio to the max, so it needs no sort and is unchanged by any later renormalisation.
         p_max = probs.max(-1, keepdim=True).values
         probs = torch.where(use_min[:, None] & (probs < p_min[:, None] * p_max), 0.0, probs)
@@ -324,8 +322,6 @@ def logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_n: int) -> tuple
         raise ValueError(f"token_ids must have shape [{batch}], got {tuple(ids.shape)}")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise ValueError(f"token_ids must be integers, got {ids.dtype}")
-    if batch and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        raise ValueError(f"token_ids must lie in [0, {vocab}), got {ids.tolist()[:8]}")
     if not 0 <= top_n <= vocab:
         raise ValueError(f"top_n must be in [0, {vocab}], got {top_n}")
     lp = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
@@ -365,8 +361,6 @@ def rejection_sample(
     vocab = target_probs.shape[2]
     if draft_probs.shape != (batch, n_draft, vocab):
         raise ValueError(f"draft_probs must have shape [B, K, V] = [{batch}, {n_draft}, {vocab}], got {tuple(draft_probs.shape)}")
-    if draft_ids.numel() and (int(draft_ids.min()) < 0 or int(draft_ids.max()) >= vocab):
-        raise ValueError(f"draft_ids must lie in [0, {vocab})")
     gens = _row_generators(generators, batch)
     dev = target_probs.device
     d = draft_ids.long()
@@ -406,3 +400,93 @@ def rejection_sample(
     out = torch.where(pos < n_acc[:, None], out, -1)
     out.scatter_(1, n_acc[:, None], final[:, None])
     return n_acc, out
+
+
+# --------------------------------------------------------------------------------------------------- the batch
+
+
+class SamplingBatch:
+    """One step's sampled rows: their parameters (per-row tensors on the logits' device are built from these
+    lists once per call), their generators, and what each row asks for (logprobs, penalties) as host facts.
+
+    ``histories`` gives each row's (prompt ids, output ids) when some row has penalties; rows are in the
+    order of ``params``. :meth:`repeat` makes the batch of a verify step (each row scored at k + 1
+    positions), where position i of a row is scored as if its first i drafts were already generated.
+    """
+
+    def __init__(self, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None],
+                 device: torch.device | str, histories: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None
+                 ) -> None:
+        self.params = list(params)
+        self.generators = list(generators)
+        self.device = torch.device(device)
+        self.greedy = all(p.temperature == 0 for p in self.params)
+        self.penalties = any(p.has_penalties for p in self.params)
+        self.histories = list(histories) if histories is not None else None
+        if self.penalties and self.histories is None:
+            raise ValueError("rows with penalties need their token histories")
+        self.top_logprobs = [p.logprobs for p in self.params]
+        self._lists = {
+            "temperature": [p.temperature for p in self.params], "top_k": [p.top_k for p in self.params],
+            "top_p": [p.top_p for p in self.params], "min_p": [p.min_p for p in self.params],
+        }
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def repeat(self, n: int, drafts: torch.Tensor | None = None) -> SamplingBatch:
+        """Each row ``n`` times (a verify step's positions); with penalties, position i of row j sees the row's
+        history plus ``drafts[j, :i]``."""
+        hist = None
+        if self.penalties:
+            assert self.histories is not None and drafts is not None
+            extra = drafts.tolist()
+            hist = [(prompt, list(out) + extra[j][:i]) for j, (prompt, out) in enumerate(self.histories)
+                    for i in range(n)]
+        return SamplingBatch([p for p in self.params for _ in range(n)],
+                             [g for g in self.generators for _ in range(n)], self.device, hist)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution each row samples from ``[B, V]`` float32: penalties (with the row's history), then
+        temperature, min-p, top-k, top-p."""
+        x = logits.float()
+        if self.penalties:
+            assert self.histories is not None
+            ps = self.params
+            x = apply_penalties(x, [h[0] for h in self.histories], [h[1] for h in self.histories],
+                                [p.repetition_penalty for p in ps], [p.presence_penalty for p in ps],
+                                [p.frequency_penalty for p in ps])
+        return self.filtered(x)
+
+    def filtered(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature and filters without penalties: a draft's distribution (drafts are proposals; the verify
+        step scores them with the penalties)."""
+        lists = self._lists
+        return processed_probs(logits.float(), lists["temperature"], lists["top_k"], lists["top_p"], lists["min_p"])
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row ``[B]``; greedy batches without penalties take the argmax without building probs."""
+        if self.greedy and not self.penalties:
+            return logits.argmax(-1)
+        return sample(self.probs(logits), self.generators)
+
+    def logprobs(self, logits: torch.Tensor, token_ids: torch.Tensor) -> list[TokenLogprob | None]:
+        """OpenAI-style logprobs of the raw logits for the rows that asked for them (``None`` elsewhere)."""
+        return token_logprobs(logits, token_ids, self.top_logprobs)
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_n: Sequence[int | None]
+                   ) -> list[TokenLogprob | None]:
+    """:func:`logprobs` as :class:`TokenLogprob` objects, for the rows whose ``top_n`` is not ``None``."""
+    want = [i for i, n in enumerate(top_n) if n is not None]
+    out: list[TokenLogprob | None] = [None] * len(top_n)
+    if not want:
+        return out
+    n_max = max(top_n[i] for i in want)  # type: ignore[type-var]
+    idx = torch.tensor(want, device=logits.device)
+    lp, top_ids, top_lp = logprobs(logits[idx].float(), token_ids[idx], n_max)
+    lp, top_ids, top_lp, ids = lp.tolist(), top_ids.tolist(), top_lp.tolist(), token_ids[idx].tolist()
+    for j, i in enumerate(want):
+        n = top_n[i]
+        out[i] = TokenLogprob(int(ids[j]), float(lp[j]), list(zip(top_ids[j][:n], top_lp[j][:n])))
+    return out

@@ -1,0 +1,43 @@
+"""``EngineConfig``: the settings of an engine, in one place (vLLM's names where vLLM has one).
+
+``LLM``, ``Engine``, the CLI and the server all build one of these instead of passing the same knobs along;
+each field is validated here, once, with a message that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from mimo.ops.attention import check_backend
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    num_speculative_tokens: int = 0  # MTP draft tokens per step (0: no speculation)
+    max_num_seqs: int = 16  # sequences decoded together (cache slots)
+    max_model_len: int | None = None  # prompt + completion tokens; None: the model's
+    prefill_chunk: int = 512  # prompt tokens prefilled per step (over all waiting prompts)
+    compile: bool = False  # decode and verify steps through torch.compile
+    attention_backend: str = "sdpa"  # reference | grouped | sdpa (see mimo.ops.attention)
+    device: str | None = None  # where the model runs; None: where its weights are
+    cpu_kernels: bool = True  # load mimo's C++ decode kernels when the model runs on a CPU
+
+    def __post_init__(self) -> None:
+        k = self.num_speculative_tokens
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
+        for name in ("max_num_seqs", "prefill_chunk"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ValueError(f"max_model_len must be an integer >= 2 (prompt plus one token), got {self.max_model_len!r}")
+        check_backend(self.attention_backend)
+
+    def replace(self, **changes: object) -> EngineConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def fields(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
