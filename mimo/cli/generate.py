@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from mimo.cli.engine_args import add_engine_arguments, engine_config
 from mimo.utils.paths import resolve_model_dir
 
 
@@ -19,15 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--mtp", type=int, default=0, metavar="K", help="draft K tokens per step with the MTP blocks (0-3)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--stats", action="store_true", help="print speed and MTP acceptance to stderr")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: faster tokens after a one-time compile (tens of seconds). "
-                        "MTP drafting stays eager, so on a CPU --compile without --mtp is usually fastest "
-                        "(benchmarks/README.md, 'MTP at batch 1 on a CPU')")
+    add_engine_arguments(p, batch=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt:
         raise ValueError("give a prompt: mimo generate 'def fib(n):'  (or --prompt TEXT, or - to read standard input)")
-    llm = LLM(resolve_model_dir(args.model), dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=1,
-              compile=args.compile)
+    llm = LLM(resolve_model_dir(args.model), dtype=args.dtype, engine_config=engine_config(args))
     if llm.tokenizer is None:
         raise ValueError("this model directory has no tokenizer.json; mimo generate needs one")
     params = SamplingParams(

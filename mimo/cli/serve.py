@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mimo
+from mimo.cli.engine_args import add_engine_arguments, engine_config
 
 if TYPE_CHECKING:
     from mimo.checkpoint import GenerationConfig
@@ -35,18 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MIMO_API_KEY, else no key)")
     p.add_argument("--served-model-name", help="the model id clients send (default: the model directory's name)")
-    p.add_argument("--max-model-len", type=int, help="context length: prompt + completion tokens (default: the model's)")
-    p.add_argument("--mtp", type=int, default=0, metavar="K",
-                   help="MTP speculative decoding with K draft tokens, 0-3 (default 0: off)")
-    p.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together (default 16)")
-    p.add_argument("--max-waiting", type=int, default=256, help="queued requests before answering 503 (default 256)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype (default float32)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step (the first requests wait for the compile)")
+    p.add_argument("--max-waiting", type=int, default=256,
+                   help="sequences allowed to wait for a slot beyond --max-num-seqs before answering 503 (default 256)")
     p.add_argument("--generation-config", default="auto", metavar="auto|none|DIR",
                    help="sampling defaults for fields a request leaves out: 'auto' (default) reads the model's "
                         "generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty) as vLLM "
                         "does, 'none' uses OpenAI's (temperature 1, top_p 1), DIR reads DIR/generation_config.json")
+    add_engine_arguments(p, batch=True)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn log level (default info)")
 
@@ -116,16 +112,12 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     from mimo.server.serving import ServerConfig
 
     port = sock.getsockname()[1]
-    if args.max_model_len is not None and args.max_model_len < 2:
-        raise ValueError(f"--max-model-len must be at least 2, got {args.max_model_len}")
-    if args.max_num_seqs < 1:
-        raise ValueError(f"--max-num-seqs must be at least 1, got {args.max_num_seqs}")
+    config = engine_config(args)
     api_key = args.api_key or os.environ.get("MIMO_API_KEY") or None
     if not _is_loopback(args.host) and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach the port can use the model", args.host)
     gen = _generation_config(args.generation_config, path)
-    llm = LLM(path, dtype=args.dtype, num_speculative_tokens=args.mtp, max_num_seqs=args.max_num_seqs,
-              max_model_len=args.max_model_len, compile=args.compile)
+    llm = LLM(path, dtype=args.dtype, engine_config=config)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name
