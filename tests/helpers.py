@@ -11,6 +11,12 @@ from mimo.checkpoint import MiMoForCausalLM
 from mimo.config import MiMoConfig, preset
 
 
+def split_gate_up(w_gu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, 2I, D] gate rows then up rows -> contiguous gate [E, I, D] and up [E, I, D] (what Experts holds)."""
+    gate, up = w_gu.chunk(2, dim=1)
+    return gate.contiguous(), up.contiguous()
+
+
 def tiny_config(**changes) -> MiMoConfig:
     if "num_hidden_layers" in changes:  # re-derive the per-layer lists unless given
         changes.setdefault("layer_types", ())

@@ -24,11 +24,7 @@ def hub_tensors(model: CausalLM) -> Iterator[tuple[str, torch.Tensor]]:
     n_exp = model.config.n_routed_experts
     for name, t in model.state_dict().items():
         for hub, target in param_to_hub(name, n_exp):
-            x = t if target.expert is None else t[target.expert]
-            if target.half is not None:
-                rows = x.shape[0] // 2
-                x = x[target.half * rows : (target.half + 1) * rows]
-            yield hub, x
+            yield hub, (t if target.expert is None else t[target.expert])
 
 
 def save_pretrained(

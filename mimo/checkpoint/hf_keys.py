@@ -5,8 +5,8 @@ Each rule is declarative: a pattern, what it maps to, and why.
 
 | hub tensor                                      | parameter                                  |
 |-------------------------------------------------|--------------------------------------------|
-| ``...mlp.experts.{E}.gate_proj.weight``         | ``...mlp.experts.gate_up_proj[E, :I]``     |
-| ``...mlp.experts.{E}.up_proj.weight``           | ``...mlp.experts.gate_up_proj[E, I:]``     |
+| ``...mlp.experts.{E}.gate_proj.weight``         | ``...mlp.experts.gate_proj[E]``            |
+| ``...mlp.experts.{E}.up_proj.weight``           | ``...mlp.experts.up_proj[E]``              |
 | ``...mlp.experts.{E}.down_proj.weight``         | ``...mlp.experts.down_proj[E]``            |
 | ``...self_attn.sinks`` (transformers' in-memory name) | ``...self_attn.attention_sink_bias`` |
 | ``<weight>_scale_inv``                          | consumed with its FP8 weight               |
@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 _EXPERT = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+_STACKED = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<proj>gate_proj|up_proj|down_proj)$")
 _SINKS = re.compile(r"^(?P<prefix>.*\.self_attn)\.sinks$")
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 SCALE_SUFFIX = "_scale_inv"
@@ -30,7 +31,6 @@ class Target:
 
     name: str
     expert: int | None = None  # first index into a stacked expert tensor
-    half: int | None = None  # 0: gate rows, 1: up rows of gate_up_proj
 
 
 def hub_to_param(hub_name: str) -> Target | None:
@@ -39,10 +39,7 @@ def hub_to_param(hub_name: str) -> Target | None:
         return None
     m = _EXPERT.match(hub_name)
     if m:
-        prefix, e, proj = m["prefix"], int(m["e"]), m["proj"]
-        if proj == "down_proj":
-            return Target(f"{prefix}.down_proj", expert=e)
-        return Target(f"{prefix}.gate_up_proj", expert=e, half=0 if proj == "gate_proj" else 1)
+        return Target(f"{m['prefix']}.{m['proj']}", expert=int(m["e"]))
     m = _SINKS.match(hub_name)
     if m:
         return Target(f"{m['prefix']}.attention_sink_bias")
@@ -55,14 +52,7 @@ def is_ignored(hub_name: str) -> bool:
 
 def param_to_hub(name: str, n_experts: int) -> list[tuple[str, Target]]:
     """The hub tensors one parameter is written as (the inverse of :func:`hub_to_param`)."""
-    if name.endswith(".mlp.experts.gate_up_proj"):
-        prefix = name[: -len(".gate_up_proj")]
-        return [
-            (f"{prefix}.{e}.{proj}.weight", Target(name, expert=e, half=h))
-            for e in range(n_experts)
-            for h, proj in ((0, "gate_proj"), (1, "up_proj"))
-        ]
-    if name.endswith(".mlp.experts.down_proj"):
-        prefix = name[: -len(".down_proj")]
-        return [(f"{prefix}.{e}.down_proj.weight", Target(name, expert=e)) for e in range(n_experts)]
+    m = _STACKED.match(name)
+    if m:
+        return [(f"{m['prefix']}.{e}.{m['proj']}.weight", Target(name, expert=e)) for e in range(n_experts)]
     return [(name, Target(name))]

@@ -44,6 +44,13 @@ def resolve_dtype(dtype: torch.dtype | str | None, config: MiMoConfig) -> torch.
         raise ValueError(f"unsupported dtype {dtype!r}; choose from {', '.join(_DTYPES)} or 'auto'") from None
 
 
+def keep_router_fp32(model: CausalLM) -> None:
+    """Router weights and the balancing bias in fp32, whatever dtype the rest of the model has (paper §2.1)."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith(KEEP_FP32) and t.dtype != torch.float32:
+            t.data = t.data.float()
+
+
 def _short(names: list[str], n: int = 12) -> str:
     names = sorted(names)
     more = f" ... and {len(names) - n} more" if len(names) > n else ""
@@ -71,16 +78,10 @@ def _plan(model: CausalLM, files: dict[str, str]) -> dict[str, list[tuple[str, T
     missing = []
     for name in expected:
         got = plan.get(name, [])
-        if name.endswith(".experts.gate_up_proj"):
-            need = {(e, h) for e in range(cfg.n_routed_experts) for h in (0, 1)}
-            have = {(t.expert, t.half) for _, t in got}
-            missing += [f"{name[:-len('.gate_up_proj')]}.{e}.{'gate_proj' if h == 0 else 'up_proj'}.weight"
-                        for e, h in sorted(need - have)]
-            unexpected += [hub for hub, t in got if t.expert >= cfg.n_routed_experts]
-        elif name.endswith(".experts.down_proj"):
+        if ".experts." in name:  # a stacked expert tensor: one hub tensor per expert
+            prefix, proj = name.rsplit(".", 1)
             have = {t.expert for _, t in got}
-            missing += [f"{name[:-len('.down_proj')]}.{e}.down_proj.weight"
-                        for e in range(cfg.n_routed_experts) if e not in have]
+            missing += [f"{prefix}.{e}.{proj}.weight" for e in range(cfg.n_routed_experts) if e not in have]
             unexpected += [hub for hub, t in got if t.expert >= cfg.n_routed_experts]
         elif not got:
             missing.append(name)
@@ -102,15 +103,17 @@ def _plan(model: CausalLM, files: dict[str, str]) -> dict[str, list[tuple[str, T
 
 
 def _expected_shape(param: torch.Tensor, t: Target) -> tuple[int, ...]:
-    if t.expert is None:
-        return tuple(param.shape)
-    shape = tuple(param.shape[1:])
-    if t.half is not None:
-        shape = (shape[0] // 2,) + shape[1:]
-    return shape
+    return tuple(param.shape) if t.expert is None else tuple(param.shape[1:])
 
 
-def _read(f, hub: str, files: dict[str, str], dtype: torch.dtype, n_chunks: tuple[int, ...]) -> torch.Tensor:
+def _read(f, hub: str, files: dict[str, str], dtype: torch.dtype, n_chunks: tuple[int, ...],
+          index: tuple[slice, ...] | None = None) -> torch.Tensor:
+    """One hub tensor as ``dtype`` (dequantized when FP8). ``index``: read only that slice of it, through
+    safetensors' ``get_slice`` (the rest is never read): how a tensor-parallel rank reads its shard."""
+    if index is not None:
+        if hub + SCALE_SUFFIX in files:
+            raise NotImplementedError(f"{hub}: reading a slice of an FP8 tensor needs its scale blocks sliced too")
+        return f.get_slice(hub)[index].to(dtype)
     t = f.get_tensor(hub)
     scale_name = hub + SCALE_SUFFIX
     if t.dtype in _FP8:
@@ -180,11 +183,7 @@ def load_pretrained(
                 else:
                     if name not in state:
                         state[name] = torch.empty(meta[name].shape, dtype=want)
-                    dst = state[name][t.expert]
-                    if t.half is not None:
-                        rows = dst.shape[0] // 2
-                        dst = dst[t.half * rows : (t.half + 1) * rows]
-                    dst.copy_(x)
+                    state[name][t.expert].copy_(x)
                 bar.update(1)
     bar.close()
     model.load_state_dict(state, strict=True, assign=True)

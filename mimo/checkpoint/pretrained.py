@@ -12,7 +12,7 @@ import os
 import torch
 
 from mimo.checkpoint.export import DEFAULT_SHARD_BYTES, save_pretrained
-from mimo.checkpoint.loader import load_pretrained
+from mimo.checkpoint.loader import keep_router_fp32, load_pretrained
 from mimo.config import MiMoConfig
 from mimo.model.causal_lm import CausalLM
 
@@ -26,11 +26,18 @@ class MiMoForCausalLM(CausalLM):
         return load_pretrained(path, dtype=dtype, model_cls=cls, progress=progress)  # type: ignore[return-value]
 
     @classmethod
-    def from_config(cls, config: MiMoConfig, seed: int | None = 0, dtype: torch.dtype = torch.float32) -> MiMoForCausalLM:
-        """A randomly initialised model."""
-        model = cls(config)
+    def from_config(cls, config: MiMoConfig, seed: int | None = 0, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> MiMoForCausalLM:
+        """A randomly initialised model, built on the meta device and initialised in place on ``device``. The
+        router and the RoPE frequencies stay fp32 whatever ``dtype`` is, as when loading."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
         model.init_weights(seed)
-        return model.to(dtype)
+        model.to(dtype)
+        keep_router_fp32(model)
+        model.rotary.float().reset()  # RoPE frequencies stay fp32 (bf16 would round every angle), as when loading
+        return model
 
     def save_pretrained(
         self, path: str | os.PathLike, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: torch.dtype | None = None

@@ -32,11 +32,21 @@ class RotaryTables(nn.Module):
 
     def __init__(self, config: MiMoConfig) -> None:
         super().__init__()
+        self.config = config
         self.head_dims = {FULL: config.qk_head_dim(FULL), SLIDING: config.qk_head_dim(SLIDING)}
         for kind, name in ((FULL, "full"), (SLIDING, "sliding")):
             self.register_buffer(name, inv_freq(config.rotary_dim(kind), config.theta(kind)), persistent=False)
             perm = rotate_half_perm(config.rotary_dim(kind), self.head_dims[kind])
             self.register_buffer(name + "_perm", perm, persistent=False)
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Recompute the buffers where they are (after ``to_empty``, their memory holds garbage)."""
+        for kind, name in ((FULL, "full"), (SLIDING, "sliding")):
+            buf = getattr(self, name)
+            buf.copy_(inv_freq(self.config.rotary_dim(kind), self.config.theta(kind), device=buf.device))
+            getattr(self, name + "_perm").copy_(rotate_half_perm(self.config.rotary_dim(kind), self.head_dims[kind])
+                                                .to(buf.device))
 
     def table(self, positions: torch.Tensor, dtype: torch.dtype, kind: str) -> Rope:
         name = "full" if kind == FULL else "sliding"
@@ -152,20 +162,32 @@ class CausalLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
-        """Random initialisation (normal, std = initializer_range; norms 1; sinks and router bias 0)."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        std = self.config.initializer_range
+        """Random initialisation in place, on whatever device the weights are (normal, std = initializer_range;
+        norms 1; sinks and router bias 0). A model built on the meta device: ``to_empty(device=...)`` first.
+        Each device draws from its own generator seeded with ``seed``, so a shard initialises only itself."""
+        gens: dict[torch.device, torch.Generator] = {}
+
+        def normal(w: torch.Tensor) -> None:
+            g = None
+            if seed is not None:
+                g = gens.get(w.device)
+                if g is None:
+                    g = gens[w.device] = torch.Generator(device=w.device).manual_seed(seed)
+            w.normal_(0.0, self.config.initializer_range, generator=g)
+
         for m in self.modules():
             if isinstance(m, nn.Linear | nn.Embedding):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                normal(m.weight)
             elif isinstance(m, RMSNorm):
                 m.weight.fill_(1.0)
             elif isinstance(m, Experts):
-                m.gate_up_proj.copy_(torch.randn(m.gate_up_proj.shape, generator=g) * std)
-                m.down_proj.copy_(torch.randn(m.down_proj.shape, generator=g) * std)
+                for w in (m.gate_proj, m.up_proj, m.down_proj):
+                    normal(w)
             elif isinstance(m, Router):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * std)
+                normal(m.weight)
                 m.e_score_correction_bias.zero_()
+            elif isinstance(m, RotaryTables):
+                m.reset()  # derived buffers: garbage after to_empty
             if isinstance(m, Attention) and m.attention_sink_bias is not None:
                 m.attention_sink_bias.zero_()
 

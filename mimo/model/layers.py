@@ -2,8 +2,13 @@
 
 Parameter names equal the hub checkpoint's (``self_attn.q_proj``, ``self_attn.attention_sink_bias``,
 ``mlp.gate.weight``, ``mlp.gate.e_score_correction_bias``, ...), except the routed experts, which
-are stacked into ``mlp.experts.gate_up_proj [E, 2I, D]`` and ``mlp.experts.down_proj [E, D, I]``
+are stacked per projection: ``mlp.experts.gate_proj [E, I, D]``, ``up_proj [E, I, D]``, ``down_proj [E, D, I]``
 (the checkpoint loader maps the per-expert hub tensors onto them).
+
+Single-device code that can be sharded from outside: head counts come from the weights' shapes, not the
+config, so a module holding a slice of the heads (tensor parallelism) computes its slice; the routed
+experts are one module (:class:`Experts`) called once per MoE layer with the routing, the one point where
+a parallel plan swaps in expert parallelism.
 """
 
 from __future__ import annotations
@@ -87,23 +92,31 @@ class Attention(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.kind = kind
-        self.n_heads = config.num_heads(kind)
-        self.n_kv = config.num_kv_heads(kind)
+        n_heads, n_kv = config.num_heads(kind), config.num_kv_heads(kind)  # all of them: a parallel plan slices
         self.qk_dim = config.qk_head_dim(kind)
         self.v_dim = config.v_dim(kind)
         self.window = config.window(kind)
         self.scale = self.qk_dim**-0.5  # the q/k head dim (192), not v's
         self.v_scale = config.attention_value_scale
-        self.q_proj = nn.Linear(d, self.n_heads * self.qk_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv * self.qk_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv * self.v_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_heads * self.v_dim, d, bias=False)
+        self.q_proj = nn.Linear(d, n_heads * self.qk_dim, bias=False)
+        self.k_proj = nn.Linear(d, n_kv * self.qk_dim, bias=False)
+        self.v_proj = nn.Linear(d, n_kv * self.v_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * self.v_dim, d, bias=False)
         if config.has_sinks(kind):
-            self.attention_sink_bias = nn.Parameter(torch.zeros(self.n_heads))
+            self.attention_sink_bias = nn.Parameter(torch.zeros(n_heads))
         else:
             self.register_parameter("attention_sink_bias", None)
         self.backend = "reference"
         self.qkv: Fused | None = None
+
+    @property
+    def n_heads(self) -> int:
+        """The query heads this module holds, read from its weight (all, or a tensor-parallel slice)."""
+        return self.q_proj.weight.shape[0] // self.qk_dim
+
+    @property
+    def n_kv(self) -> int:
+        return self.k_proj.weight.shape[0] // self.qk_dim
 
     def fuse_projections(self) -> None:
         if self.qkv is None or not self.qkv.intact():
@@ -149,7 +162,7 @@ class Attention(nn.Module):
             if masks is not None:
                 masks[self.kind] = vis
         o = attention(q, k, v, vis, self.scale, self.attention_sink_bias, self.backend)
-        return linear(o.transpose(1, 2).reshape(b, t, hq * self.v_dim), self.o_proj.weight)
+        return linear(o.transpose(1, 2).reshape(b, t, hq * self.v_dim), self.o_proj.weight)  # [B, T, D]
 
 
 class MLP(nn.Module):
@@ -186,11 +199,19 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
+    """The routed experts of one MoE layer, and its dispatch point: ``forward(x, weights, experts)`` sends each
+    token to its chosen experts and combines their outputs. Each projection is one stacked tensor, shardable
+    on the expert dim (expert parallelism) or the intermediate dim (tensor parallelism) from outside."""
+
     def __init__(self, config: MiMoConfig) -> None:
         super().__init__()
         e, i, d = config.n_routed_experts, config.moe_intermediate_size, config.hidden_size
-        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, d))
+        self.gate_proj = nn.Parameter(torch.empty(e, i, d))
+        self.up_proj = nn.Parameter(torch.empty(e, i, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, i))
+
+    def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
+        return experts_forward(x_TD, self.gate_proj, self.up_proj, self.down_proj, weights_TK, experts_TK)
 
 
 class MoE(nn.Module):
@@ -210,5 +231,4 @@ class MoE(nn.Module):
         )
         if router_out is not None:
             router_out.append((scores_TE, experts_TK))
-        y = experts_forward(x_TD, self.experts.gate_up_proj, self.experts.down_proj, weights_TK, experts_TK)
-        return y.view(shape)
+        return self.experts(x_TD, weights_TK, experts_TK).view(shape)

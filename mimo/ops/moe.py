@@ -44,55 +44,60 @@ def route(
 
 def experts_forward(
     x_TD: torch.Tensor,
-    w_gate_up_EFD: torch.Tensor,  # [E, 2I, D]: rows [0, I) gate, [I, 2I) up
+    w_gate_EID: torch.Tensor,  # [E, I, D]
+    w_up_EID: torch.Tensor,  # [E, I, D]
     w_down_EDI: torch.Tensor,  # [E, D, I]
     weights_TK: torch.Tensor,
     experts_TK: torch.Tensor,
 ) -> torch.Tensor:
     """Sum over each token's chosen experts of weight * down(silu(gate(x)) * up(x)).
 
-    Five ways to the same sum, by situation:
+    The expert tensors may hold any subset of the experts (``E`` of them: expert parallelism passes a rank's
+    own) and any slice of the intermediate dim (tensor parallelism: then the result is a partial sum);
+    ``experts_TK`` indexes them. Five ways to the same sum, by situation:
 
     * few assignments (decode) in fp32 or bf16 on a CPU, without autograd: mimo's C++ kernel
       ``torch.ops.mimo.moe_decode`` (``mimo/ops/kernels``), one pass over the chosen weights,
       eager or inside ``torch.compile``;
     * inside ``torch.compile`` with few assignments (decode): the chosen experts' weights are
-      indexed inside two einsums, which inductor turns into reductions that read each chosen
+      indexed inside einsums, which inductor turns into reductions that read each chosen
       weight once, with no Python loop and no host sync;
     * one token without autograd (eager batch-1 decode): a loop over its k experts, each output
       accumulated in place with its weight folded into the matmul;
-    * many assignments without autograd (batched decode, verify, prefill): two grouped matmuls
+    * many assignments without autograd (batched decode, verify, prefill): grouped matmuls
       (``torch._grouped_mm``: one C++ loop over all experts);
-    * otherwise (autograd: the CPU grouped matmul has no backward): one ``F.linear`` pair per
+    * otherwise (autograd: the CPU grouped matmul has no backward): one ``F.linear`` triple per
       used expert.
     """
+    w = (w_gate_EID, w_up_EID, w_down_EDI)
     n_tok, k = experts_TK.shape
-    few = n_tok * k <= w_gate_up_EFD.shape[0]
-    if few and kernels.ready(x_TD, w_gate_up_EFD, w_down_EDI):
-        return torch.ops.mimo.moe_decode(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK.float(), experts_TK)
+    few = n_tok * k <= w_gate_EID.shape[0]
+    if few and kernels.ready(x_TD, *w):
+        return torch.ops.mimo.moe_decode(x_TD, *w, weights_TK.float(), experts_TK)
     if torch.compiler.is_compiling():
         if few:
-            return _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+            return _gathered(x_TD, *w, weights_TK, experts_TK)
         # a graph break: the same dispatch, eagerly (the grouped matmul cannot be traced in fp32)
-        return _experts_forward_eager(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+        return _experts_forward_eager(x_TD, *w, weights_TK, experts_TK)
     if n_tok == 1 and not torch.is_grad_enabled():
-        return _one_token(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
-    return _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK)
+        return _one_token(x_TD, *w, weights_TK, experts_TK)
+    return _sorted(x_TD, *w, weights_TK, experts_TK)
 
 
-def _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
+def _sorted(x_TD, w_gate_EID, w_up_EID, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
     """Group the T*K (token, expert) assignments by expert; each expert runs once over its tokens."""
     n_tok, k = experts_TK.shape
     flat_e = experts_TK.reshape(-1)
     order = torch.argsort(flat_e, stable=True)
     token = order // k  # the token of each sorted assignment
     x_sorted = x_TD.index_select(0, token)
-    n_exp = w_gate_up_EFD.shape[0]
+    n_exp = w_gate_EID.shape[0]
     w_sorted = weights_TK.reshape(-1)[order, None].to(x_TD.dtype)
     # The grouped matmul visits every expert, used or not; a few assignments go faster one by one.
     if _GROUPED and not torch.is_grad_enabled() and 2 * flat_e.numel() >= n_exp:
         offs = torch.bincount(flat_e, minlength=n_exp).cumsum(0, dtype=torch.int32)
-        gate, up = torch._grouped_mm(x_sorted, w_gate_up_EFD.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+        gate = torch._grouped_mm(x_sorted, w_gate_EID.transpose(1, 2), offs=offs)
+        up = torch._grouped_mm(x_sorted, w_up_EID.transpose(1, 2), offs=offs)
         act = F.silu(gate).mul_(up).mul_(w_sorted)  # down is linear: weight the narrower activation
         y_sorted = torch._grouped_mm(act, w_down_EDI.transpose(1, 2), offs=offs)
     else:
@@ -101,38 +106,40 @@ def _sorted(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Te
         for e, c in enumerate(counts):
             if c == 0:
                 continue
-            gate, up = F.linear(x_sorted[start : start + c], w_gate_up_EFD[e]).chunk(2, dim=-1)
-            parts.append(F.linear(F.silu(gate) * up, w_down_EDI[e]))
+            xe = x_sorted[start : start + c]
+            parts.append(F.linear(F.silu(F.linear(xe, w_gate_EID[e])) * F.linear(xe, w_up_EID[e]), w_down_EDI[e]))
             start += c
         y_sorted = torch.cat(parts) * w_sorted
     # Each token's k contributions, added back in its row (sequential reads; no un-sorting copy).
     return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, token, y_sorted)
 
 
-def _one_token(x_1D, w_gate_up_EFD, w_down_EDI, weights_1K, experts_1K) -> torch.Tensor:
+def _one_token(x_1D, w_gate_EID, w_up_EID, w_down_EDI, weights_1K, experts_1K) -> torch.Tensor:
     """Batch-1 decode: accumulate each chosen expert's output in place, weight folded into the matmul."""
     out = x_1D.new_zeros(x_1D.shape)
     for e, w in zip(experts_1K[0].tolist(), weights_1K[0].tolist()):
-        gate, up = F.linear(x_1D, w_gate_up_EFD[e]).chunk(2, dim=-1)
-        out.addmm_(F.silu(gate) * up, w_down_EDI[e].t(), alpha=w)
+        act = F.silu(F.linear(x_1D, w_gate_EID[e])) * F.linear(x_1D, w_up_EID[e])
+        out.addmm_(act, w_down_EDI[e].t(), alpha=w)
     return out
 
 
-def _gathered(x_TD, w_gate_up_EFD, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
+def _gathered(x_TD, w_gate_EID, w_up_EID, w_down_EDI, weights_TK, experts_TK) -> torch.Tensor:
     """For torch.compile: index the chosen experts' weights inside the matmul (inductor fuses the
     index into the reduction, so no weight is copied) - no Python loop, no host sync."""
     n_tok, k = experts_TK.shape
     if n_tok == 1:  # one token's k experts are distinct: each weight is read once as it is
-        gate, up = torch.einsum("tkfd,td->tkf", w_gate_up_EFD[experts_TK], x_TD).chunk(2, dim=-1)
+        gate = torch.einsum("tkfd,td->tkf", w_gate_EID[experts_TK], x_TD)
+        up = torch.einsum("tkfd,td->tkf", w_up_EID[experts_TK], x_TD)
         y = torch.einsum("tkdi,tki->tkd", w_down_EDI[experts_TK], F.silu(gate) * up)
         return (y * weights_TK[..., None].to(y.dtype)).sum(1)
     # Several tokens: sort the assignments by expert, so an expert chosen twice is read twice in
-    # a row (the second time from cache). Measured: 10-20% faster at batch 8, 20% slower at batch 1.
+    # a row (the second time from cache).
     flat_e = experts_TK.reshape(-1)
     order = torch.argsort(flat_e)
     e_sorted = flat_e[order]
     x_sorted = x_TD.index_select(0, order // k)
-    gate, up = torch.einsum("nfd,nd->nf", w_gate_up_EFD[e_sorted], x_sorted).chunk(2, dim=-1)
+    gate = torch.einsum("nfd,nd->nf", w_gate_EID[e_sorted], x_sorted)
+    up = torch.einsum("nfd,nd->nf", w_up_EID[e_sorted], x_sorted)
     y = torch.einsum("ndi,ni->nd", w_down_EDI[e_sorted], F.silu(gate) * up)
     y = y * weights_TK.reshape(-1)[order, None].to(y.dtype)
     return y.index_select(0, torch.argsort(order)).view(n_tok, k, -1).sum(1)

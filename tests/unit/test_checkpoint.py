@@ -43,7 +43,7 @@ def test_hub_names_on_disk(saved):
     assert "model.layers.1.self_attn.attention_sink_bias" in keys
     assert "model.layers.0.self_attn.attention_sink_bias" not in keys  # full attention: no sink
     assert "model.mtp.layers.2.eh_proj.weight" in keys
-    assert not any("gate_up_proj" in k for k in keys)
+    assert not any(k.endswith(("experts.gate_proj", "experts.up_proj", "experts.down_proj")) for k in keys)
 
 
 def test_sharded_save_and_load(tmp_path):
@@ -155,3 +155,19 @@ def test_mimo_info_counts_match_module_tree():
         mtp = sum(p.numel() for n, p in model.named_parameters() if ".mtp." in n)
         assert pc.total == model.num_parameters() - mtp
         assert pc.mtp_blocks == mtp
+
+
+def test_the_loader_reads_a_slice_without_the_rest(tmp_path):
+    """The hook a tensor-parallel rank uses: only its rows (or columns) of a tensor are read."""
+    from safetensors import safe_open
+
+    from mimo.checkpoint.loader import _read
+
+    random_model(seed=5).save_pretrained(tmp_path)
+    path = os.path.join(tmp_path, "model.safetensors")
+    name = "model.layers.1.self_attn.q_proj.weight"
+    with safe_open(path, framework="pt") as f:
+        full = f.get_tensor(name)
+        rows = _read(f, name, {name: path}, torch.float32, (), index=(slice(8, 24),))
+        cols = _read(f, name, {name: path}, torch.float32, (), index=(slice(None), slice(0, 5)))
+    assert torch.equal(rows, full[8:24].float()) and torch.equal(cols, full[:, :5].float())

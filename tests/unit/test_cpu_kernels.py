@@ -12,6 +12,7 @@ import torch
 from mimo.ops import kernels, moe
 from mimo.ops.linear import DECODE_ROWS, linear
 from mimo.ops.moe import experts_forward, route
+from tests.helpers import split_gate_up
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +50,7 @@ def _case(n_tok, e, d, i, k, seed=0):
 )
 def test_kernel_equals_the_explicit_sum(n_tok, e, d, i, k):
     x, w_gu, w_d, weights, experts = _case(n_tok, e, d, i, k)
-    got = torch.ops.mimo.moe_decode(x, w_gu, w_d, weights, experts)
+    got = torch.ops.mimo.moe_decode(x, *split_gate_up(w_gu), w_d, weights, experts)
     want = _explicit(x, w_gu, w_d, weights, experts)
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-5
@@ -58,7 +59,7 @@ def test_kernel_equals_the_explicit_sum(n_tok, e, d, i, k):
 @pytest.mark.parametrize("n_tok,e,d,i,k", [(1, 64, 128, 64, 8), (5, 8, 40, 26, 3)])
 def test_bf16_kernel_sums_bf16_weights_in_fp32(n_tok, e, d, i, k):
     x, w_gu, w_d, weights, experts = (t.bfloat16() if t.is_floating_point() else t for t in _case(n_tok, e, d, i, k))
-    got = torch.ops.mimo.moe_decode(x, w_gu, w_d, weights.float(), experts)
+    got = torch.ops.mimo.moe_decode(x, *split_gate_up(w_gu), w_d, weights.float(), experts)
     want = _explicit(x.float(), w_gu.float(), w_d.float(), weights.float(), experts)  # exact products, fp32 sums
     assert got.dtype == torch.bfloat16
     assert (got.float() - want).abs().max() <= 2**-7 * want.abs().max()  # one bf16 rounding of the output
@@ -70,10 +71,10 @@ def test_experts_forward_takes_the_kernel_for_decode_and_agrees_with_torch(monke
     real = torch.ops.mimo.moe_decode
     monkeypatch.setattr(moe.torch.ops.mimo, "moe_decode", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
-        fast = experts_forward(x, w_gu, w_d, weights, experts)
+        fast = experts_forward(x, *split_gate_up(w_gu), w_d, weights, experts)
         assert calls == [1]
         monkeypatch.setattr(kernels, "_ok", False)  # as on a machine where the kernel cannot build
-        plain = experts_forward(x, w_gu, w_d, weights, experts)
+        plain = experts_forward(x, *split_gate_up(w_gu), w_d, weights, experts)
     assert calls == [1]
     assert (fast - plain).abs().max() < 1e-5
 
@@ -81,30 +82,30 @@ def test_experts_forward_takes_the_kernel_for_decode_and_agrees_with_torch(monke
 def test_kernel_is_skipped_where_it_does_not_apply():
     x, w_gu, w_d, *_ = _case(1, 4, 16, 8, 2)
     with torch.no_grad():
-        assert kernels.ready(x, w_gu, w_d)
-        assert kernels.ready(x.bfloat16(), w_gu.bfloat16(), w_d.bfloat16())
-        assert not kernels.ready(x.bfloat16(), w_gu, w_d)  # mixed dtypes
-        assert not kernels.ready(x.half(), w_gu.half(), w_d.half())
-        assert not kernels.ready(x, w_gu.transpose(1, 2), w_d)
-    assert not kernels.ready(x, w_gu, w_d)  # autograd: the kernel has no backward
+        assert kernels.ready(x, *split_gate_up(w_gu), w_d)
+        assert kernels.ready(x.bfloat16(), *split_gate_up(w_gu.bfloat16()), w_d.bfloat16())
+        assert not kernels.ready(x.bfloat16(), *split_gate_up(w_gu), w_d)  # mixed dtypes
+        assert not kernels.ready(x.half(), *split_gate_up(w_gu.half()), w_d.half())
+        assert not kernels.ready(x, w_gu[:, :8].transpose(1, 2), w_gu[:, 8:], w_d)
+    assert not kernels.ready(x, *split_gate_up(w_gu), w_d)  # autograd: the kernel has no backward
 
 
 def test_kernel_inside_torch_compile():
     x, w_gu, w_d, weights, experts = _case(1, 16, 64, 32, 4, seed=2)
     step = torch.compile(experts_forward, fullgraph=True)  # no graph break around the custom op
     with torch.no_grad():
-        got = step(x, w_gu, w_d, weights, experts)
+        got = step(x, *split_gate_up(w_gu), w_d, weights, experts)
     assert (got - _explicit(x, w_gu, w_d, weights, experts)).abs().max() < 1e-5
 
 
 def test_bad_expert_ids_are_a_clear_error():
     x, w_gu, w_d, weights, experts = _case(1, 4, 16, 8, 2)
     with pytest.raises(RuntimeError, match="expert id 7 outside"):
-        torch.ops.mimo.moe_decode(x, w_gu, w_d, weights, torch.tensor([[0, 7]]))
+        torch.ops.mimo.moe_decode(x, *split_gate_up(w_gu), w_d, weights, torch.tensor([[0, 7]]))
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-        torch.ops.mimo.moe_decode(x.double(), w_gu, w_d, weights, experts)
+        torch.ops.mimo.moe_decode(x.double(), *split_gate_up(w_gu), w_d, weights, experts)
     with pytest.raises(RuntimeError, match="one dtype"):
-        torch.ops.mimo.moe_decode(x, w_gu, w_d.bfloat16(), weights, experts)
+        torch.ops.mimo.moe_decode(x, *split_gate_up(w_gu), w_d.bfloat16(), weights, experts)
 
 
 def test_disabled_by_environment(monkeypatch):
@@ -155,7 +156,7 @@ def test_a_failed_build_falls_back_to_torch_with_a_warning(monkeypatch, caplog):
     assert not kernels.load()  # what the engine's runner does before its first step
     x, w_gu, w_d, weights, experts = _case(1, 8, 32, 16, 2, seed=3)
     with torch.no_grad():
-        y = experts_forward(x, w_gu, w_d, weights, experts)
+        y = experts_forward(x, *split_gate_up(w_gu), w_d, weights, experts)
         assert linear(x, w_gu[0]).shape == (1, 32)
     assert "CPU kernels are unavailable (RuntimeError: no C++ compiler found)" in caplog.text
     assert (y - _explicit(x, w_gu, w_d, weights, experts)).abs().max() < 1e-5

@@ -15,7 +15,7 @@ from mimo.ops import moe
 from mimo.ops.attention import QUERY_BLOCK, SHORT_QUERY, Visibility, attention
 from mimo.ops.moe import experts_forward, route
 from mimo.ops.norm import rms_norm
-from tests.helpers import random_model
+from tests.helpers import random_model, split_gate_up
 
 
 def _qkv(b, hq, hkv, t, s, d, dv, g):
@@ -79,9 +79,9 @@ def test_grouped_experts_equal_per_expert_loop(n_tok):
     w_d = torch.randn(e, d, i, generator=g) * 0.1
     _, weights, experts = route(x, torch.randn(e, d, generator=g), torch.zeros(e), k)
     with torch.no_grad():
-        fast = experts_forward(x, w_gu, w_d, weights, experts)
+        fast = experts_forward(x, *split_gate_up(w_gu), w_d, weights, experts)
     with torch.enable_grad():
-        loop = experts_forward(x, w_gu, w_d, weights, experts)  # autograd takes the per-expert loop
+        loop = experts_forward(x, *split_gate_up(w_gu), w_d, weights, experts)  # autograd takes the per-expert loop
     explicit = torch.zeros(n_tok, d)
     for tok in range(n_tok):
         for j in range(k):
@@ -99,7 +99,7 @@ def test_grouped_matmul_is_used_for_dense_assignments(monkeypatch):
     x, w_gu, w_d = torch.randn(8, 16), torch.randn(8, 24, 16), torch.randn(8, 16, 12)
     _, weights, experts = route(x, torch.randn(8, 16), torch.zeros(8), 2)
     with torch.no_grad():
-        experts_forward(x, w_gu, w_d, weights, experts)
+        experts_forward(x, *split_gate_up(w_gu), w_d, weights, experts)
     assert calls and moe._GROUPED
 
 

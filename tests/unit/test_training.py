@@ -149,7 +149,7 @@ def test_weight_decay_groups_and_schedule():
     model = random_model(tiny_config())
     decay, no_decay = param_groups(model, 0.1)
     assert "lm_head.weight" in decay["names"] and "model.layers.1.mlp.gate.weight" in decay["names"]
-    assert "model.layers.1.mlp.experts.gate_up_proj" in decay["names"]
+    assert "model.layers.1.mlp.experts.gate_proj" in decay["names"]
     assert "model.embed_tokens.weight" in no_decay["names"]
     assert all(n.endswith(("norm.weight", "attention_sink_bias", "embed_tokens.weight")) for n in no_decay["names"])
     s = WarmupCosine(lr=1.0, warmup=10, total=110, min_lr_ratio=0.1)

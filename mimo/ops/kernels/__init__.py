@@ -94,7 +94,7 @@ def load() -> bool:
 
 def _register_fake() -> None:
     @torch.library.register_fake("mimo::moe_decode")
-    def _(x, w_gate_up, w_down, weights, experts):
+    def _(x, w_gate, w_up, w_down, weights, experts):
         return x.new_empty(x.shape)
 
     @torch.library.register_fake("mimo::linear_decode")

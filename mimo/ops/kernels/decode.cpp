@@ -9,8 +9,8 @@
 //
 // mimo::moe_decode - the routed experts of a decode step, in two passes over the chosen weights:
 //
-//   pass 1, per expert e and block of rows f:  h[a, f] = <Wgu[e, f], x_t>
-//   then                                        act[a, i] = w_a * silu(h[a, i]) * h[a, I + i]
+//   pass 1, per expert e and block of rows f:  g[a, f] = <Wgate[e, f], x_t>,  u[a, f] = <Wup[e, f], x_t>
+//   then                                        act[a, i] = w_a * silu(g[a, i]) * u[a, i]
 //   pass 2, per expert e and block of rows d:  part[a, d] = <Wd[e, d], act[a]>
 //   then                                        y[t, d] = sum over t's assignments a of part[a, d]
 //
@@ -188,15 +188,19 @@ at::Tensor linear_decode(const at::Tensor& x, const at::Tensor& w) {
   return y.to(x.scalar_type());
 }
 
-at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at::Tensor& w_down,
+at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
                       const at::Tensor& weights, const at::Tensor& experts) {
-  TORCH_CHECK(x.dim() == 2 && w_gate_up.dim() == 3 && w_down.dim() == 3, "moe_decode: x [T, D], weights [E, 2I, D] and [E, D, I]");
+  TORCH_CHECK(x.dim() == 2 && w_gate.dim() == 3 && w_up.dim() == 3 && w_down.dim() == 3,
+              "moe_decode: x [T, D], weights [E, I, D], [E, I, D] and [E, D, I]");
   check_tensor(x, "moe_decode");
-  check_tensor(w_gate_up, "moe_decode");
+  check_tensor(w_gate, "moe_decode");
+  check_tensor(w_up, "moe_decode");
   check_tensor(w_down, "moe_decode");
-  TORCH_CHECK(w_gate_up.scalar_type() == w_down.scalar_type(), "moe_decode: both expert weights must have one dtype");
-  const int64_t T = x.size(0), D = x.size(1), E = w_gate_up.size(0), F2 = w_gate_up.size(1), I = F2 / 2;
-  TORCH_CHECK(w_gate_up.size(2) == D && F2 % 2 == 0 && w_down.size(0) == E && w_down.size(1) == D && w_down.size(2) == I,
+  TORCH_CHECK(w_gate.scalar_type() == w_down.scalar_type() && w_up.scalar_type() == w_down.scalar_type(),
+              "moe_decode: the expert weights must have one dtype");
+  const int64_t T = x.size(0), D = x.size(1), E = w_gate.size(0), I = w_gate.size(1);
+  TORCH_CHECK(w_gate.size(2) == D && w_up.sizes() == w_gate.sizes() && w_down.size(0) == E && w_down.size(1) == D &&
+                  w_down.size(2) == I,
               "moe_decode: weight shapes do not match x");
   TORCH_CHECK(experts.dim() == 2 && experts.size(0) == T && weights.sizes() == experts.sizes(),
               "moe_decode: experts and weights must be [T, k]");
@@ -232,14 +236,16 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at
     avec[p] = act.data() + p * I;
   }
 
-  // Pass 1: the gate and up rows of each chosen expert -> h; then act = w * silu(gate) * up.
-  std::vector<float> h(A * F2);
-  with_weights(w_gate_up, [&](const auto* gu) { grouped_rows_times_vecs(gu, F2, D, group_expert, start, xvec, h.data()); });
+  // Pass 1: the gate and up rows of each chosen expert; then act = w * silu(gate) * up.
+  std::vector<float> g(A * I), u(A * I);
+  with_weights(w_gate, [&](const auto* W) { grouped_rows_times_vecs(W, I, D, group_expert, start, xvec, g.data()); });
+  with_weights(w_up, [&](const auto* W) { grouped_rows_times_vecs(W, I, D, group_expert, start, xvec, u.data()); });
   at::parallel_for(0, A, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const float w = wp[sorted[p]];
-      const float* gate = h.data() + p * F2;
-      for (int64_t f = 0; f < I; ++f) act[p * I + f] = w * gate[f] / (1.f + std::exp(-gate[f])) * gate[I + f];
+      const float* gate = g.data() + p * I;
+      const float* up = u.data() + p * I;
+      for (int64_t f = 0; f < I; ++f) act[p * I + f] = w * gate[f] / (1.f + std::exp(-gate[f])) * up[f];
     }
   });
   // Pass 2: the down rows of each chosen expert -> part.
@@ -262,7 +268,7 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate_up, const at
 }  // namespace
 
 TORCH_LIBRARY(mimo, m) {
-  m.def("moe_decode(Tensor x, Tensor w_gate_up, Tensor w_down, Tensor weights, Tensor experts) -> Tensor");
+  m.def("moe_decode(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down, Tensor weights, Tensor experts) -> Tensor");
   m.def("linear_decode(Tensor x, Tensor w) -> Tensor");
 }
 

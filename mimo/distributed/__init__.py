@@ -1,1 +1,0 @@
-"""Parallelism: ParallelContext (sizes, ranks, groups); world size 1 needs no process group."""
