@@ -182,7 +182,7 @@ def load_pretrained(
                     state[name] = x
                 else:
                     if name not in state:
-                        state[name] = torch.empty(meta[name].shape, dtype=want)
+                        state[name] = torch.empty(meta[name].shape, dtype=want, device="cpu")
                     state[name][t.expert].copy_(x)
                 bar.update(1)
     bar.close()

@@ -11,6 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="model directory (default: the shipped models/mimo-nano)")
     src.add_argument("--preset", help="benchmark a randomly initialised preset instead (e.g. bench)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu", help="where to run, e.g. cuda (default cpu)")
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batches", default="1,8", help="comma-separated decode batch sizes (default 1,8)")
@@ -30,24 +31,25 @@ def run(args: argparse.Namespace) -> int:
     from mimo.eval.speed import measure_decode, measure_prefill
     from mimo.model.sizes import speculative_bound_speedup
     from mimo.utils import runtime
-    from mimo.utils.machine import cpu_description
+    from mimo.utils.machine import device_description
     from mimo.utils.paths import resolve_model_dir
 
     runtime.configure(threads=args.threads)
     dtype = getattr(torch, args.dtype)
     prompts = None
     if args.preset:
-        model, name = MiMoForCausalLM.from_config(preset(args.preset), seed=0, dtype=dtype), f"preset:{args.preset}"
+        model = MiMoForCausalLM.from_config(preset(args.preset), seed=0, dtype=dtype, device=args.device)
+        name = f"preset:{args.preset}"
     else:
         path = resolve_model_dir(args.model)
-        model, name = MiMoForCausalLM.from_pretrained(path, dtype=dtype), path
+        model, name = MiMoForCausalLM.from_pretrained(path, dtype=dtype).to(args.device), path
         prompts = _code_prompts(path)
     prepare_for_inference(model)
     k = model.config.num_mtp_layers if args.mtp is None else args.mtp
     batches = [int(x) for x in args.batches.split(",")]
     runs = [(b, mtp) for b in batches for mtp in sorted({0, k})]
     result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(), "compile": args.compile,
-              "machine": cpu_description(), "decode": []}
+              "machine": device_description(args.device), "decode": []}
     print(f"model {name} ({args.dtype}, {result['threads']} threads{', compiled decode' if args.compile else ''}) "
           f"on {result['machine']}")
     # Each figure is printed as soon as it is measured; the bar (stderr) counts the measurements.

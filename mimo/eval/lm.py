@@ -50,6 +50,7 @@ def score_files(model: CausalLM, tokenizer: Tokenizer, texts: list[str], seq_len
                 progress: bool = True) -> EvalReport:
     eot = tokenizer.eos_token_id
     n_mtp = model.config.num_mtp_layers
+    device = next(model.parameters()).device
     nll, n_tok, n_bytes = 0.0, 0, 0
     hits = [0] * n_mtp
     counts = [0] * n_mtp
@@ -57,7 +58,7 @@ def score_files(model: CausalLM, tokenizer: Tokenizer, texts: list[str], seq_len
         ids = [eot] + tokenizer.encode(text)
         n_bytes += len(text.encode("utf-8"))
         for s in range(0, len(ids) - 1, seq_len):
-            window = torch.tensor([ids[s : s + seq_len + 1]])
+            window = torch.tensor([ids[s : s + seq_len + 1]], device=device)
             inp, tgt = window[:, :-1], window[:, 1:]
             hidden = model.trunk(inp)
             logits = model.compute_logits(hidden).float()
@@ -68,7 +69,7 @@ def score_files(model: CausalLM, tokenizer: Tokenizer, texts: list[str], seq_len
                 toks, prev = mtp_shift(inp, chain, k)
                 if toks.shape[1] == 0:
                     break
-                pos = torch.arange(toks.shape[1])[None]
+                pos = torch.arange(toks.shape[1], device=device)[None]
                 chain = model.mtp_block(k, toks, prev, pos)
                 target = window[:, k + 1 : k + 1 + toks.shape[1]]  # row i predicts t[i+k+1]
                 n = target.shape[1]

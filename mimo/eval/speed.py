@@ -37,7 +37,8 @@ def prompts_for(model: CausalLM, batch: int, length: int, seed: int = 0, source:
     if source:
         return [source[i % len(source)][:length] for i in range(batch)]
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, model.config.vocab_size, (length,), generator=g).tolist() for _ in range(batch)]
+    return [torch.randint(0, model.config.vocab_size, (length,), generator=g, device="cpu").tolist()
+            for _ in range(batch)]
 
 
 @torch.no_grad()

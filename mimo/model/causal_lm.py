@@ -45,8 +45,8 @@ class RotaryTables(nn.Module):
         for kind, name in ((FULL, "full"), (SLIDING, "sliding")):
             buf = getattr(self, name)
             buf.copy_(inv_freq(self.config.rotary_dim(kind), self.config.theta(kind), device=buf.device))
-            getattr(self, name + "_perm").copy_(rotate_half_perm(self.config.rotary_dim(kind), self.head_dims[kind])
-                                                .to(buf.device))
+            perm = getattr(self, name + "_perm")
+            perm.copy_(rotate_half_perm(self.config.rotary_dim(kind), self.head_dims[kind], device=perm.device))
 
     def table(self, positions: torch.Tensor, dtype: torch.dtype, kind: str) -> Rope:
         name = "full" if kind == FULL else "sliding"

@@ -20,17 +20,18 @@ import torch
 BLOCK = 128
 
 
-def _row_blocks(rows: int, n_scale_rows: int, block: int, chunk_candidates: tuple[int, ...]) -> torch.Tensor:
+def _row_blocks(rows: int, n_scale_rows: int, block: int, chunk_candidates: tuple[int, ...],
+                device: torch.device | None = None) -> torch.Tensor:
     """For each weight row, the index of its scale row."""
     if n_scale_rows == math.ceil(rows / block):
-        return torch.arange(rows) // block
+        return torch.arange(rows, device=device) // block
     for n_chunks in chunk_candidates:
         if n_chunks <= 1 or rows % n_chunks:
             continue
         chunk = rows // n_chunks
         per = math.ceil(chunk / block)
         if n_chunks * per == n_scale_rows:
-            r = torch.arange(rows)
+            r = torch.arange(rows, device=device)
             return (r // chunk) * per + (r % chunk) // block
     raise ValueError(
         f"weight_scale_inv has {n_scale_rows} block rows, which fits neither a uniform {block}-row grid over "
@@ -53,8 +54,8 @@ def dequantize_block_fp8(
         raise ValueError(
             f"weight_scale_inv has {scale_inv.shape[1]} block columns; {cols} columns need {math.ceil(cols / block)}"
         )
-    row_idx = _row_blocks(rows, scale_inv.shape[0], block, chunk_candidates)
-    col_idx = torch.arange(cols) // block
+    row_idx = _row_blocks(rows, scale_inv.shape[0], block, chunk_candidates, weight.device)
+    col_idx = torch.arange(cols, device=weight.device) // block
     scale = scale_inv.float()[row_idx][:, col_idx]  # [rows, cols]
     return (weight.float() * scale).to(dtype)
 
@@ -74,8 +75,8 @@ def quantize_block_fp8(
     chunk = rows // n_chunks
     per = math.ceil(chunk / block)
     nc = math.ceil(cols / block)
-    scales = torch.empty(n_chunks * per, nc, dtype=torch.float32)
-    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn)
+    scales = torch.empty(n_chunks * per, nc, dtype=torch.float32, device=weight.device)
+    q = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=weight.device)
     w = weight.float()
     for c in range(n_chunks):
         for i in range(per):

@@ -26,9 +26,9 @@ def inv_freq(rotary_dim: int, theta: float, device: torch.device | None = None) 
     return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim))
 
 
-def rotate_half_perm(rotary_dim: int, head_dim: int) -> torch.Tensor:
+def rotate_half_perm(rotary_dim: int, head_dim: int, device: torch.device | None = None) -> torch.Tensor:
     half = rotary_dim // 2
-    idx = torch.arange(head_dim)
+    idx = torch.arange(head_dim, device=device)
     return torch.cat((idx[half:rotary_dim], idx[:half], idx[rotary_dim:]))
 
 

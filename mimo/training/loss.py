@@ -123,6 +123,6 @@ def compute_losses(model: CausalLM, batch: torch.Tensor, cfg: LossConfig) -> dic
     if cfg.aux_coef and router_out:
         total = total + cfg.aux_coef * bal
     out["balance_loss"] = float(bal.detach()) / max(1, len(router_out))  # per layer: 1.0 when balanced
-    out["expert_counts"] = torch.stack(counts) if counts else torch.zeros(0, n_exp, dtype=torch.long)
+    out["expert_counts"] = torch.stack(counts) if counts else torch.zeros(0, n_exp, dtype=torch.long, device=batch.device)
     out["loss"] = total
     return out

@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
             tokens_seen += step_tokens
             dt = time.perf_counter() - t0
             timed.append(dt)
-            imb = load_imbalance(counts) if counts is not None and counts.numel() else torch.ones(1)
+            imb = load_imbalance(counts) if counts is not None and counts.numel() else torch.ones(1, device="cpu")
             rec = {"kind": "train", "step": step, **sums, "lr": lr, "grad_norm": gnorm, "imbalance": float(imb.mean()),
                    "imbalance_max": float(imb.max()), **bias_stats(model), "tokens": tokens_seen,
                    "tokens_per_s": step_tokens / dt, "elapsed_s": time.perf_counter() - start}

@@ -47,3 +47,15 @@ def cpu_description(info: dict | None = None) -> str:
     """One line: ``AMD EPYC 9B14 (AVX-512), 2 cores``."""
     info = info or cpu_info()
     return f"{info['cpu']} ({info['vector_isa']}), {info['cores']} cores"
+
+
+def device_description(device: str | None = None) -> str:
+    """The CPU line, or the accelerator's name and memory when ``device`` is one (with the host CPU after it)."""
+    cpu = cpu_description()
+    if device is None or not str(device).startswith("cuda"):
+        return cpu
+    import torch
+
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}); host {cpu}"

@@ -44,13 +44,15 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c['seed']}")
-def test_transformers_save_our_load_same_logits(tmp_path, case):
+def test_transformers_save_our_load_same_logits(tmp_path, case, device):
     case = dict(case)
     seed = case.pop("seed")
     ref = _tf_model(seed, **case)
     ref.save_pretrained(tmp_path)
-    ours = MiMoForCausalLM.from_pretrained(tmp_path)
+    ours = MiMoForCausalLM.from_pretrained(tmp_path).to(device)
+    ref.to(device)
     ids = torch.randint(0, 96, (3, 4 * ref.config.sliding_window + 3), generator=torch.Generator().manual_seed(seed))
+    ids = ids.to(device)
     with torch.no_grad():
         want = ref(ids).logits
         got = ours(ids).logits
@@ -87,16 +89,17 @@ def test_hub_file_as_released_means_window_plus_one(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_our_save_transformers_load_same_logits(tmp_path, seed):
+def test_our_save_transformers_load_same_logits(tmp_path, seed, device):
     ours = random_model(tiny_config(sliding_window=5, num_hidden_layers=6, n_group=2, topk_group=1), seed=seed)
     ours.save_pretrained(tmp_path)
-    ref = transformers.MiMoV2FlashForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    ids = torch.randint(0, 128, (2, 21), generator=torch.Generator().manual_seed(seed))
+    ours.to(device)
+    ref = transformers.MiMoV2FlashForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval().to(device)
+    ids = torch.randint(0, 128, (2, 21), generator=torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
         assert (ours(ids).logits - ref(ids).logits).abs().max().item() < TOL
     # and back: transformers' save of our weights loads into the same model again (MTP aside: transformers drops it)
     ref.save_pretrained(tmp_path / "again")
-    back = MiMoForCausalLM.from_pretrained(tmp_path / "again")
+    back = MiMoForCausalLM.from_pretrained(tmp_path / "again").to(device)
     assert back.config.num_mtp_layers == 0
     with torch.no_grad():
         assert (back(ids).logits - ours(ids).logits).abs().max().item() < TOL

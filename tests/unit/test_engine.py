@@ -18,8 +18,8 @@ def _prompts(seed=0, lengths=(2, 11, 30)):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return random_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=2)
+def model(device):
+    return random_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=2).to(device)
 
 
 def test_speculative_greedy_equals_plain_greedy(model):
