@@ -23,6 +23,7 @@ import torch
 from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.sampling import SamplingBatch, sample
 from mimo.model.causal_lm import CausalLM
+from mimo.model.mtp import mtp_token_index
 
 
 @dataclass
@@ -112,8 +113,9 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
         for j, st in enumerate(states):
             lo, hi = st.frontier[k - 1] + 1, q[j]
             commit_end = q[j] - k + 1
-            ids.append([st.token(i + k) if i + k <= q[j] + 1 else drafted[j][i + k - q[j] - 2]
-                        for i in range(lo, hi + 1)])
+            # Block k at position i reads t[i+k]: committed up to q+1, this step's drafts after that.
+            ids.append([st.token(t) if t <= q[j] + 1 else drafted[j][t - q[j] - 2]
+                        for t in (mtp_token_index(i, k) for i in range(lo, hi + 1))])
             known_end = min(hi, st.chain[k - 1].end() - 1)
             parts = [st.chain[k - 1].get(range(lo, known_end + 1))] if known_end >= lo else []
             if known_end < hi:

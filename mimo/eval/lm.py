@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from mimo.engine.engine import Engine
 from mimo.engine.params import SamplingParams
 from mimo.model.causal_lm import CausalLM
-from mimo.model.mtp import mtp_shift
 from mimo.tokenizer import Tokenizer
 
 
@@ -64,14 +63,8 @@ def score_files(model: CausalLM, tokenizer: Tokenizer, texts: list[str], seq_len
             logits = model.compute_logits(hidden).float()
             nll += torch.nn.functional.cross_entropy(logits[0], tgt[0], reduction="sum").item()
             n_tok += tgt.shape[1]
-            chain = hidden
-            for k in range(1, n_mtp + 1):
-                toks, prev = mtp_shift(inp, chain, k)
-                if toks.shape[1] == 0:
-                    break
-                pos = torch.arange(toks.shape[1], device=device)[None]
-                chain = model.mtp_block(k, toks, prev, pos)
-                target = window[:, k + 1 : k + 1 + toks.shape[1]]  # row i predicts t[i+k+1]
+            for k, chain in enumerate(model.mtp_chain(inp, hidden, n_mtp), 1):
+                target = window[:, k + 1 : k + 1 + chain.shape[1]]  # row i predicts t[i+k+1]
                 n = target.shape[1]
                 pred = model.compute_logits(chain[:, :n]).argmax(-1)
                 hits[k - 1] += int((pred == target).sum())

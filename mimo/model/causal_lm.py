@@ -15,7 +15,7 @@ from torch import nn
 from mimo.config import FULL, SLIDING, MiMoConfig
 from mimo.model.decoder import DecoderLayer
 from mimo.model.layers import MLP, Attention, Experts, KVCache, RMSNorm, Router
-from mimo.model.mtp import MTPBlock
+from mimo.model.mtp import MTPBlock, mtp_shift
 from mimo.ops.attention import check_backend
 from mimo.ops.linear import linear
 from mimo.ops.rope import Rope, inv_freq, rope_tables, rotate_half_perm
@@ -125,6 +125,25 @@ class CausalLM(nn.Module):
         emb = self.embed(token_ids)
         rope = self.rotary.table(positions, emb.dtype, SLIDING)
         return self.model.mtp.layers[depth - 1](emb, chain, positions, rope, cache)
+
+    def mtp_chain(self, token_ids: torch.Tensor, hidden: torch.Tensor, depths: int,
+                  positions: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """h^(1) .. h^(depths) over whole sequences (training, evaluation), from the trunk's ``hidden`` [B, T, D].
+
+        ``token_ids`` [B, T + extra] are the sequence with whatever future tokens the caller has: block k's
+        row i needs t[i+k], so depth k has ``min(rows of h^(k-1), T + extra - k)`` rows, and row i of h^(k)
+        predicts t[i+k+1]. ``positions`` [B, T] default to 0..T-1. Drafting in the engine feeds the blocks the
+        same inputs, position by position (:func:`mimo.model.mtp.mtp_token_index`)."""
+        if positions is None:
+            positions = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
+        chains, chain = [], hidden
+        for depth in range(1, depths + 1):
+            toks, rows = mtp_shift(token_ids[:, : chain.shape[1] + depth], chain, depth)
+            if toks.shape[1] == 0:
+                break
+            chain = self.mtp_block(depth, toks, rows, positions[:, : toks.shape[1]])
+            chains.append(chain)
+        return chains
 
     def forward(
         self,

@@ -26,6 +26,12 @@ from mimo.model.layers import MLP, Attention, KVCache, RMSNorm
 from mimo.ops.rope import Rope
 
 
+def mtp_token_index(position: int, depth: int) -> int:
+    """The token block ``depth`` reads at sequence position ``position``: t[position + depth] (its logits then
+    predict t[position + depth + 1]). :func:`mtp_shift` applies the same rule to whole sequences."""
+    return position + depth
+
+
 def mtp_shift(tokens: torch.Tensor, chain: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs of MTP block ``depth`` (1-based) for rows 0 .. T-depth-1.
 
@@ -41,7 +47,7 @@ def mtp_shift(tokens: torch.Tensor, chain: torch.Tensor, depth: int) -> tuple[to
         return tokens[:, :0], chain[:, :0]
     if chain.shape[1] < n:
         raise ValueError(f"chain has {chain.shape[1]} rows; depth {depth} over {tokens.shape[1]} tokens needs {n}")
-    return tokens[:, depth:], chain[:, :n]
+    return tokens[:, mtp_token_index(0, depth) :], chain[:, :n]
 
 
 class MTPBlock(nn.Module):

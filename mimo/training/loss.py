@@ -3,7 +3,7 @@
 Batch layout (shared with :mod:`mimo.training.data`). A packed row holds ``T + extra`` tokens with
 ``extra = 1 + D`` for ``D`` trained MTP depths. The trunk reads ``row[:, :T]``; its position i is
 trained on ``t[i+1]``. MTP depth k (spec §3.2, paper §2.3.2) reads ``t[i+k]`` (through
-:func:`mimo.model.mtp_shift`, the one place that encodes the shift) and the chain state
+:meth:`CausalLM.mtp_chain` over :func:`mimo.model.mtp_shift`, the one place that encodes the shift) and the chain state
 ``h^(k-1)[i]``, and is trained on ``t[i+k+1]`` — so every one of the T rows has a target at every
 depth, which is why rows carry ``1 + D`` extra tokens.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mimo.model import CausalLM, mtp_shift
+from mimo.model import CausalLM
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,8 @@ def compute_losses(model: CausalLM, batch: torch.Tensor, cfg: LossConfig) -> dic
     out: dict = {"main_loss": float(main_loss.detach()), "acc": float(main_acc)}
     total = main_loss
 
-    chain = hidden  # h^(0): the trunk's output after model.norm
-    for depth in range(1, cfg.depths + 1):
-        tok, rows = mtp_shift(batch[:, : seq_len + depth], chain, depth)  # t[i+depth], h^(depth-1)[i], i < T
-        chain = model.mtp_block(depth, tok, rows, positions)
+    # h^(0) is the trunk's output after model.norm; every depth has all T rows (the batch carries the extra tokens)
+    for depth, chain in enumerate(model.mtp_chain(batch, hidden, cfg.depths, positions), 1):
         loss_k, acc_k = _ce_acc(model, chain, targets(batch, seq_len, depth))
         out[f"mtp_loss_{depth}"], out[f"mtp_acc_{depth}"] = float(loss_k.detach()), float(acc_k)
         total = total + cfg.mtp_weights[depth - 1] * loss_k
