@@ -1,4 +1,4 @@
-"""The chat format: mimo's chat template and how any chat template is rendered (spec §5).
+"""The chat format: mimo's chat template and how any chat template is rendered (the MiMo release family's format).
 
 * :data:`CHAT_TEMPLATE` (``mimo/templates/chat_template.jinja``) writes the MiMo release family's format
   byte for byte (``shared/docs/release-chat-format.md``): ``<|im_start|>ROLE\\n...<|im_end|>`` turns with

@@ -1,6 +1,6 @@
 """MiMoConfig: one typed, validated view of a MiMo-V2-Flash ``config.json``.
 
-Two spellings of the same model exist in the wild (spec §1):
+Two spellings of the same model exist in the wild (the hub's config.json and transformers' ``MiMoV2FlashConfig``):
 
 * the released hub spelling, read by vLLM, SGLang, llama.cpp and Megatron-Bridge
   (``hybrid_layer_pattern``, ``moe_layer_freq``, ``layernorm_epsilon``, ``rope_theta`` /

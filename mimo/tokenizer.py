@@ -1,6 +1,6 @@
 """Tokenizer: byte-level BPE training, chat-template rendering, and incremental detokenisation.
 
-This module owns everything between text and token ids (spec §5):
+This module owns everything between text and token ids (the release's tokenizer is a Qwen2-family byte-level BPE):
 
 * :func:`train_bpe` trains the byte-level BPE of mimo-nano with the ``tokenizers`` library. The
   added special tokens come first (``<|endoftext|>`` is id 0), in the order of :data:`SPECIAL_TOKENS`.

@@ -193,7 +193,8 @@ def load_pretrained(
 
 
 def _chunk_candidates(config: MiMoConfig, name: str) -> tuple[int, ...]:
-    """For per-head FP8 grids, try the layer's KV-head count first (spec §4.3), then power-of-two shards."""
+    """For per-head FP8 grids, try the layer's KV-head count first (the release's full-attention k_proj: 4 heads
+    of 192 rows, scales [8, 32]), then power-of-two shards."""
     kind = SLIDING
     if ".layers." in name and ".mtp." not in name:
         layer = int(name.split(".layers.")[1].split(".")[0])

@@ -16,17 +16,13 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mimo
 from mimo.cli.engine_args import add_engine_arguments, engine_config
+from mimo.utils.paths import default_model_dir
 
 if TYPE_CHECKING:
     from mimo.checkpoint import GenerationConfig
 
 logger = logging.getLogger(__name__)
-
-
-def default_model_dir() -> Path:
-    return Path(mimo.__file__).resolve().parents[1] / "models" / "mimo-nano"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

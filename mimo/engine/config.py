@@ -1,5 +1,8 @@
 """``EngineConfig``: the settings of an engine, in one place (vLLM's names where vLLM has one).
 
+The attention backend is not among them: it is the model's setting (``model.set_attention_backend``),
+which ``LLM`` applies when it prepares the model.
+
 ``LLM``, ``Engine``, the CLI and the server all build one of these instead of passing the same knobs along;
 each field is validated here, once, with a message that names it.
 """
@@ -9,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from mimo.ops.attention import check_backend
-
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -19,7 +20,6 @@ class EngineConfig:
     max_model_len: int | None = None  # prompt + completion tokens; None: the model's
     prefill_chunk: int = 512  # prompt tokens prefilled per step (over all waiting prompts)
     compile: bool = False  # decode and verify steps through torch.compile
-    attention_backend: str = "sdpa"  # reference | grouped | sdpa (see mimo.ops.attention)
     device: str | None = None  # where the model runs; None: where its weights are
     cpu_kernels: bool = True  # load mimo's C++ decode kernels when the model runs on a CPU
 
@@ -33,7 +33,6 @@ class EngineConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"max_model_len must be an integer >= 2 (prompt plus one token), got {self.max_model_len!r}")
-        check_backend(self.attention_backend)
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)

@@ -1,4 +1,4 @@
-"""The KV cache, one pool per attention kind (spec §2.8): full layers grow, sliding layers are rings.
+"""The KV cache, one pool per attention kind (paper §2.1): full layers grow, sliding layers are rings.
 
 Sequences live in *slots* (rows of every pool). The engine keeps running sequences in slots
 0..B-1, so a batch reads each pool through a view, without gathering.

@@ -20,8 +20,9 @@ Semantics follow vLLM (the engine's API is in vLLM's shape):
   ``T == 0`` means greedy: a one-hot at ``torch.argmax`` (ties -> lowest index).
 - ``sample``: inverse-CDF sampling (what ``torch.multinomial`` does on CPU), batched: one float64 uniform per row
   from the row's own generator, then one float64 cumulative sum and ``searchsorted`` for the whole batch. On CPU
-  this is ~3x cheaper than the exponential race (``argmax p / E``, vLLM's choice on GPU), which needs V random
-  draws per row. A seeded request reproduces its tokens whatever else is in the batch.
+  this is cheaper than the exponential race (``argmax p / E``, vLLM's choice on GPU), which needs V random
+  draws per row (benchmarks/README.md, "Why the code is the way it is"). A seeded request reproduces its tokens
+  whatever else is in the batch.
 - ``rejection_sample``: speculative sampling as in Leviathan et al. 2023, "Fast Inference from Transformers via
   Speculative Decoding" (Algorithm 1, Appendix A.1), and Chen et al. 2023, "Accelerating Large Language Model
   Decoding with Speculative Sampling" (Algorithm 2, Theorem 1): accept draft ``d`` with probability
@@ -236,8 +237,9 @@ def processed_probs(
     return torch.where(greedy[:, None], out_greedy, probs)
 
 
-# Top-p first looks at the best 1024 tokens, then the best 16384 (topk: ~15x and ~5x cheaper than sorting a 152k
-# vocabulary on CPU), and sorts the whole row only when neither prefix holds top_p of the (renormalised) mass.
+# Top-p first looks at the best 1024 tokens, then the best 16384 (a topk that much narrower is far cheaper than
+# sorting a 152k vocabulary on CPU), and sorts the whole row only when neither prefix holds top_p of the
+# (renormalised) mass.
 _TOP_P_PREFIXES = (1024, 16384)
 
 

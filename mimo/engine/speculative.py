@@ -1,4 +1,4 @@
-"""MTP drafting, on the runner's side: block k drafts depth k (paper §3.3, spec §3).
+"""MTP drafting, on the runner's side: block k drafts depth k (paper §2.3, §5).
 
 Alignment (see :func:`mimo.model.mtp_shift`): block k at position i reads token t[i+k] and the chain state
 h^(k-1)[i]; its output predicts t[i+k+1]. With q the last position the trunk has processed and t[q+1] the

@@ -1,4 +1,4 @@
-"""The whole network: embedding, hybrid decoder stack, final norm, untied lm_head, MTP blocks (spec §2, §3).
+"""The whole network: embedding, hybrid decoder stack, final norm, untied lm_head, MTP blocks (paper §2; the MTP blocks, §2.3).
 
 One code path serves training, prefill, decode and speculative verification: callers pass
 token ids with explicit positions and, optionally, a KV cache. Logits are a separate step

@@ -1,4 +1,4 @@
-"""One pre-norm decoder layer (spec §2.2): x + attn(norm(x)), then + ffn(norm(.))."""
+"""One pre-norm decoder layer (as transformers' ``MiMoV2FlashDecoderLayer``): x + attn(norm(x)), then + ffn(norm(.))."""
 
 from __future__ import annotations
 

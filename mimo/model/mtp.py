@@ -1,4 +1,4 @@
-"""Multi-token-prediction blocks (spec §3): ``model.mtp.layers.{0,1,2}``, three blocks with their own weights.
+"""Multi-token-prediction blocks (paper §2.3): ``model.mtp.layers.{0,1,2}``, three blocks with their own weights.
 
 Block k (1-based depth) at sequence position i reads the embedding of token t[i+k] and the
 chain state h^(k-1)[i], and its logits (through the shared lm_head) predict t[i+k+1]:

@@ -1,6 +1,6 @@
-"""Parameter and KV-cache arithmetic from a config alone (spec §6, §2.8): no weights needed.
+"""Parameter and KV-cache arithmetic from a config alone (paper Table 1's shapes): no weights needed.
 
-``tests/unit/test_sizes.py`` pins these formulas to the real module tree's parameter count.
+``tests/unit/test_cli_info.py`` pins these formulas to the real module tree's parameter count.
 """
 
 from __future__ import annotations

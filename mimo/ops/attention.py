@@ -1,4 +1,4 @@
-"""Attention with grouped KV heads, a sliding window and per-head sink logits (spec §2.4).
+"""Attention with grouped KV heads, a sliding window and per-head sink logits (paper §2.1).
 
 Keys carry their absolute positions (``k_pos``), so one mask rule serves every caller —
 training, prefill, decode over a ring buffer, speculative verify — and a slot with

@@ -1,4 +1,4 @@
-"""FP8 (e4m3) block-quantized weights: dequantization at load time (spec §4.2, §4.3).
+"""FP8 (e4m3) block-quantized weights: dequantization at load time (the release's ``quantization_config``: e4m3, 128x128 blocks).
 
 ``weight_scale_inv`` is a dequantization *multiplier* per 128x128 block. Two layouts exist:
 

@@ -9,8 +9,8 @@ from mimo.ops import kernels
 
 DECODE_ROWS = 8
 """Up to this many input rows (a decode step's batch), fp32 or bf16 on a CPU without autograd, take
-``torch.ops.mimo.linear_decode``: on the bench preset it reads a step's dense weights 1.15x as
-fast as MKL at one row and 2.3x at eight (benchmarks/README.md, "Where a step's time goes")."""
+``torch.ops.mimo.linear_decode``, which streams the weights faster than MKL's GEMM does for so few rows
+(benchmarks/README.md, "Why the code is the way it is")."""
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

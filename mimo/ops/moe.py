@@ -1,4 +1,4 @@
-"""Mixture-of-experts routing and dispatch (spec §2.6): DeepSeek-V3 "noaux_tc" routing, no shared expert.
+"""Mixture-of-experts routing and dispatch (paper §2; DeepSeek-V3 §2.1.2): DeepSeek-V3 "noaux_tc" routing, no shared expert.
 
 Routing in fp32: sigmoid scores; experts *chosen* by score + e_score_correction_bias (the
 auxiliary-loss-free balancing bias), optionally within the best ``topk_group`` of ``n_group``

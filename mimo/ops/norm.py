@@ -1,4 +1,4 @@
-"""RMSNorm (spec §2.3): normalise in fp32, cast back, then scale in the input dtype."""
+"""RMSNorm (as transformers' ``MiMoV2FlashRMSNorm``): normalise in fp32, cast back, then scale in the input dtype."""
 
 from __future__ import annotations
 

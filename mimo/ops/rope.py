@@ -1,4 +1,4 @@
-"""Partial rotary position embedding, NeoX (rotate-half) layout, on the first ``rotary_dim`` dims (spec §2.4.3).
+"""Partial rotary position embedding, NeoX (rotate-half) layout, on the first ``rotary_dim`` dims (paper Table 1: 64 of 192 dims).
 
 cos/sin are computed in fp32 from integer positions and cast to the activation dtype, as
 transformers does; the remaining head dims pass through untouched.

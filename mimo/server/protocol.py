@@ -477,5 +477,5 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def thinking_enabled(self) -> bool | None:
         """``chat_template_kwargs["enable_thinking"]``, or ``None`` when the request leaves it to the template
-        (MiMo-V2-Flash's own default is off, spec §5; other templates may default to on)."""
+        (MiMo-V2-Flash's own default is off, per its model card; other templates may default to on)."""
         return (self.chat_template_kwargs or {}).get("enable_thinking")

@@ -1,4 +1,4 @@
-"""Reasoning parsing: split MiMo-V2-Flash output into ``reasoning_content`` and ``content`` (spec §5).
+"""Reasoning parsing: split MiMo-V2-Flash output into ``reasoning_content`` and ``content`` (``<think>`` blocks).
 
 The model thinks in ``<think>\\n ... \\n</think>\\n\\n`` and then answers. Text between ``<think>`` and
 ``</think>`` is reasoning; everything else is content. This module owns:

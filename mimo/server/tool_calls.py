@@ -1,4 +1,4 @@
-"""Tool calls in the MiMo release family's XML format -> OpenAI ``tool_calls`` (spec §5).
+"""Tool calls in the MiMo release family's XML format -> OpenAI ``tool_calls`` (the format its chat template documents).
 
 The model writes one block per call (the format the chat template documents to the model)::
 

@@ -1,4 +1,4 @@
-"""Auxiliary-loss-free expert balancing (DeepSeek-V3 §2.1.2; MiMo-V2-Flash paper §3.2, spec §3.4).
+"""Auxiliary-loss-free expert balancing (DeepSeek-V3 §2.1.2; MiMo-V2-Flash paper §3.2).
 
 Each MoE router adds ``e_score_correction_bias`` to its sigmoid scores when *choosing* experts
 (never when weighting them, :func:`mimo.ops.moe.route`). The bias is not learned by gradient:

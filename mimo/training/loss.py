@@ -2,7 +2,7 @@
 
 Batch layout (shared with :mod:`mimo.training.data`). A packed row holds ``T + extra`` tokens with
 ``extra = 1 + D`` for ``D`` trained MTP depths. The trunk reads ``row[:, :T]``; its position i is
-trained on ``t[i+1]``. MTP depth k (spec §3.2, paper §2.3.2) reads ``t[i+k]`` (through
+trained on ``t[i+1]``. MTP depth k (paper §2.3.2) reads ``t[i+k]`` (through
 :meth:`CausalLM.mtp_chain` over :func:`mimo.model.mtp_shift`, the one place that encodes the shift) and the chain state
 ``h^(k-1)[i]``, and is trained on ``t[i+k+1]`` — so every one of the T rows has a target at every
 depth, which is why rows carry ``1 + D`` extra tokens.
@@ -12,7 +12,7 @@ Total loss::
     L = CE_main + sum_k w_k * CE_mtp_k + alpha * sum_over_MoE_layers L_bal
 
 MTP weights. The paper pre-trains one MTP head with weight 0.3 (0.1 in later stages) and only
-replicates it to three heads in post-training (spec §3.4). mimo-nano trains its three blocks from
+replicates it to three heads in post-training (paper §3.2). mimo-nano trains its three blocks from
 scratch together, so each depth gets the Stage-1 weight, ``(0.3, 0.3, 0.3)`` by default. Each
 block's own weights see only their own loss, and Adam is invariant to a loss's scale, so the
 weights mostly decide how hard the MTP losses pull on the shared trunk, embedding and lm_head.

@@ -2,7 +2,7 @@
 
 glibc serves allocations above 128 KiB with fresh ``mmap`` pages and unmaps them on free, so
 every activation of a prefill chunk or a batched step is page-faulted and zeroed by the kernel
-again, step after step: on a 2-core machine that cost a third of prefill time. Raising the mmap
+again, step after step (benchmarks/README.md has the cost it measured). Raising the mmap
 and trim thresholds (``mallopt``) lets freed blocks be reused, as jemalloc/tcmalloc would.
 Process-wide and idempotent; a no-op where glibc is absent.
 """

@@ -1,8 +1,8 @@
 // mimo's CPU kernels for decode steps, where a step's cost is reading weights from memory.
 //
 // A decode step multiplies each weight matrix by a few vectors (one per token in the batch):
-// mat-vecs, which MKL and inductor run at 6-18 GB/s when the vectors are 8, or the matrices are
-// experts gathered by index. These kernels stream each weight row once for all of its vectors,
+// mat-vecs, which MKL and inductor stream far below the memory bandwidth when the vectors are 8, or
+// the matrices are experts gathered by index (benchmarks/README.md, "Why the code is the way it is"). These kernels stream each weight row once for all of its vectors,
 // several rows in flight with the next block prefetched, threads splitting blocks of rows.
 //
 // mimo::linear_decode(x [M, K], w [N, K]) -> x @ w.T, for M <= 8 rows.
@@ -116,8 +116,8 @@ void rows_times_vecs(const T* W, int64_t n, int64_t row0, int64_t row1, const fl
 }
 
 // The same for any number of vectors, up to 8 per pass over the rows (4 rows x up to 4 vectors,
-// or 2 rows x 5-8 vectors: at most 16 accumulators). Measured at 8 vectors: 2 rows x 8 is 1.5x
-// faster than two passes of 4 rows x 4.
+// or 2 rows x 5-8 vectors: at most 16 accumulators). At 8 vectors, 2 rows x 8 beats two passes of
+// 4 rows x 4 (benchmarks/README.md, "Why the code is the way it is").
 template <typename T>
 void rows_times_any(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, int64_t nvec,
                     float* out, int64_t ldo) {
