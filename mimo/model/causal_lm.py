@@ -14,10 +14,9 @@ from torch import nn
 
 from mimo.config import FULL, SLIDING, MiMoConfig
 from mimo.model.decoder import DecoderLayer
-from mimo.model.layers import MLP, Attention, Experts, KVCache, RMSNorm, Router
+from mimo.model.layers import MLP, Attention, Experts, KVCache, Linear, RMSNorm, Router
 from mimo.model.mtp import MTPBlock, mtp_shift
 from mimo.ops.attention import check_backend
-from mimo.ops.linear import linear
 from mimo.ops.rope import Rope, inv_freq, rope_tables, rotate_half_perm
 
 
@@ -74,7 +73,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Backbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.rotary = RotaryTables(config)
 
     # ------------------------------------------------------------------ forward pieces
@@ -108,7 +107,7 @@ class CausalLM(nn.Module):
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(hidden, self.lm_head.weight)
+        return self.lm_head(hidden)
 
     def mtp_block(
         self,

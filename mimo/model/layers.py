@@ -21,6 +21,7 @@ from torch import nn
 
 from mimo.config import MiMoConfig
 from mimo.ops.attention import Visibility, attention
+from mimo.ops.fp8 import BLOCK, FP8
 from mimo.ops.linear import linear
 from mimo.ops.moe import experts_forward, route
 from mimo.ops.norm import rms_norm
@@ -49,26 +50,66 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def fuse_linears(*linears: nn.Linear) -> Fused:
-    """Concatenate the weights of linears that read the same input into one tensor; each weight
-    becomes a view of it, so one matmul computes all of them and no memory is duplicated."""
+class Linear(nn.Linear):
+    """A bias-free ``nn.Linear`` whose weight may be kept as stored in the release: FP8 e4m3 with its block
+    scales (``weight_scale_inv``, a buffer saved under the hub's name) and, per row, the scale row it uses
+    (``scale_row``, derived, not saved). :func:`mimo.ops.linear.linear` computes with either kind."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.register_buffer("weight_scale_inv", None)
+        self.register_buffer("scale_row", None, persistent=False)
+        self.block_cols = BLOCK
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.weight.dtype == FP8
+
+    def set_fp8(self, weight: torch.Tensor, scale: torch.Tensor, scale_row: torch.Tensor, block_cols: int) -> None:
+        """Hold ``weight`` as FP8 with its scales (a frozen parameter: FP8 weights are not trained)."""
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.weight_scale_inv, self.scale_row, self.block_cols = scale, scale_row, block_cols
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.weight_scale_inv, self.scale_row, self.block_cols)
+
+
+def fuse_linears(*linears: Linear) -> Fused | None:
+    """Concatenate the weights of linears that read the same input into one tensor; each weight becomes a
+    view of it, so one matmul computes all of them and no memory is duplicated. FP8 members fuse with their
+    scales (each keeps its own grid: the row index is shifted). None when the members' kinds differ."""
+    fp8 = {m.is_fp8 for m in linears}
+    if len(fp8) > 1 or len({m.weight.dtype for m in linears}) > 1 or (
+            fp8 == {True} and len({m.block_cols for m in linears}) > 1):
+        return None
     fused = torch.cat([m.weight.detach() for m in linears], dim=0)
+    scale = scale_row = None
+    if fp8 == {True}:
+        scale = torch.cat([m.weight_scale_inv for m in linears], dim=0)
+        shifts = torch.tensor([0] + [m.weight_scale_inv.shape[0] for m in linears[:-1]]).cumsum(0).tolist()
+        scale_row = torch.cat([m.scale_row + s for m, s in zip(linears, shifts)]).to(torch.int32)
     offset = 0
     for m in linears:
         n = m.weight.shape[0]
         m.weight.data = fused[offset : offset + n]
         offset += n
-    return Fused(fused, linears)
+    return Fused(fused, linears, scale, scale_row, linears[0].block_cols)
 
 
 class Fused:
-    """A fused weight: a plain tensor whose slices the member weights are. Autograd through it would never
-    reach the member parameters, so using it where they need gradients raises instead of training nothing."""
+    """A fused weight: a plain tensor whose slices the member weights are (with the members' concatenated block
+    scales when they are FP8). Autograd through it would never reach the member parameters, so using it where
+    they need gradients raises instead of training nothing."""
 
-    def __init__(self, weight: torch.Tensor, linears: tuple[nn.Linear, ...]) -> None:
+    def __init__(self, weight: torch.Tensor, linears: tuple[Linear, ...], scale: torch.Tensor | None = None,
+                 scale_row: torch.Tensor | None = None, block_cols: int = BLOCK) -> None:
         self.weight = weight
         self.linears = linears
+        self.scale, self.scale_row, self.block_cols = scale, scale_row, block_cols
         self.ptrs = [m.weight.data_ptr() for m in linears]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.scale, self.scale_row, self.block_cols)
 
     def intact(self) -> bool:
         return [m.weight.data_ptr() for m in self.linears] == self.ptrs
@@ -98,10 +139,10 @@ class Attention(nn.Module):
         self.window = config.window(kind)
         self.scale = self.qk_dim**-0.5  # the q/k head dim (192), not v's
         self.v_scale = config.attention_value_scale
-        self.q_proj = nn.Linear(d, n_heads * self.qk_dim, bias=False)
-        self.k_proj = nn.Linear(d, n_kv * self.qk_dim, bias=False)
-        self.v_proj = nn.Linear(d, n_kv * self.v_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * self.v_dim, d, bias=False)
+        self.q_proj = Linear(d, n_heads * self.qk_dim)
+        self.k_proj = Linear(d, n_kv * self.qk_dim)
+        self.v_proj = Linear(d, n_kv * self.v_dim)
+        self.o_proj = Linear(n_heads * self.v_dim, d)
         if config.has_sinks(kind):
             self.attention_sink_bias = nn.Parameter(torch.zeros(n_heads))
         else:
@@ -139,7 +180,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         hq, hkv = self.n_heads, self.n_kv
         if self.qkv is not None and self.qkv.usable():
-            qkv = linear(x, self.qkv.weight)
+            qkv = self.qkv(x)
             n_qk = (hq + hkv) * self.qk_dim
             qk = apply_rope(qkv[..., :n_qk].view(b, t, hq + hkv, self.qk_dim), rope)  # one RoPE for q and k
             q, k = qk[:, :, :hq], qk[:, :, hq:]
@@ -162,15 +203,15 @@ class Attention(nn.Module):
             if masks is not None:
                 masks[self.kind] = vis
         o = attention(q, k, v, vis, self.scale, self.attention_sink_bias, self.backend)
-        return linear(o.transpose(1, 2).reshape(b, t, hq * self.v_dim), self.o_proj.weight)  # [B, T, D]
+        return self.o_proj(o.transpose(1, 2).reshape(b, t, hq * self.v_dim))  # [B, T, D]
 
 
 class MLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate)
+        self.up_proj = Linear(hidden, intermediate)
+        self.down_proj = Linear(intermediate, hidden)
         self.gate_up: Fused | None = None
 
     def fuse_projections(self) -> None:
@@ -184,8 +225,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None and self.gate_up.usable():
-            gate, up = linear(x, self.gate_up.weight).chunk(2, dim=-1)
-            return linear(F.silu(gate) * up, self.down_proj.weight)
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -201,7 +242,11 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """The routed experts of one MoE layer, and its dispatch point: ``forward(x, weights, experts)`` sends each
     token to its chosen experts and combines their outputs. Each projection is one stacked tensor, shardable
-    on the expert dim (expert parallelism) or the intermediate dim (tensor parallelism) from outside."""
+    on the expert dim (expert parallelism) or the intermediate dim (tensor parallelism) from outside. Kept as
+    stored in the release, the projections are FP8 with per-expert block scales (``gate_proj_scale_inv``
+    [E, rows/block, cols/block], ...)."""
+
+    PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
     def __init__(self, config: MiMoConfig) -> None:
         super().__init__()
@@ -209,9 +254,20 @@ class Experts(nn.Module):
         self.gate_proj = nn.Parameter(torch.empty(e, i, d))
         self.up_proj = nn.Parameter(torch.empty(e, i, d))
         self.down_proj = nn.Parameter(torch.empty(e, d, i))
+        for name in self.PROJECTIONS:
+            self.register_buffer(f"{name}_scale_inv", None)
+        self.block = (BLOCK, BLOCK)
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.gate_proj.dtype == FP8
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
-        return experts_forward(x_TD, self.gate_proj, self.up_proj, self.down_proj, weights_TK, experts_TK)
+        scales = None
+        if self.is_fp8:
+            scales = (self.gate_proj_scale_inv, self.up_proj_scale_inv, self.down_proj_scale_inv)
+        return experts_forward(x_TD, self.gate_proj, self.up_proj, self.down_proj, weights_TK, experts_TK,
+                               scales, self.block)
 
 
 class MoE(nn.Module):

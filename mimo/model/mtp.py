@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mimo.config import SLIDING, MiMoConfig
-from mimo.model.layers import MLP, Attention, KVCache, RMSNorm
+from mimo.model.layers import MLP, Attention, KVCache, Linear, RMSNorm
 from mimo.ops.rope import Rope
 
 
@@ -57,7 +57,7 @@ class MTPBlock(nn.Module):
         self.index = index
         self.enorm = RMSNorm(d, eps)
         self.hnorm = RMSNorm(d, eps)
-        self.eh_proj = nn.Linear(2 * d, d, bias=False)
+        self.eh_proj = Linear(2 * d, d)
         self.input_layernorm = RMSNorm(d, eps)
         self.self_attn = Attention(config, SLIDING)
         self.pre_mlp_layernorm = RMSNorm(d, eps)

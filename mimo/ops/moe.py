@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from mimo.ops import kernels
+from mimo.ops.fp8 import BLOCK, FP8, dequantize, scale_rows
+from mimo.ops.linear import gemm_dtype
 
 
 def route(
@@ -49,6 +51,8 @@ def experts_forward(
     w_down_EDI: torch.Tensor,  # [E, D, I]
     weights_TK: torch.Tensor,
     experts_TK: torch.Tensor,
+    scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    block: tuple[int, int] = (BLOCK, BLOCK),
 ) -> torch.Tensor:
     """Sum over each token's chosen experts of weight * down(silu(gate(x)) * up(x)).
 
@@ -68,8 +72,16 @@ def experts_forward(
       (``torch._grouped_mm``: one C++ loop over all experts);
     * otherwise (autograd: the CPU grouped matmul has no backward): one ``F.linear`` triple per
       used expert.
+
+    FP8 experts (``scales``: each projection's per-expert ``weight_scale_inv`` grids, ``block``: the
+    ``weight_block_size``) are read as FP8 by ``torch.ops.mimo.moe_decode_fp8`` for a decode step, and
+    otherwise dequantized one used expert at a time (never the whole layer in a wider type).
     """
     w = (w_gate_EID, w_up_EID, w_down_EDI)
+    if w_gate_EID.dtype == FP8:
+        if scales is None:
+            raise ValueError("FP8 experts need their block scales (weight_scale_inv)")
+        return _fp8_experts(x_TD, w, scales, block, weights_TK, experts_TK)
     n_tok, k = experts_TK.shape
     few = n_tok * k <= w_gate_EID.shape[0]
     if few and kernels.ready(x_TD, *w):
@@ -145,5 +157,34 @@ def _gathered(x_TD, w_gate_EID, w_up_EID, w_down_EDI, weights_TK, experts_TK) ->
     return y.index_select(0, torch.argsort(order)).view(n_tok, k, -1).sum(1)
 
 
+def _fp8_experts(x_TD, w, scales, block, weights_TK, experts_TK) -> torch.Tensor:
+    n_tok, k = experts_TK.shape
+    if n_tok * k <= w[0].shape[0] and kernels.ready_fp8(x_TD, *w):
+        return torch.ops.mimo.moe_decode_fp8(x_TD, *w, *scales, block[0], block[1], weights_TK.float(), experts_TK)
+    if torch.compiler.is_compiling():  # a graph break: a loop over the experts the routing chose
+        return _fp8_experts_eager(x_TD, w, scales, block, weights_TK, experts_TK)
+    dt = gemm_dtype(x_TD)
+    flat_e = experts_TK.reshape(-1)
+    order = torch.argsort(flat_e, stable=True)
+    token = order // k
+    x_sorted = x_TD.index_select(0, token).to(dt)
+    w_sorted = weights_TK.reshape(-1)[order, None].to(dt)
+    (i_dim, d_dim), device = w[0].shape[1:], x_TD.device
+    rows_i = scale_rows(i_dim, scales[0].shape[1], block[0], device=device)
+    rows_d = scale_rows(d_dim, scales[2].shape[1], block[0], device=device)
+    parts, start = [], 0
+    for e, c in enumerate(torch.bincount(flat_e, minlength=w[0].shape[0]).tolist()):
+        if c == 0:
+            continue
+        xe = x_sorted[start : start + c]
+        gate = F.linear(xe, dequantize(w[0][e], scales[0][e], rows_i, block[1], dt))
+        up = F.linear(xe, dequantize(w[1][e], scales[1][e], rows_i, block[1], dt))
+        parts.append(F.linear(F.silu(gate) * up, dequantize(w[2][e], scales[2][e], rows_d, block[1], dt)))
+        start += c
+    y_sorted = (torch.cat(parts) * w_sorted).to(x_TD.dtype)
+    return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, token, y_sorted)
+
+
 _GROUPED = hasattr(torch, "_grouped_mm")
+_fp8_experts_eager = torch.compiler.disable(_fp8_experts)
 _experts_forward_eager = torch.compiler.disable(experts_forward)

@@ -117,6 +117,18 @@ def ready(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
 
 
+def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether the FP8 kernels are loaded and can take these: contiguous ``float8_e4m3fn`` CPU weights, ``x``
+    fp32 or bf16 on the CPU (or no ``x``: a dequantization), no autograd. Never builds or loads them."""
+    if not _ok or torch.is_grad_enabled() or not hasattr(torch.ops.mimo, "linear_decode_fp8"):
+        return False
+    if x.dtype == torch.float8_e4m3fn:  # called with the weight alone
+        weights, x = (x, *weights), None
+    if x is not None and (x.device.type != "cpu" or x.dtype not in DTYPES):
+        return False
+    return all(w.device.type == "cpu" and w.dtype == torch.float8_e4m3fn and w.is_contiguous() for w in weights)
+
+
 def status() -> str:
     """One line on the kernels' state (for ``mimo kernels``)."""
     if os.environ.get("MIMO_CPU_KERNELS", "1") == "0":
