@@ -100,3 +100,47 @@ def tiny_model_dir(directory, vocab_size: int = 320, seed: int = 0) -> str:
     model.save_pretrained(directory)
     tok.save_pretrained(directory)
     return str(directory)
+
+
+def random_fp8_checkpoint(config: MiMoConfig, directory, block: int = 128, seed: int = 0) -> str:
+    """A checkpoint in the release's FP8 layout with random codes and scales, written straight to disk (no
+    model in a wide dtype is ever built: fast even for the bench preset). Finite codes only; the
+    full-attention k_proj has the release's per-KV-head scale grid."""
+    import math
+
+    from safetensors.torch import save_file
+
+    from mimo.checkpoint.export import _chunks, quantization_config, quantized_in_release
+    from mimo.checkpoint.hf_keys import param_to_hub
+
+    with torch.device("meta"):
+        meta = MiMoForCausalLM(config)
+    g = torch.Generator().manual_seed(seed)
+    # Random codes from one pool (windows at moving offsets): fast, and no code is NaN (0x7f, 0xff).
+    pool = torch.randint(0, 256, (1 << 24,), generator=g, dtype=torch.uint8)
+    pool[(pool & 0x7F) == 0x7F] ^= 1
+    cursor = 0
+    out: dict[str, torch.Tensor] = {}
+    for name, t in meta.state_dict().items():
+        for hub, target in param_to_hub(name, config.n_routed_experts):
+            shape = tuple(t.shape) if target.expert is None else tuple(t.shape[1:])
+            if quantized_in_release(hub) and len(shape) == 2:
+                n = math.prod(shape)
+                idx = (torch.arange(n) + cursor) % pool.numel() if n + cursor > pool.numel() else None
+                codes = pool[idx] if idx is not None else pool[cursor : cursor + n].clone()
+                cursor = (cursor + 4099 * (1 + n // 4099)) % pool.numel()
+                out[hub] = codes.view(shape).view(torch.float8_e4m3fn)
+                n_chunks = _chunks(meta, hub)
+                rows = n_chunks * math.ceil(shape[0] // n_chunks / block)
+                out[hub + "_scale_inv"] = torch.rand(rows, math.ceil(shape[1] / block), generator=g) * 1e-3 + 1e-4
+            elif hub.endswith((".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")):
+                out[hub] = torch.randn(shape, generator=g) * 0.02
+            elif hub.endswith("norm.weight"):
+                out[hub] = torch.ones(shape, dtype=torch.bfloat16)
+            else:
+                out[hub] = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+    os.makedirs(directory, exist_ok=True)
+    save_file(out, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config.replace(quantization_config=quantization_config((block, block), meta),
+                   torch_dtype="bfloat16").save(directory)
+    return str(directory)

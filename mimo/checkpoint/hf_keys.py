@@ -9,7 +9,8 @@ Each rule is declarative: a pattern, what it maps to, and why.
 | ``...mlp.experts.{E}.up_proj.weight``           | ``...mlp.experts.up_proj[E]``              |
 | ``...mlp.experts.{E}.down_proj.weight``         | ``...mlp.experts.down_proj[E]``            |
 | ``...self_attn.sinks`` (transformers' in-memory name) | ``...self_attn.attention_sink_bias`` |
-| ``<weight>_scale_inv``                          | consumed with its FP8 weight               |
+| ``<weight>_scale_inv``                          | consumed with its FP8 weight: a buffer of the linear, or |
+|                                                 | ``...mlp.experts.<proj>_scale_inv[E]`` for experts |
 | ``...rotary_emb.inv_freq``                      | ignored: recomputed from the config        |
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 _EXPERT = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
 _STACKED = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<proj>gate_proj|up_proj|down_proj)$")
+_STACKED_SCALE = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<proj>gate_proj|up_proj|down_proj)_scale_inv$")
 _SINKS = re.compile(r"^(?P<prefix>.*\.self_attn)\.sinks$")
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 SCALE_SUFFIX = "_scale_inv"
@@ -55,4 +57,8 @@ def param_to_hub(name: str, n_experts: int) -> list[tuple[str, Target]]:
     m = _STACKED.match(name)
     if m:
         return [(f"{m['prefix']}.{e}.{m['proj']}.weight", Target(name, expert=e)) for e in range(n_experts)]
+    m = _STACKED_SCALE.match(name)
+    if m:
+        return [(f"{m['prefix']}.{e}.{m['proj']}.weight{SCALE_SUFFIX}", Target(name, expert=e))
+                for e in range(n_experts)]
     return [(name, Target(name))]

@@ -1,12 +1,19 @@
-"""Strict, lazy loading of a Hugging Face model directory into :class:`mimo.model.CausalLM`.
+"""Strict loading of a Hugging Face model directory into :class:`mimo.model.CausalLM`, each tensor kept as
+stored (``dtype="auto"``, the default) or converted (``"float32"``, ``"bfloat16"``).
 
-* The module tree is built on the ``meta`` device; each tensor is read once from the
-  safetensors files and assigned (never two full copies of the weights in memory).
+* The module tree is built on the ``meta`` device and every tensor is read once: never two copies.
+  Tensors kept as stored are views of the files' memory maps (zero-copy: pages come in as they are
+  touched); tensors that are stacked (routed experts, one hub tensor each) or converted are read straight
+  into their destination (:mod:`mimo.utils.safetensors_io`), so no file page stays mapped for them.
+  ``mmap=False`` copies everything into the process's own memory instead (llama.cpp's ``--no-mmap``).
 * Strict: every parameter must be filled and every tensor in the files must land somewhere
   (or be covered by a rule in :mod:`mimo.checkpoint.hf_keys`); otherwise a ``ValueError``
   lists the offending names. Shapes are checked against the config before any data is read.
-* FP8 ``float8_e4m3fn`` weights with ``weight_scale_inv`` are dequantized (:mod:`mimo.ops.fp8`).
-* Router weights and the balancing bias stay fp32 whatever ``dtype`` is asked for.
+* FP8 ``float8_e4m3fn`` weights come with ``weight_scale_inv`` block scales (``quantization_config``:
+  ``fmt`` e4m3, any ``weight_block_size``; a grid restarting per KV head is recognised by its shape).
+  With ``dtype="auto"`` they stay FP8 (a weight with a NaN code is refused: the kernels assume none);
+  with an explicit dtype they are dequantized (:mod:`mimo.ops.fp8`).
+* Router weights and the balancing bias are fp32 whatever ``dtype`` is asked for.
 """
 
 from __future__ import annotations
@@ -16,32 +23,34 @@ import os
 from collections import defaultdict
 
 import torch
-from safetensors import safe_open
+from torch import nn
 from tqdm.auto import tqdm
 
 from mimo.checkpoint.hf_keys import SCALE_SUFFIX, Target, hub_to_param, is_ignored
 from mimo.config import SLIDING, MiMoConfig
 from mimo.model.causal_lm import CausalLM, RotaryTables
-from mimo.ops.fp8 import dequantize_block_fp8
+from mimo.model.layers import Experts, Linear
+from mimo.ops.fp8 import FP8, block_shape, check_scale_cols, dequantize, nan_codes, nan_scratch, scale_rows
 from mimo.utils.safetensors_index import weight_files
+from mimo.utils.safetensors_io import SafetensorsFile, TensorInfo, headers
 
 logger = logging.getLogger(__name__)
 
 KEEP_FP32 = (".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")
-_FP8 = (torch.float8_e4m3fn, getattr(torch, "float8_e5m2", torch.float8_e4m3fn))
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, config: MiMoConfig) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None, config: MiMoConfig) -> torch.dtype | None:
+    """The dtype every weight is converted to, or ``None`` for ``"auto"`` (each tensor as stored)."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    name = dtype or "float32"
     if dtype in (None, "auto"):
-        name = config.torch_dtype if dtype == "auto" and config.torch_dtype else "float32"
+        return None
     try:
-        return _DTYPES[name]
+        return _DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unsupported dtype {dtype!r}; choose from {', '.join(_DTYPES)} or 'auto'") from None
+        raise ValueError(f"unsupported dtype {dtype!r}; choose 'auto' (as stored) or one of {', '.join(_DTYPES)}") \
+            from None
 
 
 def keep_router_fp32(model: CausalLM) -> None:
@@ -106,41 +115,102 @@ def _expected_shape(param: torch.Tensor, t: Target) -> tuple[int, ...]:
     return tuple(param.shape) if t.expert is None else tuple(param.shape[1:])
 
 
-def _read(f, hub: str, files: dict[str, str], dtype: torch.dtype, n_chunks: tuple[int, ...],
-          index: tuple[slice, ...] | None = None) -> torch.Tensor:
-    """One hub tensor as ``dtype`` (dequantized when FP8). ``index``: read only that slice of it, through
-    safetensors' ``get_slice`` (the rest is never read): how a tensor-parallel rank reads its shard."""
-    if index is not None:
-        if hub + SCALE_SUFFIX in files:
+def quantization_block(config: MiMoConfig) -> tuple[int, int]:
+    """The checkpoint's ``weight_block_size`` (128x128 when the config says none); other formats refused."""
+    q = config.quantization_config or {}
+    fmt = q.get("fmt", "e4m3")
+    if q.get("quant_method", "fp8") != "fp8" or fmt not in ("e4m3", "float8_e4m3fn"):
+        raise ValueError(f"quantization_config {q.get('quant_method')!r}/{fmt!r} is not supported: mimo reads FP8 "
+                         "e4m3 with block scales (quant_method 'fp8', fmt 'e4m3')")
+    return block_shape(q.get("weight_block_size") or 128)
+
+
+class _Reader:
+    """The directory's files, opened once each, and how to get one tensor out of them."""
+
+    def __init__(self, files: dict[str, str], infos: dict[str, TensorInfo], mmap_ok: bool) -> None:
+        self.files, self.infos = files, infos
+        self._open = {p: SafetensorsFile(p, mmap_ok) for p in sorted(set(files.values()))}
+        self.scratch = nan_scratch()  # one for the whole checkpoint
+
+    def info(self, hub: str) -> TensorInfo:
+        return self.infos[hub]
+
+    def view(self, hub: str) -> torch.Tensor:
+        return self._open[self.files[hub]].view(self.infos[hub])
+
+    def read(self, hub: str) -> torch.Tensor:
+        return self._open[self.files[hub]].read(self.infos[hub])
+
+    def read_into(self, hub: str, out: torch.Tensor) -> torch.Tensor:
+        return self._open[self.files[hub]].read_into(self.infos[hub], out)
+
+    def read_rows(self, hub: str, begin: int, end: int) -> torch.Tensor:
+        """Rows ``begin:end`` of a tensor, read without the rest: how a tensor-parallel rank reads its shard."""
+        if hub + SCALE_SUFFIX in self.files:
             raise NotImplementedError(f"{hub}: reading a slice of an FP8 tensor needs its scale blocks sliced too")
-        return f.get_slice(hub)[index].to(dtype)
-    t = f.get_tensor(hub)
-    scale_name = hub + SCALE_SUFFIX
-    if t.dtype in _FP8:
-        if scale_name not in files:
-            raise ValueError(f"FP8 tensor {hub} has no {scale_name}: FP8 weights must come with their block scales")
-        with safe_open(files[scale_name], framework="pt") as fs:
-            scale = fs.get_tensor(scale_name)
-        try:
-            return dequantize_block_fp8(t, scale, dtype, chunk_candidates=n_chunks)
-        except ValueError as e:
-            raise ValueError(f"{hub}: {e}") from None
-    if scale_name in files:
-        raise ValueError(f"{scale_name} given for {hub}, which is {t.dtype}, not FP8")
-    return t.to(dtype)
+        return self._open[self.files[hub]].read_rows(self.infos[hub], begin, end)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+
+
+def _scale(reader: _Reader, hub: str, info: TensorInfo) -> torch.Tensor | None:
+    """The block scales of ``hub`` when it is FP8 (an error when they are missing or it is not FP8)."""
+    name = hub + SCALE_SUFFIX
+    if info.dtype == FP8:
+        if name not in reader.files:
+            raise ValueError(f"FP8 tensor {hub} has no {name}: FP8 weights must come with their block scales")
+        return reader.read(name).float()
+    if info.dtype == torch.float8_e5m2:
+        raise ValueError(f"{hub} is float8_e5m2; mimo reads FP8 e4m3 (the release's format)")
+    if name in reader.files:
+        raise ValueError(f"{name} given for {hub}, which is {info.dtype}, not FP8")
+    return None
+
+
+def _fp8_rows(hub: str, info: TensorInfo, scale: torch.Tensor, block: tuple[int, int],
+              chunks: tuple[int, ...]) -> torch.Tensor:
+    rows, cols = info.shape
+    try:
+        check_scale_cols(cols, scale, block[1])
+        return scale_rows(rows, scale.shape[0], block[0], chunks)
+    except ValueError as e:
+        raise ValueError(f"{hub}: {e}") from None
+
+
+def _check_codes(hub: str, weight: torch.Tensor, scratch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    bad = nan_codes(weight, scratch)
+    if bad:
+        raise ValueError(f"FP8 tensor {hub} holds {bad} NaN code(s) (0x7f/0xff); mimo's FP8 kernels assume finite "
+                         "weights, so this checkpoint is refused")
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of the meta parameter or buffer ``name`` (floating weights stay trainable unless
+    FP8)."""
+    prefix, _, leaf = name.rpartition(".")
+    module = model.get_submodule(prefix) if prefix else model
+    if leaf in module._parameters:
+        grad = tensor.is_floating_point() and tensor.dtype != FP8
+        module._parameters[leaf] = nn.Parameter(tensor, requires_grad=grad)
+    else:
+        module._buffers[leaf] = tensor
 
 
 def load_pretrained(
     path: str | os.PathLike,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | str | None = "auto",
     model_cls: type[CausalLM] = CausalLM,
     config: MiMoConfig | None = None,
     progress: bool = False,
+    mmap: bool = True,
 ) -> CausalLM:
     """Build ``model_cls`` from a hub-layout directory; see the module docstring for the rules."""
     path = os.fspath(path)
     config = config or MiMoConfig.from_pretrained(path)
-    dtype = resolve_dtype(dtype, config)
+    target = resolve_dtype(dtype, config)
     files = weight_files(path)
     if config.num_mtp_layers and not any(k.startswith("model.mtp.") for k in files):
         # transformers drops model.mtp.* on load and so on save, but keeps the config field: a
@@ -152,44 +222,98 @@ def load_pretrained(
         model = model_cls(config)
     plan = _plan(model, files)
     meta = dict(model.state_dict(keep_vars=True))
+    infos = headers(files)
 
     # Shapes first, from headers only: a wrong checkpoint fails before reading gigabytes.
     bad = []
     for name, entries in plan.items():
         for hub, t in entries:
-            with safe_open(files[hub], framework="pt") as f:
-                shape = tuple(f.get_slice(hub).get_shape())
             want = _expected_shape(meta[name], t)
-            if shape != want:
-                bad.append(f"{hub}: shape {list(shape)}, expected {list(want)}")
+            if infos[hub].shape != want:
+                bad.append(f"{hub}: shape {list(infos[hub].shape)}, expected {list(want)}")
     if bad:
         raise ValueError(f"{len(bad)} tensor(s) have the wrong shape for this config: " + "; ".join(bad[:12]))
+    block = quantization_block(config) if any(i.dtype == FP8 for i in infos.values()) else (128, 128)
 
-    by_file: dict[str, list[tuple[str, str, Target]]] = defaultdict(list)
-    for name, entries in plan.items():
-        for hub, t in entries:
-            by_file[files[hub]].append((hub, name, t))
-    state: dict[str, torch.Tensor] = {}
-    total = sum(len(v) for v in by_file.values())
-    bar = tqdm(total=total, desc="loading weights", unit="tensor", disable=not progress)
-    for fname, items in by_file.items():
-        with safe_open(fname, framework="pt") as f:
-            for hub, name, t in items:
-                want = torch.float32 if name.endswith(KEEP_FP32) else dtype
-                chunks = _chunk_candidates(config, name)
-                x = _read(f, hub, files, want, chunks)
-                if t.expert is None:
-                    state[name] = x
-                else:
-                    if name not in state:
-                        state[name] = torch.empty(meta[name].shape, dtype=want, device="cpu")
-                    state[name][t.expert].copy_(x)
-                bar.update(1)
-    bar.close()
-    model.load_state_dict(state, strict=True, assign=True)
+    reader = _Reader(files, infos, mmap)
+    bar = tqdm(total=sum(len(v) for v in plan.values()), desc="loading weights", unit="tensor", disable=not progress)
+    try:
+        for name, entries in plan.items():
+            want = torch.float32 if name.endswith(KEEP_FP32) else target
+            if entries[0][1].expert is None:
+                _load_one(model, reader, name, entries[0][0], want, block, _chunk_candidates(config, name))
+            else:
+                _load_experts(model, reader, name, entries, meta[name].shape, want, block)
+            bar.update(len(entries))
+    finally:
+        bar.close()
+        reader.close()
     model.rotary = RotaryTables(config)  # non-persistent buffers: computed, never stored
+    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if missing:
+        raise AssertionError(f"tensors left unloaded: {missing[:8]}")  # _plan's strictness should make this impossible
     model.eval()
     return model
+
+
+def _load_one(model: CausalLM, reader: _Reader, name: str, hub: str, want: torch.dtype | None,
+              block: tuple[int, int], chunks: tuple[int, ...]) -> None:
+    info = reader.info(hub)
+    scale = _scale(reader, hub, info)
+    if scale is None:
+        if want is None or want == info.dtype:
+            _assign(model, name, reader.view(hub))  # as stored: zero-copy
+        else:
+            _assign(model, name, reader.read(hub).to(want))
+        return
+    rows = _fp8_rows(hub, info, scale, block, chunks)
+    prefix = name.rpartition(".")[0]
+    module = model.get_submodule(prefix)
+    if want is None and isinstance(module, Linear) and name.endswith(".weight"):
+        weight = reader.view(hub)
+        _check_codes(hub, weight, reader.scratch)
+        module.set_fp8(weight, scale, rows, block)
+        return
+    if want is None:  # an FP8 tensor where mimo computes in another dtype: dequantize to the model's own
+        want = torch.bfloat16
+        logger.warning("%s is FP8 but %s cannot compute with FP8 weights: dequantized to bfloat16", hub, prefix)
+    _assign(model, name, dequantize(reader.read(hub), scale, rows, block[1], want))
+
+
+def _load_experts(model: CausalLM, reader: _Reader, name: str, entries: list[tuple[str, Target]],
+                  shape: torch.Size, want: torch.dtype | None, block: tuple[int, int]) -> None:
+    """One stacked expert tensor from its per-expert hub tensors, each read straight into its slot."""
+    stored = {reader.info(hub).dtype for hub, _ in entries}
+    if len(stored) > 1:
+        raise ValueError(f"the experts of {name} are stored in different dtypes: {sorted(map(str, stored))}")
+    (dtype,) = stored
+    prefix, _, proj = name.rpartition(".")
+    module = model.get_submodule(prefix)
+    if dtype != FP8:
+        out = torch.empty(shape, dtype=want or dtype, device="cpu")
+        for hub, t in entries:
+            if out.dtype == dtype:
+                reader.read_into(hub, out[t.expert])
+            else:
+                out[t.expert].copy_(reader.read(hub))
+        _assign(model, name, out)
+        return
+    scales = {t.expert: _scale(reader, hub, reader.info(hub)) for hub, t in entries}
+    if len({tuple(s.shape) for s in scales.values()}) > 1:
+        raise ValueError(f"the experts of {name} have block-scale grids of different shapes")
+    rows = _fp8_rows(entries[0][0], reader.info(entries[0][0]), scales[0], block, ())
+    if want is None and isinstance(module, Experts):
+        out = torch.empty(shape, dtype=FP8, device="cpu")
+        for hub, t in entries:
+            _check_codes(hub, reader.read_into(hub, out[t.expert]), reader.scratch)
+        _assign(model, name, out)
+        module._buffers[f"{proj}_scale_inv"] = torch.stack([scales[e] for e in range(shape[0])])
+        module.block = block
+        return
+    out = torch.empty(shape, dtype=want or torch.bfloat16, device="cpu")
+    for hub, t in entries:
+        out[t.expert] = dequantize(reader.read(hub), scales[t.expert], rows, block[1], out.dtype)
+    _assign(model, name, out)
 
 
 def _chunk_candidates(config: MiMoConfig, name: str) -> tuple[int, ...]:

@@ -20,10 +20,13 @@ from mimo.model.causal_lm import CausalLM
 class MiMoForCausalLM(CausalLM):
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, dtype: torch.dtype | str | None = None, progress: bool = False
+        cls, path: str | os.PathLike, dtype: torch.dtype | str | None = "auto", progress: bool = False,
+        mmap: bool = True,
     ) -> MiMoForCausalLM:
-        """Load a hub-layout directory (``config.json`` + safetensors). ``dtype`` default float32; 'auto' = config's."""
-        return load_pretrained(path, dtype=dtype, model_cls=cls, progress=progress)  # type: ignore[return-value]
+        """Load a hub-layout directory (``config.json`` + safetensors). ``dtype="auto"`` keeps every tensor as
+        stored (FP8 stays FP8 with its scales); ``"float32"``/``"bfloat16"`` convert (dequantizing FP8).
+        ``mmap=False`` copies the weights into the process's memory instead of mapping the files."""
+        return load_pretrained(path, dtype=dtype, model_cls=cls, progress=progress, mmap=mmap)  # type: ignore
 
     @classmethod
     def from_config(cls, config: MiMoConfig, seed: int | None = 0, dtype: torch.dtype = torch.float32,
@@ -40,6 +43,10 @@ class MiMoForCausalLM(CausalLM):
         return model
 
     def save_pretrained(
-        self, path: str | os.PathLike, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: torch.dtype | None = None
+        self, path: str | os.PathLike, max_shard_bytes: int = DEFAULT_SHARD_BYTES, dtype: torch.dtype | None = None,
+        quantization: str | None = None, block: int | tuple[int, int] = 128,
     ) -> None:
-        save_pretrained(self, path, max_shard_bytes=max_shard_bytes, dtype=dtype)
+        """The hub layout (``quantization="fp8"``: the release's FP8 layout with ``block`` scales); see
+        :func:`mimo.checkpoint.export.save_pretrained`."""
+        save_pretrained(self, path, max_shard_bytes=max_shard_bytes, dtype=dtype, quantization=quantization,
+                        block=block)

@@ -10,7 +10,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="model directory (default: the shipped models/mimo-nano)")
     src.add_argument("--preset", help="benchmark a randomly initialised preset instead (e.g. bench)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto (default): a model's weights as stored, a preset in float32; or convert")
     p.add_argument("--device", default="cpu", help="where to run, e.g. cuda (default cpu)")
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -35,14 +36,14 @@ def run(args: argparse.Namespace) -> int:
     from mimo.utils.paths import resolve_model_dir
 
     runtime.configure(threads=args.threads)
-    dtype = getattr(torch, args.dtype)
+    dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
     prompts = None
     if args.preset:
         model = MiMoForCausalLM.from_config(preset(args.preset), seed=0, dtype=dtype, device=args.device)
         name = f"preset:{args.preset}"
     else:
         path = resolve_model_dir(args.model)
-        model, name = MiMoForCausalLM.from_pretrained(path, dtype=dtype).to(args.device), path
+        model, name = MiMoForCausalLM.from_pretrained(path, dtype=args.dtype).to(args.device), path
         prompts = _code_prompts(path)
     prepare_for_inference(model)
     k = model.config.num_mtp_layers if args.mtp is None else args.mtp

@@ -19,7 +19,11 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--mtp", type=int, default=0, metavar="K",
                    help="MTP speculative decoding with K draft tokens per step, 0-3 (default 0: off)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (default float32)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights dtype: auto (default) keeps each tensor as stored (FP8 stays FP8, bf16 bf16); "
+                        "float32 or bfloat16 convert them")
+    g.add_argument("--no-mmap", dest="mmap", action="store_false",
+                   help="copy the weights into memory instead of mapping the files (pages then stay resident)")
     g.add_argument("--device", default=None, help="where the model runs, e.g. cpu or cuda (default: cpu)")
     g.add_argument("--max-model-len", type=int, help="context length: prompt + completion tokens (default: the model's)")
     g.add_argument("--prefill-chunk", type=int, default=512,

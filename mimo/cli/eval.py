@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prompts", type=int, default=16)
     p.add_argument("--no-unigram", action="store_true", help="skip the unigram baseline (it tokenizes the train split)")
     p.add_argument("--cache-dir", default=None, help="token cache for the unigram baseline (default: a temp dir)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights dtype: auto (default) as stored, or convert")
     p.add_argument("--json-out", help="also write the report as JSON")
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model_dir(args.model)
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise ValueError(f"{path} has no tokenizer.json; mimo eval needs the model's tokenizer")
-    model = MiMoForCausalLM.from_pretrained(path)
+    model = MiMoForCausalLM.from_pretrained(path, dtype=args.dtype)
     prepare_for_inference(model)
     tok = Tokenizer.from_pretrained(path)
     train, held = split_files(stdlib_files())

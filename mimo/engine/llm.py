@@ -35,16 +35,19 @@ class LLM:
     subnormal flushing, heap reuse) and prepares the model (:func:`prepare_for_inference`; a model object
     passed in is changed in place). Engine settings are :class:`EngineConfig` fields, given as keywords
     (``num_speculative_tokens``, ``max_num_seqs``, ``max_model_len``, ``prefill_chunk``, ``compile``,
-    ``device``, ``cpu_kernels``) or as ``engine_config``. From a directory, the end-of-sequence ids of its
+    ``device``, ``cpu_kernels``) or as ``engine_config``. From a directory, ``dtype="auto"`` (the default) keeps
+    every weight as stored (the release's FP8 stays FP8; ``"float32"``/``"bfloat16"`` convert), ``mmap=False``
+    copies the weights into memory instead of mapping the files, and the end-of-sequence ids of its
     ``generation_config.json`` end sequences too (:attr:`generation_config`)."""
 
     def __init__(
         self,
         model: str | os.PathLike | MiMoForCausalLM,
-        dtype: str | torch.dtype = "float32",
+        dtype: str | torch.dtype = "auto",
         tokenizer: Tokenizer | None = None,
         attention_backend: str = "sdpa",
         engine_config: EngineConfig | None = None,
+        mmap: bool = True,
         **engine_settings: Any,
     ) -> None:
         config = engine_config or EngineConfig()
@@ -58,7 +61,7 @@ class LLM:
         if isinstance(model, str | os.PathLike):
             path = os.fspath(model)
             self.generation_config = GenerationConfig.from_pretrained(path)
-            self.model = MiMoForCausalLM.from_pretrained(path, dtype=dtype)
+            self.model = MiMoForCausalLM.from_pretrained(path, dtype=dtype, mmap=mmap)
             if tokenizer is None and os.path.exists(os.path.join(path, "tokenizer.json")):
                 tokenizer = Tokenizer.from_pretrained(path)
         else:

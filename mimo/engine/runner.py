@@ -41,8 +41,7 @@ class ModelRunner:
         self.model = model
         self.config = config
         self.k = k = config.num_speculative_tokens
-        weight = next(model.parameters())
-        self.device, self.dtype = weight.device, weight.dtype
+        self.device, self.dtype = model.device, model.dtype
         if config.cpu_kernels and self.device.type == "cpu" and self.dtype in kernels.DTYPES:
             # mimo's decode kernels, built (once per machine) or loaded now rather than in the first step: the
             # choice is fixed before a compiled step is traced, and a build's notice comes before any output.

@@ -76,6 +76,15 @@ class CausalLM(nn.Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.rotary = RotaryTables(config)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activations' dtype: the embedding's (weights kept as FP8 compute in it)."""
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
     # ------------------------------------------------------------------ forward pieces
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the compiled decode's ids come from the engine, checked on entry
@@ -171,6 +180,16 @@ class CausalLM(nn.Module):
         for m in self.modules():
             if isinstance(m, Attention | MLP):
                 m.fuse_projections()
+
+    @torch.no_grad()
+    def dequantize_(self, dtype: torch.dtype = torch.bfloat16) -> CausalLM:
+        """Convert every weight held as FP8 to ``dtype``, in place, one tensor (one expert) at a time: e.g. to
+        fine-tune a released checkpoint, or to save it unquantized. Fused projections are undone first."""
+        self.unfuse_projections()
+        for m in self.modules():
+            if isinstance(m, Linear | Experts):
+                m.dequantize_(dtype)
+        return self
 
     def unfuse_projections(self) -> None:
         """Undo :meth:`fuse_projections` (each weight gets its own storage again), e.g. to train the model."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from mimo.config import MiMoConfig
 from mimo.ops.attention import Visibility, attention
-from mimo.ops.fp8 import BLOCK, FP8
+from mimo.ops.fp8 import BLOCK, FP8, dequantize, scale_rows
 from mimo.ops.linear import linear
 from mimo.ops.moe import experts_forward, route
 from mimo.ops.norm import rms_norm
@@ -59,19 +59,28 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
         self.register_buffer("weight_scale_inv", None)
         self.register_buffer("scale_row", None, persistent=False)
-        self.block_cols = BLOCK
+        self.block = (BLOCK, BLOCK)  # the checkpoint's weight_block_size (rows, cols)
 
     @property
     def is_fp8(self) -> bool:
         return self.weight.dtype == FP8
 
-    def set_fp8(self, weight: torch.Tensor, scale: torch.Tensor, scale_row: torch.Tensor, block_cols: int) -> None:
+    def set_fp8(self, weight: torch.Tensor, scale: torch.Tensor, scale_row: torch.Tensor,
+                block: tuple[int, int]) -> None:
         """Hold ``weight`` as FP8 with its scales (a frozen parameter: FP8 weights are not trained)."""
         self.weight = nn.Parameter(weight, requires_grad=False)
-        self.weight_scale_inv, self.scale_row, self.block_cols = scale, scale_row, block_cols
+        self.weight_scale_inv, self.scale_row, self.block = scale, scale_row, block
+
+    @torch.no_grad()
+    def dequantize_(self, dtype: torch.dtype) -> None:
+        """Hold the weight in ``dtype`` instead of FP8 (a trainable parameter again)."""
+        if self.is_fp8:
+            w = dequantize(self.weight, self.weight_scale_inv, self.scale_row, self.block[1], dtype)
+            self.weight = nn.Parameter(w)
+            self.weight_scale_inv = self.scale_row = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.weight_scale_inv, self.scale_row, self.block_cols)
+        return linear(x, self.weight, self.weight_scale_inv, self.scale_row, self.block[1])
 
 
 def fuse_linears(*linears: Linear) -> Fused | None:
@@ -80,7 +89,7 @@ def fuse_linears(*linears: Linear) -> Fused | None:
     scales (each keeps its own grid: the row index is shifted). None when the members' kinds differ."""
     fp8 = {m.is_fp8 for m in linears}
     if len(fp8) > 1 or len({m.weight.dtype for m in linears}) > 1 or (
-            fp8 == {True} and len({m.block_cols for m in linears}) > 1):
+            fp8 == {True} and len({m.block for m in linears}) > 1):
         return None
     fused = torch.cat([m.weight.detach() for m in linears], dim=0)
     scale = scale_row = None
@@ -93,7 +102,7 @@ def fuse_linears(*linears: Linear) -> Fused | None:
         n = m.weight.shape[0]
         m.weight.data = fused[offset : offset + n]
         offset += n
-    return Fused(fused, linears, scale, scale_row, linears[0].block_cols)
+    return Fused(fused, linears, scale, scale_row, linears[0].block[1])
 
 
 class Fused:
@@ -261,6 +270,20 @@ class Experts(nn.Module):
     @property
     def is_fp8(self) -> bool:
         return self.gate_proj.dtype == FP8
+
+    @torch.no_grad()
+    def dequantize_(self, dtype: torch.dtype) -> None:
+        """Hold the experts in ``dtype`` instead of FP8 (trainable parameters again)."""
+        if not self.is_fp8:
+            return
+        for name in self.PROJECTIONS:
+            w, scale = getattr(self, name), getattr(self, f"{name}_scale_inv")
+            rows = scale_rows(w.shape[1], scale.shape[1], self.block[0], device=w.device)
+            out = torch.empty(w.shape, dtype=dtype, device=w.device)
+            for e in range(w.shape[0]):  # one expert at a time: never the layer in fp32 beside its FP8
+                out[e] = dequantize(w[e], scale[e], rows, self.block[1], dtype)
+            setattr(self, name, nn.Parameter(out))
+            setattr(self, f"{name}_scale_inv", None)
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
         scales = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -120,7 +121,23 @@ def quantize_block_fp8(
     return q, scales.reshape(n_chunks * per, nc).contiguous()
 
 
-def nan_codes(weight: torch.Tensor, step: int = 1 << 24) -> int:
-    """How many codes of an FP8 tensor are NaN (0x7f / 0xff): read in slices, never widened whole."""
-    flat = weight.reshape(-1).view(torch.uint8)
-    return sum(int(((flat[i : i + step] & 0x7F) == 0x7F).sum()) for i in range(0, flat.numel(), step))
+def nan_scratch(step: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Buffers for :func:`nan_codes`, made once for a whole checkpoint."""
+    return np.empty(step, dtype=np.uint8), np.empty(step, dtype=np.bool_)
+
+
+def nan_codes(weight: torch.Tensor, scratch: tuple[np.ndarray, np.ndarray] | None = None) -> int:
+    """How many codes of a CPU FP8 tensor are NaN (0x7f / 0xff), read in slices through ``scratch``
+    (:func:`nan_scratch`). Single-threaded NumPy into reused buffers: checking a whole checkpoint then
+    allocates nothing (per-weight temporaries fragment the heap, and freed pages stay resident)."""
+    flat = weight.reshape(-1).view(torch.uint8).numpy()
+    masked, hit = scratch or nan_scratch(min(1 << 20, max(1, flat.size)))
+    step = masked.size
+    bad = 0
+    for i in range(0, flat.size, step):
+        part = flat[i : i + step]
+        m, h = masked[: part.size], hit[: part.size]
+        np.bitwise_and(part, 0x7F, out=m)
+        np.equal(m, 0x7F, out=h)
+        bad += int(np.count_nonzero(h))
+    return bad

@@ -62,14 +62,14 @@ def test_fp8_checkpoint_loads_as_plain_dequantization(tmp_path):
     cfg = _fp8_config()
     random_model(cfg, seed=0).save_pretrained(tmp_path / "bf")
     oracle = _quantize_dir(tmp_path / "bf", tmp_path / "fp8", cfg)
-    model = MiMoForCausalLM.from_pretrained(tmp_path / "fp8")
+    model = MiMoForCausalLM.from_pretrained(tmp_path / "fp8", dtype="float32")  # an explicit dtype dequantizes
     sd = model.state_dict()
     assert torch.equal(sd["model.layers.0.self_attn.k_proj.weight"], oracle["model.layers.0.self_attn.k_proj.weight"])
     assert torch.equal(sd["model.mtp.layers.0.mlp.down_proj.weight"], oracle["model.mtp.layers.0.mlp.down_proj.weight"])
     assert torch.equal(sd["model.layers.1.mlp.experts.up_proj"][3], oracle["model.layers.1.mlp.experts.3.up_proj.weight"])
     assert torch.equal(sd["model.layers.1.mlp.experts.down_proj"][5], oracle["model.layers.1.mlp.experts.5.down_proj.weight"])
     # and the model still computes something close to the unquantized one
-    ref = MiMoForCausalLM.from_pretrained(tmp_path / "bf")
+    ref = MiMoForCausalLM.from_pretrained(tmp_path / "bf", dtype="float32")
     ids = torch.randint(0, 64, (1, 10), generator=torch.Generator().manual_seed(0))  # not the global RNG: order-independent
     with torch.no_grad():
         assert (model(ids).logits - ref(ids).logits).abs().max() < 0.05
