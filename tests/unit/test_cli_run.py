@@ -78,3 +78,31 @@ def test_bench_and_eval_print_the_machine_and_partial_results(model_dir, capsys)
     out = capsys.readouterr().out
     assert " on " in out.splitlines()[0] and "cores" in out.splitlines()[0]
     assert "prefill:" in out and json.loads(out.strip().splitlines()[-1])["machine"]
+
+
+def test_quantize_writes_a_release_fp8_model_that_loads_fp8(model_dir, tmp_path, capsys):
+    import torch
+
+    from mimo.checkpoint import MiMoForCausalLM
+
+    out = tmp_path / "fp8"
+    assert main(["quantize", "--in", model_dir, "--out", str(out), "--block", "16"]) == 0
+    assert "->" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "fp8"
+    assert cfg["quantization_config"]["weight_block_size"] == [16, 16]
+    assert (out / "tokenizer.json").exists()
+    model = MiMoForCausalLM.from_pretrained(str(out))
+    assert any(p.dtype == torch.float8_e4m3fn for p in model.parameters())
+    wide = MiMoForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    a = wide(ids).logits.float()
+    b = MiMoForCausalLM.from_pretrained(str(out), dtype=torch.float32)(ids).logits.float()  # widened at load
+    assert (a - b).abs().max() < 0.15 * a.abs().max()  # quantization noise, not a different model
+    # the generate command runs it as FP8
+    assert main(["generate", "--model", str(out), "def f(x):", "--max-tokens", "4"]) == 0
+    # refusals: same directory, non-empty target
+    assert main(["quantize", "--in", model_dir, "--out", model_dir]) == 2
+    assert "--out must not be --in" in capsys.readouterr().err
+    assert main(["quantize", "--in", model_dir, "--out", str(out)]) == 2
+    assert "already holds a model" in capsys.readouterr().err
