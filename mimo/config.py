@@ -509,6 +509,9 @@ def _flash() -> MiMoConfig:
         swa_num_attention_heads=64, swa_num_key_value_heads=8, swa_head_dim=192, swa_v_head_dim=128,
         sliding_window=129, n_routed_experts=256, num_experts_per_tok=8, num_nextn_predict_layers=3,
         max_position_embeddings=262144, eos_token_id=151645, pad_token_id=151643, torch_dtype="bfloat16",
+        quantization_config={  # as released: FP8 e4m3 in 128x128 blocks, attention output projections in bf16
+            "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128],
+            "ignored_layers": [f"model.layers.{i}.self_attn.o_proj" for i in range(48)]},
     )
 
 

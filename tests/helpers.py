@@ -110,7 +110,7 @@ def random_fp8_checkpoint(config: MiMoConfig, directory, block: int = 128, seed:
 
     from safetensors.torch import save_file
 
-    from mimo.checkpoint.export import _chunks, quantization_config, quantized_in_release
+    from mimo.checkpoint.export import quantization_config, quantized_in_release, scale_chunks
     from mimo.checkpoint.hf_keys import param_to_hub
 
     with torch.device("meta"):
@@ -130,7 +130,7 @@ def random_fp8_checkpoint(config: MiMoConfig, directory, block: int = 128, seed:
                 codes = pool[idx] if idx is not None else pool[cursor : cursor + n].clone()
                 cursor = (cursor + 4099 * (1 + n // 4099)) % pool.numel()
                 out[hub] = codes.view(shape).view(torch.float8_e4m3fn)
-                n_chunks = _chunks(meta, hub)
+                n_chunks = scale_chunks(config, hub)
                 rows = n_chunks * math.ceil(shape[0] // n_chunks / block)
                 out[hub + "_scale_inv"] = torch.rand(rows, math.ceil(shape[1] / block), generator=g) * 1e-3 + 1e-4
             elif hub.endswith((".mlp.gate.weight", ".mlp.gate.e_score_correction_bias")):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from mimo.checkpoint.hf_keys import SCALE_SUFFIX, param_to_hub
-from mimo.config import FULL
+from mimo.config import FULL, MiMoConfig
 from mimo.model.causal_lm import CausalLM
 from mimo.model.layers import Experts, Linear
 from mimo.ops.fp8 import FP8, block_shape, quantize_block_fp8
@@ -51,9 +51,8 @@ def quantization_config(block: tuple[int, int], model: CausalLM) -> dict:
             "ignored_layers": ignored}
 
 
-def _chunks(model: CausalLM, hub: str) -> int:
+def scale_chunks(cfg: MiMoConfig, hub: str) -> int:
     """Row chunks of a weight's scale grid: the release quantized the full-attention k_proj per KV head."""
-    cfg = model.config
     if hub.endswith(".self_attn.k_proj.weight") and ".mtp." not in hub:
         layer = int(hub.split(".layers.")[1].split(".")[0])
         if cfg.layer_types[layer] == FULL:
@@ -144,7 +143,7 @@ def _stored_tensors(model: CausalLM, dtype: torch.dtype | None, quantization: st
         elif x.dtype == FP8 or hub.endswith(SCALE_SUFFIX):
             yield hub, x.contiguous()  # held as FP8 (its scales come as their own tensors)
         elif quantization == "fp8" and quantized_in_release(hub) and x.ndim == 2:
-            q, scale = quantize_block_fp8(x, block, n_chunks=_chunks(model, hub))
+            q, scale = quantize_block_fp8(x, block, n_chunks=scale_chunks(model.config, hub))
             yield hub, q
             yield hub + SCALE_SUFFIX, scale
         elif x.is_floating_point():

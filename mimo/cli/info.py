@@ -1,5 +1,9 @@
 """``mimo info``: parameter counts (total, active per token, per MTP block), KV-cache bytes per token,
-and the weights a decode step reads (batch 1, batch 8, speculative), which bound memory-bound decode."""
+and the weights a decode step reads (batch 1, batch 8, speculative), which bound memory-bound decode.
+
+``--plan`` adds a memory plan read from the checkpoint's headers (or its config and index alone, before
+the shards are downloaded): weight bytes by dtype as stored, memory on one host for each load dtype, the
+KV cache for a context and number of sequences, and per-device bytes for tensor/expert-parallel layouts."""
 
 from __future__ import annotations
 
@@ -16,6 +20,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="a model directory in the Hugging Face layout (reads config.json only)")
     p.add_argument("--kv-dtype-bytes", type=int, default=2, help="bytes per cached K/V number (default 2: bf16)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plan = p.add_argument_group("memory plan")
+    plan.add_argument("--plan", action="store_true",
+                      help="weights by dtype as stored, memory per load dtype, KV cache, per-device layouts")
+    plan.add_argument("--context", type=int, default=32768, help="tokens per sequence for the KV cache (32768)")
+    plan.add_argument("--seqs", type=int, default=8, help="sequences cached at once (8)")
+    plan.add_argument("--devices", default="8",
+                      help="device counts to lay the model out over, comma-separated (default 8)")
+    plan.add_argument("--device-gb", type=float, default=141.0,
+                      help="memory per device in GB (default 141: an H200)")
 
 
 def _b(n: int) -> str:
@@ -30,6 +43,82 @@ def _bytes(n: float) -> str:
     raise AssertionError
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.2f} MB"
+
+
+def _plan(cfg: MiMoConfig, directory: str | None, args: argparse.Namespace) -> dict:
+    from mimo.checkpoint.memory_plan import (
+        bytes_by_dtype,
+        kv_bytes_per_device,
+        layouts_for,
+        loaded_bytes,
+        per_device_bytes,
+        stored_tensors,
+    )
+
+    if args.context < 1 or args.seqs < 1:
+        raise ValueError("--context and --seqs must be positive")
+    try:
+        devices = sorted({int(d) for d in args.devices.split(",")})
+    except ValueError:
+        raise ValueError(f"--devices takes comma-separated counts, e.g. 4,8; got {args.devices!r}") from None
+    if not devices or devices[0] < 1:
+        raise ValueError("--devices must be positive")
+    tensors, source = stored_tensors(directory, cfg)
+    context = min(args.context, cfg.max_position_embeddings)
+    host_kv = kv_sizes(cfg, args.kv_dtype_bytes).total_bytes(context) * args.seqs
+    rows = []
+    for n in devices:
+        for lay in layouts_for(n):
+            why = lay.invalid(cfg)
+            w = None if why else per_device_bytes(cfg, tensors, lay)
+            kv = None if why else kv_bytes_per_device(cfg, lay, context, args.seqs, args.kv_dtype_bytes)
+            rows.append({"layout": lay.name, "devices": lay.devices, "tp": lay.tp, "ep": lay.ep, "dp": lay.dp,
+                         "weights_bytes": w, "weights_bytes_bfloat16": None if why else
+                         per_device_bytes(cfg, tensors, lay, "bfloat16"),
+                         "kv_cache_bytes": kv, "free_bytes": None if why else args.device_gb * 1e9 - w - kv,
+                         "invalid": why})
+    return {
+        "source": source,
+        "stored": {k: {"bytes": b, "tensors": n} for k, (b, n) in bytes_by_dtype(tensors).items()},
+        "stored_total_bytes": sum(t.nbytes for t in tensors),
+        "one_host_weights_bytes": {d: sum(loaded_bytes(t, d) for t in tensors)
+                                   for d in ("auto", "bfloat16", "float32")},
+        "kv_cache": {"context": context, "seqs": args.seqs, "dtype_bytes": args.kv_dtype_bytes,
+                     "one_host_bytes": host_kv},
+        "device_gb": args.device_gb,
+        "layouts": rows,
+    }
+
+
+def _plan_lines(p: dict) -> list[str]:
+    kv = p["kv_cache"]
+    lines = [f"memory plan (from {p['source']}; GB = 1e9 bytes)", "  weights as stored"]
+    for dt, d in p["stored"].items():
+        lines.append(f"    {dt:<15} {_gb(d['bytes']):>12}  ({d['tensors']} tensors)")
+    lines += [f"    {'total':<15} {_gb(p['stored_total_bytes']):>12}",
+              "  weights in memory on one host, by load dtype"]
+    for dt, b in p["one_host_weights_bytes"].items():
+        what = {"auto": "as stored, FP8 kept: the default", "bfloat16": "FP8 widened, scales dropped",
+                "float32": "everything widened"}[dt]
+        lines.append(f"    --dtype {dt:<9} {_gb(b):>12}  ({what})")
+    lines.append(f"  KV cache: {kv['seqs']} sequence{'s' * (kv['seqs'] > 1)} x {kv['context']} tokens "
+                 f"({kv['dtype_bytes']} bytes per number): {_gb(kv['one_host_bytes'])} on one host")
+    lines += [f"  per device, {p['device_gb']:g} GB each (--dtype auto; KV cache as above, split as the layout "
+              "splits it)",
+              f"    {'layout':<24} {'weights':>10} {'(bf16)':>10} {'KV cache':>10} {'free':>10}"]
+    for r in p["layouts"]:
+        if r["invalid"]:
+            lines.append(f"    {r['layout']:<24} not possible: {r['invalid']}")
+            continue
+        free = r["free_bytes"]
+        lines.append(f"    {r['layout']:<24} {_gb(r['weights_bytes']):>10} {_gb(r['weights_bytes_bfloat16']):>10} "
+                     f"{_gb(r['kv_cache_bytes']):>10} {_gb(free) if free >= 0 else 'over by ' + _gb(-free):>10}")
+    lines.append("  (free: what is left for activations, the engine's workspace and the runtime itself)")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     if args.model:
         cfg = MiMoConfig.from_pretrained(args.model)
@@ -42,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     contexts = [c for c in (4096, 32768, 262144) if c <= cfg.max_position_embeddings] or [cfg.max_position_embeddings]
     one, eight = params_read_per_step(cfg, 1), params_read_per_step(cfg, 8)
     spec = {k: speculative_params_per_step(cfg, k) for k in range(1, cfg.num_mtp_layers + 1)}
+    plan = _plan(cfg, args.model, args) if args.plan else None
     if args.json:
         print(json.dumps({
             "model": name, "parameters": {**pc.__dict__, "total_with_mtp": pc.total_with_mtp},
@@ -50,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
             "kv_cache": {**kv.__dict__, "per_context": {str(c): {"hybrid": kv.total_bytes(c),
                                                                  "all_full": kv.total_bytes_all_full(c)}
                                                         for c in contexts}},
+            **({"plan": plan} if plan else {}),
         }, indent=2))
         return 0
     n_full, n_slide = kv.full_layers, kv.sliding_layers
@@ -86,5 +177,7 @@ def run(args: argparse.Namespace) -> int:
     for k, v in spec.items():
         lines.append(f"  MTP k={k}: {_b(v)} ({k} draft{'s' * (k > 1)} + a verify of {k + 1} tokens): pays only above an "
                      f"acceptance length of {v / one:.2f} (at most {k + 1})")
+    if plan:
+        lines += _plan_lines(plan)
     print("\n".join(lines))
     return 0

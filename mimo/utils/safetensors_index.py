@@ -55,11 +55,28 @@ def weight_files(directory: str) -> dict[str, str]:
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {directory}")
 
 
-def count_mtp_layers(directory: str) -> int:
-    """How many ``model.mtp.layers.N`` blocks the checkpoint holds (0 when it has none or no weights yet)."""
+def index_names(directory: str) -> list[str] | None:
+    """The tensor names ``model.safetensors.index.json`` lists (None without an index), whether or not the
+    shards it names are present: enough to know what a checkpoint holds before downloading it."""
+    index = os.path.join(os.fspath(directory), "model.safetensors.index.json")
+    if not os.path.exists(index):
+        return None
     try:
-        names = weight_files(directory)
-    except (FileNotFoundError, ValueError):
-        return 0
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index} is not valid JSON: {e}") from e
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index} has no 'weight_map' object")
+    return list(weight_map)
+
+
+def count_mtp_layers(directory: str) -> int:
+    """How many ``model.mtp.layers.N`` blocks the checkpoint holds: from the index when there is one (its
+    shards need not be present), else from the safetensors headers; 0 when the directory has no weights."""
+    names = index_names(directory)
+    if names is None:
+        has_weights = any(p.endswith(".safetensors") for p in os.listdir(directory))
+        names = list(weight_files(directory)) if has_weights else []
     ids = {int(m.group(1)) for n in names if (m := _MTP_KEY.match(n))}
     return max(ids) + 1 if ids else 0
