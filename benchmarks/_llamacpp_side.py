@@ -104,6 +104,32 @@ def serve(llm, args: argparse.Namespace) -> None:
             print(json.dumps({"error": f"unknown request {what!r}"}), flush=True)
 
 
+def bytes_per_token(gguf: str) -> int:
+    """Bytes a batch-1 decode step reads from this GGUF: every tensor once, except the token embedding (one
+    row) and the routed experts (``*_exps``: top-k of them)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(gguf)
+    kv = {f.name: f for f in reader.fields.values()}
+
+    def field(suffix: str) -> int | None:
+        for name, f in kv.items():
+            if name.endswith(suffix):
+                return int(f.parts[f.data[0]][0])
+        return None
+
+    n_exp, k = field(".expert_count"), field(".expert_used_count")
+    total = 0
+    for t in reader.tensors:
+        if t.name == "token_embd.weight":
+            total += int(t.n_bytes) // int(t.shape[-1] if len(t.shape) > 1 else 1)  # one row of the table
+        elif "_exps" in t.name and n_exp and k:
+            total += int(t.n_bytes) * k // n_exp
+        else:
+            total += int(t.n_bytes)
+    return total
+
+
 def measure(gguf: str, args: argparse.Namespace) -> dict:
     llm = load(gguf, args)
     long_prompt = prompt_ids(llm, args.prefill_tokens)
@@ -129,6 +155,8 @@ def main() -> None:
     if not os.path.exists(gguf):  # converted once per checkpoint, measured every round
         convert(args.converter, args.model_dir, gguf, args.outtype)
     if args.serve:
+        print(json.dumps({"bytes_per_token": bytes_per_token(gguf), "gguf_bytes": os.path.getsize(gguf)}),
+              flush=True)
         serve(load(gguf, args), args)
         return
     res = measure(gguf, args)
@@ -136,6 +164,7 @@ def main() -> None:
 
     res["llamacpp_version"] = llama_cpp.__version__
     res["llamacpp_gguf_bytes"] = os.path.getsize(gguf)
+    res["llamacpp_bytes_per_token"] = bytes_per_token(gguf)
     print(json.dumps(res))
 
 

@@ -116,12 +116,14 @@ def llamacpp(args: argparse.Namespace, path: str, outtype: str) -> dict:
 
 
 class LlamaServer:
-    """llama.cpp F32 loaded once in its own interpreter (``_llamacpp_side.py --serve``): one
-    measurement per request."""
+    """llama.cpp loaded once in its own interpreter (``_llamacpp_side.py --serve``), converted to ``outtype``
+    (f32, f16, bf16, q8_0): one measurement per request. ``info``: the GGUF's size and the bytes a batch-1
+    decode step reads from it."""
 
-    def __init__(self, path: str, args: argparse.Namespace) -> None:
-        self.proc = subprocess.Popen(_llama_cmd(args, path, "f32") + ["--serve"], stdin=subprocess.PIPE,
+    def __init__(self, path: str, args: argparse.Namespace, outtype: str = "f32") -> None:
+        self.proc = subprocess.Popen(_llama_cmd(args, path, outtype) + ["--serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
+        self.info = self._read()
         self._read()  # ready
 
     def _read(self) -> dict:

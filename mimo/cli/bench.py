@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mimo.cli.engine_args import add_compute_dtype
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
@@ -12,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", help="benchmark a randomly initialised preset instead (e.g. bench)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto (default): a model's weights as stored, a preset in float32; or convert")
+    add_compute_dtype(p)
     p.add_argument("--device", default="cpu", help="where to run, e.g. cuda (default cpu)")
     p.add_argument("--prefill-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         path = resolve_model_dir(args.model)
         model, name = MiMoForCausalLM.from_pretrained(path, dtype=args.dtype).to(args.device), path
         prompts = _code_prompts(path)
-    prepare_for_inference(model)
+    prepare_for_inference(model, compute_dtype=args.compute_dtype)
     k = model.config.num_mtp_layers if args.mtp is None else args.mtp
     batches = [int(x) for x in args.batches.split(",")]
     runs = [(b, mtp) for b in batches for mtp in sorted({0, k})]

@@ -22,6 +22,7 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights dtype: auto (default) keeps each tensor as stored (FP8 stays FP8, bf16 bf16); "
                         "float32 or bfloat16 convert them")
+    add_compute_dtype(g)
     g.add_argument("--no-mmap", dest="mmap", action="store_false",
                    help="copy the weights into memory instead of mapping the files (pages then stay resident)")
     g.add_argument("--device", default=None, help="where the model runs, e.g. cpu or cuda (default: cpu)")
@@ -34,6 +35,13 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
                         "without --mtp is usually fastest (benchmarks/README.md, 'MTP at batch 1 on a CPU')")
     if batch:
         g.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together (default 16)")
+
+
+def add_compute_dtype(g) -> None:
+    g.add_argument("--compute-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="activations' dtype: auto (default) is float32 on a CPU whatever the weights are held in "
+                        "(decode reads the same weight bytes; speculative and plain greedy outputs stay identical), "
+                        "the weights' dtype on a GPU")
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:

@@ -9,6 +9,8 @@ import os
 import tempfile
 from dataclasses import asdict
 
+from mimo.cli.engine_args import add_compute_dtype
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory with tokenizer files (default: the shipped models/mimo-nano)")
@@ -23,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="token cache for the unigram baseline (default: a temp dir)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights dtype: auto (default) as stored, or convert")
+    add_compute_dtype(p)
     p.add_argument("--json-out", help="also write the report as JSON")
 
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         raise ValueError(f"{path} has no tokenizer.json; mimo eval needs the model's tokenizer")
     model = MiMoForCausalLM.from_pretrained(path, dtype=args.dtype)
-    prepare_for_inference(model)
+    prepare_for_inference(model, compute_dtype=args.compute_dtype)
     tok = Tokenizer.from_pretrained(path)
     train, held = split_files(stdlib_files())
     held = [(rel, p) for rel, p in held if not any(fnmatch.fnmatch(rel, g) for g in args.exclude)]

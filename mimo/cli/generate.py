@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt:
         raise ValueError("give a prompt: mimo generate 'def fib(n):'  (or --prompt TEXT, or - to read standard input)")
-    llm = LLM(resolve_model_dir(args.model), dtype=args.dtype, mmap=args.mmap, engine_config=engine_config(args))
+    llm = LLM(resolve_model_dir(args.model), dtype=args.dtype, compute_dtype=args.compute_dtype, mmap=args.mmap,
+              engine_config=engine_config(args))
     if llm.tokenizer is None:
         raise ValueError("this model directory has no tokenizer.json; mimo generate needs one")
     params = SamplingParams(

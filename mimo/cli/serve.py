@@ -113,7 +113,7 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     if not _is_loopback(args.host) and api_key is None:
         logger.warning("serving on %s without an API key: anyone who can reach the port can use the model", args.host)
     gen = _generation_config(args.generation_config, path)
-    llm = LLM(path, dtype=args.dtype, mmap=args.mmap, engine_config=config)
+    llm = LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, mmap=args.mmap, engine_config=config)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name

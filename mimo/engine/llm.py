@@ -19,10 +19,25 @@ from mimo.tokenizer import Tokenizer
 from mimo.utils import runtime
 
 
-def prepare_for_inference(model: CausalLM, attention_backend: str = "sdpa") -> CausalLM:
-    """The model as the engine runs it best: no gradients, the given attention backend, q/k/v and gate/up fused
-    (:meth:`CausalLM.fuse_projections`). Returns the same model, changed in place."""
+def resolve_compute_dtype(model: CausalLM, compute_dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """``"auto"``: float32 on a CPU (weights stay as held; see :meth:`CausalLM.set_compute_dtype`), the
+    embedding's dtype elsewhere (a GPU computes bf16 natively)."""
+    if compute_dtype == "auto":
+        return torch.float32 if model.device.type == "cpu" else model.model.embed_tokens.weight.dtype
+    if isinstance(compute_dtype, str):
+        if compute_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"compute_dtype must be auto, float32, bfloat16 or float16, got {compute_dtype!r}")
+        return getattr(torch, compute_dtype)
+    return compute_dtype
+
+
+def prepare_for_inference(model: CausalLM, attention_backend: str = "sdpa",
+                          compute_dtype: str | torch.dtype = "auto") -> CausalLM:
+    """The model as the engine runs it best: no gradients, the given attention backend, activations in the
+    compute dtype (:func:`resolve_compute_dtype`), q/k/v and gate/up fused (:meth:`CausalLM.fuse_projections`).
+    Returns the same model, changed in place."""
     model.requires_grad_(False)
+    model.set_compute_dtype(resolve_compute_dtype(model, compute_dtype))
     model.set_attention_backend(attention_backend)
     model.fuse_projections()
     return model
@@ -36,7 +51,8 @@ class LLM:
     passed in is changed in place). Engine settings are :class:`EngineConfig` fields, given as keywords
     (``num_speculative_tokens``, ``max_num_seqs``, ``max_model_len``, ``prefill_chunk``, ``compile``,
     ``device``, ``cpu_kernels``) or as ``engine_config``. From a directory, ``dtype="auto"`` (the default) keeps
-    every weight as stored (the release's FP8 stays FP8; ``"float32"``/``"bfloat16"`` convert), ``mmap=False``
+    every weight as stored (the release's FP8 stays FP8; ``"float32"``/``"bfloat16"`` convert), ``compute_dtype``
+is the activations' (``"auto"``: float32 on a CPU over whatever the weights are held in), ``mmap=False``
     copies the weights into memory instead of mapping the files, and the end-of-sequence ids of its
     ``generation_config.json`` end sequences too (:attr:`generation_config`)."""
 
@@ -48,6 +64,7 @@ class LLM:
         attention_backend: str = "sdpa",
         engine_config: EngineConfig | None = None,
         mmap: bool = True,
+        compute_dtype: str | torch.dtype = "auto",
         **engine_settings: Any,
     ) -> None:
         config = engine_config or EngineConfig()
@@ -68,7 +85,7 @@ class LLM:
             self.model = model
         if config.device is not None:
             self.model.to(config.device)
-        prepare_for_inference(self.model, attention_backend)
+        prepare_for_inference(self.model, attention_backend, compute_dtype)
         self.tokenizer = tokenizer
         self.last_output: RequestOutput | None = None  # the final output of the last stream()
         self.engine = Engine(self.model, tokenizer, config, eos_token_ids=self.generation_config.eos_token_ids)

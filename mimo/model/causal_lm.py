@@ -75,11 +75,22 @@ class CausalLM(nn.Module):
         self.model = Backbone(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.rotary = RotaryTables(config)
+        self.compute_dtype: torch.dtype | None = None  # see set_compute_dtype
 
     @property
     def dtype(self) -> torch.dtype:
-        """The activations' dtype: the embedding's (weights kept as FP8 compute in it)."""
-        return self.model.embed_tokens.weight.dtype
+        """The activations' dtype: the compute dtype if one was set (:meth:`set_compute_dtype`), else the
+        embedding's. Weights held narrower (bf16, FP8) are read into it."""
+        return self.compute_dtype or self.model.embed_tokens.weight.dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """Carry activations (hidden states, logits, the engine's KV cache) in ``dtype`` whatever dtype the
+        weights are held in; None: in the embedding's dtype. float32 activations over bf16 or FP8 weights is
+        what the engine does on a CPU: decode reads the same weight bytes, and a decode step and a speculative
+        verify of the same tokens then agree to fp32 rounding, not bf16's (greedy outputs stay identical)."""
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"compute dtype must be float32, bfloat16 or float16, got {dtype}")
+        self.compute_dtype = dtype
 
     @property
     def device(self) -> torch.device:
@@ -87,14 +98,14 @@ class CausalLM(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # the compiled decode's ids come from the engine, checked on entry
-            return self.model.embed_tokens(input_ids)
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"token ids must be in [0, {self.config.vocab_size}); got range "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
-        return self.model.embed_tokens(input_ids)
+        if not torch.compiler.is_compiling():  # the compiled decode's ids come from the engine, checked on entry
+            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+                raise ValueError(
+                    f"token ids must be in [0, {self.config.vocab_size}); got range "
+                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+                )
+        x = self.model.embed_tokens(input_ids)
+        return x if x.dtype == self.dtype else x.to(self.dtype)
 
     def trunk(
         self,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mimo.ops import kernels
 from mimo.ops.fp8 import BLOCK, FP8, dequantize, scale_rows
-from mimo.ops.linear import gemm_dtype
+from mimo.ops.linear import EXACT_ROWS, gemm_dtype, kernel_rows
 
 
 def route(
@@ -83,9 +83,15 @@ def experts_forward(
             raise ValueError("FP8 experts need their block scales (weight_scale_inv)")
         return _fp8_experts(x_TD, w, scales, block, weights_TK, experts_TK)
     n_tok, k = experts_TK.shape
-    few = n_tok * k <= w_gate_EID.shape[0]
+    # few assignments (decode), or a verify-sized step over narrow weights (see mimo.ops.linear.EXACT_ROWS)
+    few = n_tok * k <= w_gate_EID.shape[0] or (kernel_rows(x_TD, w_gate_EID) == EXACT_ROWS and n_tok <= EXACT_ROWS)
     if few and kernels.ready(x_TD, *w):
         return torch.ops.mimo.moe_decode(x_TD, *w, weights_TK.float(), experts_TK)
+    if w_gate_EID.dtype != x_TD.dtype:  # e.g. bf16 experts under fp32 activations
+        dt = gemm_dtype(x_TD, w_gate_EID)
+        if dt == w_gate_EID.dtype:
+            return experts_forward(x_TD.to(dt), *w, weights_TK, experts_TK).to(x_TD.dtype)
+        return _converted_experts(x_TD, dt, w[0].shape[0], lambda p, e: w[p][e].to(dt), weights_TK, experts_TK)
     if torch.compiler.is_compiling():
         if few:
             return _gathered(x_TD, *w, weights_TK, experts_TK)
@@ -159,27 +165,38 @@ def _gathered(x_TD, w_gate_EID, w_up_EID, w_down_EDI, weights_TK, experts_TK) ->
 
 def _fp8_experts(x_TD, w, scales, block, weights_TK, experts_TK) -> torch.Tensor:
     n_tok, k = experts_TK.shape
-    if n_tok * k <= w[0].shape[0] and kernels.ready_fp8(x_TD, *w):
+    few = n_tok * k <= w[0].shape[0] or (kernel_rows(x_TD, w[0]) == EXACT_ROWS and n_tok <= EXACT_ROWS)
+    if few and kernels.ready_fp8(x_TD, *w):
         return torch.ops.mimo.moe_decode_fp8(x_TD, *w, *scales, block[0], block[1], weights_TK.float(), experts_TK)
     if torch.compiler.is_compiling():  # a graph break: a loop over the experts the routing chose
         return _fp8_experts_eager(x_TD, w, scales, block, weights_TK, experts_TK)
-    dt = gemm_dtype(x_TD)
+    (i_dim, d_dim), device = w[0].shape[1:], x_TD.device
+    rows_i = scale_rows(i_dim, scales[0].shape[1], block[0], device=device)
+    rows_d = scale_rows(d_dim, scales[2].shape[1], block[0], device=device)
+    dt = gemm_dtype(x_TD, w[0])
+
+    def weight(p: int, e: int) -> torch.Tensor:
+        return dequantize(w[p][e], scales[p][e], rows_d if p == 2 else rows_i, block[1], dt)
+
+    return _converted_experts(x_TD, dt, w[0].shape[0], weight, weights_TK, experts_TK)
+
+
+def _converted_experts(x_TD, dt, n_exp, weight, weights_TK, experts_TK) -> torch.Tensor:
+    """The experts over weights held in a dtype the GEMM cannot take: ``weight(p, e)`` converts projection
+    ``p`` (gate, up, down) of expert ``e`` to ``dt``, one used expert at a time (never the whole layer)."""
+    n_tok, k = experts_TK.shape
     flat_e = experts_TK.reshape(-1)
     order = torch.argsort(flat_e, stable=True)
     token = order // k
     x_sorted = x_TD.index_select(0, token).to(dt)
     w_sorted = weights_TK.reshape(-1)[order, None].to(dt)
-    (i_dim, d_dim), device = w[0].shape[1:], x_TD.device
-    rows_i = scale_rows(i_dim, scales[0].shape[1], block[0], device=device)
-    rows_d = scale_rows(d_dim, scales[2].shape[1], block[0], device=device)
     parts, start = [], 0
-    for e, c in enumerate(torch.bincount(flat_e, minlength=w[0].shape[0]).tolist()):
+    for e, c in enumerate(torch.bincount(flat_e, minlength=n_exp).tolist()):
         if c == 0:
             continue
         xe = x_sorted[start : start + c]
-        gate = F.linear(xe, dequantize(w[0][e], scales[0][e], rows_i, block[1], dt))
-        up = F.linear(xe, dequantize(w[1][e], scales[1][e], rows_i, block[1], dt))
-        parts.append(F.linear(F.silu(gate) * up, dequantize(w[2][e], scales[2][e], rows_d, block[1], dt)))
+        act = F.silu(F.linear(xe, weight(0, e))) * F.linear(xe, weight(1, e))
+        parts.append(F.linear(act, weight(2, e)))
         start += c
     y_sorted = (torch.cat(parts) * w_sorted).to(x_TD.dtype)
     return x_TD.new_zeros(n_tok, x_TD.shape[-1]).index_add_(0, token, y_sorted)

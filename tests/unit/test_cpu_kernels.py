@@ -84,7 +84,10 @@ def test_kernel_is_skipped_where_it_does_not_apply():
     with torch.no_grad():
         assert kernels.ready(x, *split_gate_up(w_gu), w_d)
         assert kernels.ready(x.bfloat16(), *split_gate_up(w_gu.bfloat16()), w_d.bfloat16())
-        assert not kernels.ready(x.bfloat16(), *split_gate_up(w_gu), w_d)  # mixed dtypes
+        # activations in another dtype than the weights: the kernels read either and sum in fp32
+        assert kernels.ready(x, *split_gate_up(w_gu.bfloat16()), w_d.bfloat16())
+        assert kernels.ready(x.bfloat16(), *split_gate_up(w_gu), w_d)
+        assert not kernels.ready(x, *split_gate_up(w_gu), w_d.bfloat16())  # the weights must share one dtype
         assert not kernels.ready(x.half(), *split_gate_up(w_gu.half()), w_d.half())
         assert not kernels.ready(x, w_gu[:, :8].transpose(1, 2), w_gu[:, 8:], w_d)
     assert not kernels.ready(x, *split_gate_up(w_gu), w_d)  # autograd: the kernel has no backward

@@ -105,16 +105,16 @@ def _register_fake() -> None:
 DTYPES = (torch.float32, torch.bfloat16)
 
 
-def ready(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels are loaded and can take these tensors: contiguous, on the CPU, all fp32 or all bf16
-    (the kernels sum in fp32 either way), no autograd.
+def ready(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether the kernels are loaded and can take activations ``x`` with these weights: contiguous CPU tensors,
+    ``x`` fp32 or bf16, the weights all fp32 or all bf16 (the kernels sum in fp32 either way), no autograd.
 
     This never builds or loads them: whoever wants them (the engine's runner, ``mimo kernels --build``) calls
     :func:`load` first, so a small forward elsewhere never waits for a compiler."""
-    dtype = tensors[0].dtype
-    if not _ok or torch.is_grad_enabled() or dtype not in DTYPES:
+    if not _ok or torch.is_grad_enabled() or x.dtype not in DTYPES or (weights and weights[0].dtype not in DTYPES):
         return False
-    return all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors)
+    return (x.device.type == "cpu" and x.is_contiguous() and
+            all(w.device.type == "cpu" and w.dtype == weights[0].dtype and w.is_contiguous() for w in weights))
 
 
 def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
