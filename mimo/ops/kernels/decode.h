@@ -157,7 +157,7 @@ inline vfloat load(const uint8_t* p) {
 // With at least as many rows as vectors, the M vectors stay in registers while each row is loaded (and
 // widened once for all vectors); with more vectors, the R widened rows stay and each vector is loaded in
 // turn (an FMA can take it from memory). Either way the registers hold R x M + min(R, M) + 1 vfloats.
-// The next block's rows are prefetched once per 64-byte line (+10-18% on the MoE kernel).
+// The next block's rows are prefetched (+10-18% on the MoE kernel).
 template <typename T, int R, int M>
 __attribute__((always_inline)) inline void fma_at(const T* rows, int64_t ld, const float* const* vec, int64_t i,
                                                   vfloat (&acc)[R][M]) {
@@ -180,21 +180,17 @@ __attribute__((always_inline)) inline void fma_at(const T* rows, int64_t ld, con
 
 template <typename T, int R, int M>
 inline void dot_block(const T* rows, int64_t ld, const float* const* vec, int64_t n, float (*out)[4]) {
-  constexpr int kLine = 64 / sizeof(T);                  // weights per cache line (>= kLanes)
-  constexpr int kStep = std::max(4 * kLanes, kLine);     // per iteration: whole lines, at least 4 vectors
   vfloat acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = vfloat{};
   int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) {
-#pragma GCC unroll 16
-    for (int j = 0; j < kStep; j += kLanes) {
-      if (j % kLine == 0)
-        for (int r = 0; r < R; ++r) __builtin_prefetch(rows + (r + R) * ld + i + j, 0, 3);  // the next block's line
-      fma_at<T, R, M>(rows, ld, vec, i + j, acc);
-    }
+#pragma GCC unroll 4
+  for (; i + kLanes <= n; i += kLanes) {
+    // The same line of the next block, at every vector: once per 64-byte line, though fewer instructions, was
+    // slower (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
+    for (int r = 0; r < R; ++r) __builtin_prefetch(rows + (r + R) * ld + i, 0, 3);
+    fma_at<T, R, M>(rows, ld, vec, i, acc);
   }
-  for (; i + kLanes <= n; i += kLanes) fma_at<T, R, M>(rows, ld, vec, i, acc);
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
       float s = lane_sum(acc[r][m]);
