@@ -5,8 +5,8 @@
 // A decode step reads each weight row once for all of its vectors (1-8 tokens), several rows in flight with
 // the next block prefetched, threads splitting blocks of rows. The inner loop keeps R rows x M vectors of
 // fp32 accumulators in registers; if they do not fit, the compiler spills them to the stack and every
-// multiply-add becomes a load, an FMA and a store, which is what made 8-token steps no faster per token
-// than 1-token steps on AVX2 CPUs (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
+// multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow and 8-token steps
+// hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
 
 #pragma once
 
@@ -43,7 +43,7 @@ constexpr int kRegisters = 16;
 #endif
 
 constexpr int kMaxVecs = 8;  // vectors multiplied per pass over a block of rows
-constexpr int kSplit = 8;    // rows per unit of work handed to threads (a multiple of every row block)
+constexpr int kSplit = 8;    // rows per unit of work handed to threads (whole blocks of 4, 2 or 1 rows)
 
 // Rows streamed together for M vectors, so that the R x M accumulators, the operands held across the
 // inner loop (the M vectors or the R converted rows, whichever is fewer) and a temporary fit the registers.
@@ -53,7 +53,6 @@ constexpr int rows_for(int m) {
   if (kRegisters >= 32) return m <= 4 ? 4 : 2;
   return m <= 2 ? 4 : m == 3 ? 3 : m <= 6 ? 2 : 1;
 }
-static_assert(kSplit % 4 == 0 && kSplit % 2 == 0, "row blocks of 4 and 2 must tile a unit of work");
 
 // A GCC/Clang vector type; unaligned loads are fine (aligned(sizeof(float))).
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
