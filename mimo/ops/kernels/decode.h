@@ -112,10 +112,11 @@ inline float scalar(uint16_t v) {
 // MXCSR's DAZ says). On 16-bit lanes: t = b << 7 puts the sign at bit 14 and eeee mmm at 13..7;
 // t + (t & 0x4000) carries the sign up to bit 15 and clears bit 14. NaN codes (0x7f, 0xff) give +-480 * 2^-8:
 // the loader rejects them.
-inline float fp8_scaled(uint8_t b) {  // value * 2^-8, from the same fp16 bits, without F16C
-  const int e = (b >> 3) & 15, m = b & 7;
-  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -9 - 8) : std::ldexp(8.f + m, e - 7 - 3 - 8);
-  return (b & 0x80) ? -mag : mag;
+inline float fp8_scaled(uint8_t b) {  // value * 2^-8: the same fp16 bits, widened without F16C
+  const uint16_t h = static_cast<uint16_t>((b & 0x80) << 8 | (b & 0x7f) << 7);
+  const int e = (h >> 10) & 31, m = h & 1023;  // e < 16: no fp16 infinity or NaN arises
+  const float mag = e == 0 ? std::ldexp(static_cast<float>(m), -24) : std::ldexp(static_cast<float>(1024 + m), e - 25);
+  return (h & 0x8000) ? -mag : mag;
 }
 struct Fp8Table {
   std::array<float, 256> v;
