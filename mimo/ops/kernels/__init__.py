@@ -2,7 +2,9 @@
 
 ``decode.cpp`` defines ``torch.ops.mimo.moe_decode`` (a step's routed experts in one pass over
 the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 8 rows), for
-fp32 and bf16 weights. A decode
+fp32 and bf16 weights; ``decode_fp8.cpp`` the same for FP8 (e4m3fn) weights with block scales,
+``torch.ops.mimo.moe_decode_fp8`` and ``torch.ops.mimo.linear_decode_fp8``, and
+``torch.ops.mimo.dequant_fp8``, which dequantizes one FP8 weight for prefill's GEMMs. A decode
 step's cost is reading weights: MKL's fp32 GEMM reads them at a third of the memory bandwidth
 when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec that streams as
 fast as a hand-blocked loop, and no maintained library offers either for the CPU.
@@ -10,6 +12,9 @@ fast as a hand-blocked loop, and no maintained library offers either for the CPU
 The build uses ``torch.utils.cpp_extension`` (g++ or clang, with OpenMP, the same toolchain
 ``torch.compile`` needs on a CPU). It is cached under ``~/.cache/torch_extensions/mimo`` (or
 ``$TORCH_EXTENSIONS_DIR/mimo``), keyed by the source, the flags, this CPU and torch's version.
+``MIMO_KERNEL_ISA=avx2`` builds them without AVX-512 (``-mno-avx512f``, in a folder of its own),
+as they run on AVX2-only CPUs: the kernels choose their vector width and register blocking per
+instruction set, and this tests and measures the AVX2 code on an AVX-512 machine.
 When it cannot build (no compiler, no OpenMP) or ``MIMO_CPU_KERNELS=0`` is set, :func:`ready`
 says False and callers keep their torch-only paths, which compute the same results.
 """
@@ -26,13 +31,32 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("decode.cpp")
+_HERE = Path(__file__).parent
+_SOURCES = [_HERE / "decode.cpp", _HERE / "decode_fp8.cpp"]  # and decode.h, which ninja tracks
 _ok: bool | None = None  # None until load() has run
+
+ISAS = ("native", "avx2")
+
+
+def kernel_isa() -> str:
+    """The instruction set the kernels are built for: ``$MIMO_KERNEL_ISA``, ``native`` (the default) or ``avx2``."""
+    isa = os.environ.get("MIMO_KERNEL_ISA", "").strip().lower() or "native"
+    if isa not in ISAS:
+        raise ValueError(f"MIMO_KERNEL_ISA={isa!r}: expected one of {', '.join(ISAS)}")
+    return isa
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _flags() -> list[str]:
     flags = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if kernel_isa() == "avx2":
+        if not _x86():
+            raise ValueError(f"MIMO_KERNEL_ISA=avx2 needs an x86-64 CPU, this is {platform.machine()}")
+        flags.append("-mno-avx512f")  # and with it every AVX-512 extension; AVX2, FMA and F16C stay
+    elif _x86():
         flags.append("-mprefer-vector-width=512")  # gcc picks 256-bit vectors on AVX-512 CPUs by default
     return flags
 
@@ -45,12 +69,12 @@ def _build_tag() -> str:
         flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
     except OSError:
         flags = ""
-    key = f"{torch.__version__} {platform.machine()} {platform.processor()} {flags}"
-    return hashlib.sha1(key.encode()).hexdigest()[:10]
+    key = f"{torch.__version__} {platform.machine()} {platform.processor()} {flags} {kernel_isa()}"
+    return kernel_isa() + "_" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
 def build_directory() -> Path:
-    """Where this machine's build lives: one folder per source, CPU and torch version."""
+    """Where this machine's build lives: one folder per CPU, instruction set (``MIMO_KERNEL_ISA``) and torch version."""
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
     return root / "mimo" / f"mimo_kernels_{_build_tag()}"
 
@@ -80,7 +104,7 @@ def load() -> bool:
         cpp_extension.load(
             name=name,
             build_directory=str(build_dir),
-            sources=[str(_SOURCE)],
+            sources=[str(p) for p in _SOURCES],
             extra_cflags=_flags(),
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -100,6 +124,18 @@ def _register_fake() -> None:
     @torch.library.register_fake("mimo::linear_decode")
     def _(x, w):
         return x.new_empty(x.shape[0], w.shape[0])
+
+    @torch.library.register_fake("mimo::moe_decode_fp8")
+    def _(x, w_gate, w_up, w_down, s_gate, s_up, s_down, block_r, block_k, weights, experts):
+        return x.new_empty(x.shape)
+
+    @torch.library.register_fake("mimo::linear_decode_fp8")
+    def _(x, w, scale, row_index, block_k):
+        return x.new_empty(x.shape[0], w.shape[0])
+
+    @torch.library.register_fake("mimo::dequant_fp8")
+    def _(w, scale, row_index, block_k, dtype):
+        return w.new_empty(w.shape, dtype=dtype)
 
 
 DTYPES = (torch.float32, torch.bfloat16)
@@ -129,10 +165,28 @@ def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     return all(w.device.type == "cpu" and w.dtype == torch.float8_e4m3fn and w.is_contiguous() for w in weights)
 
 
+def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether the kernels are loaded and can take activations ``x`` (fp32 or bf16) with these FP8 weights
+    (``float8_e4m3fn``): all contiguous, on the CPU, no autograd. Like :func:`ready`, this never builds or loads
+    them. The scales and row indices are checked by the ops themselves."""
+    if not _ok or torch.is_grad_enabled() or x.dtype not in DTYPES:
+        return False
+    return (x.device.type == "cpu" and x.is_contiguous()
+            and all(w.device.type == "cpu" and w.dtype == torch.float8_e4m3fn and w.is_contiguous() for w in weights))
+
+
+def built_isa() -> str:
+    """What the loaded kernels were compiled for, e.g. ``avx2+f16c lanes=8 registers=16`` (needs :func:`load`)."""
+    return torch.ops.mimo.kernel_isa()
+
+
 def status() -> str:
     """One line on the kernels' state (for ``mimo kernels``)."""
     if os.environ.get("MIMO_CPU_KERNELS", "1") == "0":
         return "turned off by MIMO_CPU_KERNELS=0: decoding uses torch ops"
-    path = build_directory()
+    try:
+        path = build_directory()
+    except ValueError as e:
+        return str(e)
     built = (path / f"{path.name}.so").exists()
-    return f"{'built' if built else 'not built yet'} for this machine in {path}"
+    return f"{'built' if built else 'not built yet'} for this machine ({kernel_isa()}) in {path}"
