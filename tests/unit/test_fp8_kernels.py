@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mimo.ops import kernels
-from mimo.ops.fp8 import _row_blocks, dequantize_block_fp8, quantize_block_fp8
+from mimo.ops.fp8 import quantize_block_fp8, scale_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,10 +92,10 @@ def test_dequant_of_the_per_head_grid_equals_the_loaders(dtype):
     # the released full-attention k_proj: 4 KV heads of 192 rows, 128-row blocks restarting per head
     gen = torch.Generator().manual_seed(5)
     q, scale = quantize_block_fp8(torch.randn(768, 300, generator=gen), n_chunks=4)
-    ri = _row_blocks(768, scale.shape[0], 128, (4,)).int()
+    ri = scale_rows(768, scale.shape[0], 128, (4,))
     assert scale.shape[0] == 8 and ri[191] == 1 and ri[192] == 2  # runs of 128 and 64 rows
     got = torch.ops.mimo.dequant_fp8(q, scale, ri, 128, dtype)
-    _same_bits(got, dequantize_block_fp8(q, scale, dtype))
+    _same_bits(got, _reference(q, scale, ri, 128).to(dtype))
 
 
 # ------------------------------------------------------------------------------------------ linear_decode_fp8
@@ -129,9 +129,9 @@ def test_linear_decode_fp8_equals_the_dequantized_product(rows, n, k):
 def test_linear_decode_fp8_per_head_grid_and_small_blocks(rows):
     gen = torch.Generator().manual_seed(rows)
     q, scale = quantize_block_fp8(torch.randn(768, 160, generator=gen), n_chunks=4)
-    ri = _row_blocks(768, scale.shape[0], 128, (4,)).int()
+    ri = scale_rows(768, scale.shape[0], 128, (4,))
     x = torch.randn(rows, 160, generator=gen)
-    _check_products(torch.ops.mimo.linear_decode_fp8(x, q, scale, ri, 128), x, dequantize_block_fp8(q, scale))
+    _check_products(torch.ops.mimo.linear_decode_fp8(x, q, scale, ri, 128), x, _reference(q, scale, ri, 128))
     # 16 x 16 blocks: a new scale every 16 columns, a new run every 16 rows
     w, s16 = _codes((90, 100), gen), _grid(6, 7, gen)
     ri16 = _uniform_index(90, 16)

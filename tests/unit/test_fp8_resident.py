@@ -12,9 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import mimo.ops.linear as linear_ops
 from mimo import LLM, SamplingParams
 from mimo.checkpoint import MiMoForCausalLM
 from mimo.config import preset
+from mimo.ops import kernels
 from mimo.ops.fp8 import FP8
 from tests.helpers import random_fp8_checkpoint, random_model, tiny_config
 
@@ -54,21 +56,30 @@ def test_fp8_stays_fp8_with_its_scales(fp8_dir):
     assert torch.equal(attn.k_proj.weight_scale_inv, k0)
 
 
-def test_logits_equal_the_dequantized_checkpoint(fp8_dir):
+def test_logits_equal_the_dequantized_checkpoint(fp8_dir, monkeypatch):
     path, _ = fp8_dir
     fp8 = MiMoForCausalLM.from_pretrained(path)
     wide = MiMoForCausalLM.from_pretrained(path, dtype="float32")
     ids = torch.randint(0, 64, (2, 23), generator=torch.Generator().manual_seed(0))
+    long = torch.randint(0, 64, (2, 80), generator=torch.Generator().manual_seed(1))  # 160 rows: prefill's GEMMs
+    kernels.load()  # as the engine does (where they cannot build, everything below takes the GEMM path)
     with torch.no_grad():
         for m in (fp8, wide):
             m.set_attention_backend("sdpa")
-        want = wide(ids).logits
-        # a prompt's worth (dequantize per weight, GEMM) and decode-sized steps (the FP8 kernels where built)
+        want, want_long = wide(ids).logits, wide(long).logits
+        # Up to EXACT_ROWS rows (decode, verify, a short prompt): the FP8 kernels. More rows: one weight
+        # dequantized at a time, then a GEMM in fp32 (on AVX2 CPUs) or in bf16 (with AVX512-BF16 or AMX).
+        monkeypatch.setattr(linear_ops, "_fast_bf16_gemm", lambda: False)
         got = fp8(ids).logits
         step = torch.cat([fp8(ids[:, : i + 1]).logits[:, -1:] for i in range(3)], dim=1)
+        got_long = fp8(long).logits
+        monkeypatch.setattr(linear_ops, "_fast_bf16_gemm", lambda: True)
+        got_long_bf16 = fp8(long).logits
     # fp32 products of the same dequantized weights: only the summation order differs
-    assert (got - want).abs().max() / want.abs().max() < 1e-4
-    assert (step - want[:, :3]).abs().max() / want.abs().max() < 1e-4
+    for a, b in ((got, want), (step, want[:, :3]), (got_long, want_long)):
+        assert (a - b).abs().max() / b.abs().max() < 1e-4
+    # a bf16 GEMM rounds the activations and the dequantized weights to bf16 (8 significant bits) first
+    assert (got_long_bf16 - want_long).abs().max() / want_long.abs().max() < 2e-2
 
 
 @pytest.mark.parametrize("k", [0, 3])

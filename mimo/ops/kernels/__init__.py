@@ -160,19 +160,9 @@ def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
         return False
     if x.dtype == torch.float8_e4m3fn:  # called with the weight alone
         weights, x = (x, *weights), None
-    if x is not None and (x.device.type != "cpu" or x.dtype not in DTYPES):
+    if x is not None and (x.device.type != "cpu" or x.dtype not in DTYPES or not x.is_contiguous()):
         return False
     return all(w.device.type == "cpu" and w.dtype == torch.float8_e4m3fn and w.is_contiguous() for w in weights)
-
-
-def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether the kernels are loaded and can take activations ``x`` (fp32 or bf16) with these FP8 weights
-    (``float8_e4m3fn``): all contiguous, on the CPU, no autograd. Like :func:`ready`, this never builds or loads
-    them. The scales and row indices are checked by the ops themselves."""
-    if not _ok or torch.is_grad_enabled() or x.dtype not in DTYPES:
-        return False
-    return (x.device.type == "cpu" and x.is_contiguous()
-            and all(w.device.type == "cpu" and w.dtype == torch.float8_e4m3fn and w.is_contiguous() for w in weights))
 
 
 def built_isa() -> str:
