@@ -22,10 +22,10 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _machine import matvec_bandwidth, read_bandwidth  # noqa: E402
 from _results import write_json  # noqa: E402
 
 from mimo.checkpoint import MiMoForCausalLM  # noqa: E402
@@ -45,13 +45,6 @@ def _best(fn, n: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
-
-
-def read_bandwidth(mb: int = 256) -> float:
-    """Bytes/s read by a matrix-vector product over an ``mb`` MB fp32 matrix (what decode does)."""
-    w = torch.randn(mb * 2**20 // 4 // 4096, 4096)
-    x = torch.randn(1, 4096)
-    return w.numel() * 4 / _best(lambda: F.linear(x, w))
 
 
 def copy_bandwidth(mb: int = 256) -> float:
@@ -285,6 +278,7 @@ def main() -> None:
     bytes_per_token = (pc.active - pc.embedding) * 4 + cfg.hidden_size * 4  # one embedding row is read, not the table
     bw = res["read_bandwidth_bytes_per_s"]
     res["copy_bandwidth_bytes_per_s"] = copy_bandwidth()
+    res["matvec_bandwidth_bytes_per_s"] = matvec_bandwidth()
     res["active_weight_bytes_per_token_fp32"] = bytes_per_token
     res["bandwidth_bound_decode_b1_tps"] = bound = bw / bytes_per_token
     for mine in ("mimo", "mimo_compiled"):

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from mimo.eval.speed import measure_decode, measure_prefill
     from mimo.model.sizes import speculative_bound_speedup
     from mimo.utils import runtime
-    from mimo.utils.machine import device_description
+    from mimo.utils.machine import device_description, read_bandwidth
     from mimo.utils.paths import resolve_model_dir
 
     runtime.configure(threads=args.threads)
@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     runs = [(b, mtp) for b in batches for mtp in sorted({0, k})]
     result = {"model": name, "dtype": args.dtype, "threads": torch.get_num_threads(), "compile": args.compile,
               "machine": device_description(args.device), "decode": []}
+    if args.device in (None, "cpu"):
+        result["read_bandwidth_bytes_per_s"] = read_bandwidth()
+        result["machine"] += f", read bandwidth {result['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
     print(f"model {name} ({args.dtype}, {result['threads']} threads{', compiled decode' if args.compile else ''}) "
           f"on {result['machine']}")
     # Each figure is printed as soon as it is measured; the bar (stderr) counts the measurements.

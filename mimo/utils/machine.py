@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 _ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "avx_vnni", "asimd", "sve")
 
@@ -59,3 +60,35 @@ def device_description(device: str | None = None) -> str:
     index = torch.device(device).index or 0
     props = torch.cuda.get_device_properties(index)
     return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}); host {cpu}"
+
+
+def read_bandwidth(mb: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of a streaming read of an ``mb`` MB fp32 buffer (``torch.sum`` on torch's threads), best of runs.
+
+    This, not a BLAS mat-vec, is the bound memory-bound decode works against: on the 2-core EPYCs here MKL's
+    sgemv reads at about 55% of it, while mimo's decode kernels and llama.cpp's come close to all of it."""
+    import torch
+
+    w = torch.ones(mb * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        w.sum()
+        best = min(best, time.perf_counter() - t)
+    return w.numel() * 4 / best
+
+
+def matvec_bandwidth(mb: int = 256, repeats: int = 5) -> float:
+    """Bytes/s read by MKL's mat-vec (``F.linear``) over an ``mb`` MB fp32 matrix (what this project's figures
+    before 2026-11-30 were measured against)."""
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.ones(mb * 2**20 // 4 // 4096, 4096)
+    x = torch.ones(1, 4096)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        F.linear(x, w)
+        best = min(best, time.perf_counter() - t)
+    return w.numel() * 4 / best
