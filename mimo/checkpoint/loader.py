@@ -19,14 +19,17 @@ stored (``dtype="auto"``, the default) or converted (``"float32"``, ``"bfloat16"
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from mimo.checkpoint.hf_keys import SCALE_SUFFIX, Target, hub_to_param, is_ignored
+from mimo.checkpoint.slices import Slice
 from mimo.config import SLIDING, MiMoConfig
 from mimo.model.causal_lm import CausalLM, RotaryTables
 from mimo.model.layers import Experts, Linear
@@ -131,6 +134,7 @@ class _Reader:
     def __init__(self, files: dict[str, str], infos: dict[str, TensorInfo], mmap_ok: bool) -> None:
         self.files, self.infos = files, infos
         self._open = {p: SafetensorsFile(p, mmap_ok) for p in sorted(set(files.values()))}
+        self.mapped = mmap_ok  # views are of the files' memory maps (else private reads of whole tensors)
         self.scratch = nan_scratch()  # one for the whole checkpoint
 
     def info(self, hub: str) -> TensorInfo:
@@ -206,8 +210,13 @@ def load_pretrained(
     config: MiMoConfig | None = None,
     progress: bool = False,
     mmap: bool = True,
+    shard: Callable[[CausalLM], dict[str, Slice]] | None = None,
 ) -> CausalLM:
-    """Build ``model_cls`` from a hub-layout directory; see the module docstring for the rules."""
+    """Build ``model_cls`` from a hub-layout directory; see the module docstring for the rules.
+
+    ``shard`` (a parallel plan, :func:`mimo.parallel.load_sharded`) turns the full-size meta model into one
+    rank's part and returns the :class:`Slice` of the checkpoint each split parameter holds; only those slices
+    are read (the checkpoint is still checked whole, from its headers)."""
     path = os.fspath(path)
     config = config or MiMoConfig.from_pretrained(path)
     target = resolve_dtype(dtype, config)
@@ -235,19 +244,24 @@ def load_pretrained(
         raise ValueError(f"{len(bad)} tensor(s) have the wrong shape for this config: " + "; ".join(bad[:12]))
     block = quantization_block(config) if any(i.dtype == FP8 for i in infos.values()) else (128, 128)
 
+    slices = shard(model) if shard is not None else {}
+    meta = dict(model.state_dict(keep_vars=True))  # the shapes this process holds
     reader = _Reader(files, infos, mmap)
     bar = tqdm(total=sum(len(v) for v in plan.values()), desc="loading weights", unit="tensor", disable=not progress)
     try:
         for name, entries in plan.items():
             want = torch.float32 if name.endswith(KEEP_FP32) else target
+            sl = slices.get(name)
             if entries[0][1].expert is None:
-                _load_one(model, reader, name, entries[0][0], want, block, _chunk_candidates(config, name))
+                _load_one(model, reader, name, entries[0][0], want, block, _chunk_candidates(config, name), sl)
             else:
-                _load_experts(model, reader, name, entries, meta[name].shape, want, block)
+                _load_experts(model, reader, name, entries, meta[name].shape, want, block, sl)
             bar.update(len(entries))
     finally:
         bar.close()
         reader.close()
+    if slices:
+        _one_dtype_per_experts(model)
     model.rotary = RotaryTables(config)  # non-persistent buffers: computed, never stored
     missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if missing:
@@ -256,64 +270,144 @@ def load_pretrained(
     return model
 
 
+def _wide(model: CausalLM) -> torch.dtype:
+    """What an FP8 slice that cannot stay FP8 is held in: the checkpoint's own ``torch_dtype`` (the dtype it was
+    quantized from; bf16 for the release)."""
+    return _DTYPES.get(model.config.torch_dtype or "bfloat16", torch.bfloat16)
+
+
+def _aligned(start: int, size: int, block: int) -> bool:
+    """Whether a slice ``[start, start + size)`` reads its scales as a grid of its own: local index ``i`` in
+    block ``i // block`` of the scales from ``start // block`` on (the start on a block boundary, or the whole
+    slice inside one block)."""
+    return start % block == 0 or start % block + size <= block
+
+
+def _narrowed(t: torch.Tensor, sl: Slice | None, copy: bool) -> torch.Tensor:
+    """``t``'s slice: a view for rows (of a memory map: only its pages are ever read), a copy for columns, and
+    a copy whenever ``copy`` (``t`` is a private read of the whole tensor that must not stay alive)."""
+    if sl is None or sl.dim is None:
+        return t
+    part = t.narrow(sl.dim, sl.start, sl.size)
+    if sl.dim > 0:
+        return part.contiguous()
+    return part.clone() if copy else part
+
+
 def _load_one(model: CausalLM, reader: _Reader, name: str, hub: str, want: torch.dtype | None,
-              block: tuple[int, int], chunks: tuple[int, ...]) -> None:
+              block: tuple[int, int], chunks: tuple[int, ...], sl: Slice | None = None) -> None:
     info = reader.info(hub)
     scale = _scale(reader, hub, info)
+    private = not reader.mapped
     if scale is None:
-        if want is None or want == info.dtype:
-            _assign(model, name, reader.view(hub))  # as stored: zero-copy
-        else:
-            _assign(model, name, reader.read(hub).to(want))
+        t = _narrowed(reader.view(hub), sl, private)
+        if want is not None and want != info.dtype:
+            t = t.to(want)
+        _assign(model, name, t)  # as stored and whole: zero-copy
         return
     rows = _fp8_rows(hub, info, scale, block, chunks)
     prefix = name.rpartition(".")[0]
     module = model.get_submodule(prefix)
+    if sl is not None and sl.dim == 0:  # rows: their own scale rows, whatever the grid (per head or uniform)
+        rows = rows[sl.start : sl.stop]
+    if sl is not None and sl.dim == 1 and want is None and not _aligned(sl.start, sl.size, block[1]):
+        want = _wide(model)
+        logger.warning("%s: columns %d:%d of this rank do not start on a %d-column scale block: held in %s",
+                       hub, sl.start, sl.stop, block[1], want)
     if want is None and isinstance(module, Linear) and name.endswith(".weight"):
-        weight = reader.view(hub)
+        weight = _narrowed(reader.view(hub), sl, private)
+        if sl is not None and sl.dim == 1:
+            scale = scale[:, sl.start // block[1] : math.ceil(sl.stop / block[1])].contiguous()
         _check_codes(hub, weight, reader.scratch)
         module.set_fp8(weight, scale, rows, block)
         return
     if want is None:  # an FP8 tensor where mimo computes in another dtype: dequantize to the model's own
         want = torch.bfloat16
         logger.warning("%s is FP8 but %s cannot compute with FP8 weights: dequantized to bfloat16", hub, prefix)
-    _assign(model, name, dequantize(reader.read(hub), scale, rows, block[1], want))
+    w = reader.view(hub)
+    if sl is not None and sl.dim == 0:
+        _assign(model, name, dequantize(w[sl.start : sl.stop], scale, rows, block[1], want))
+    else:
+        _assign(model, name, _narrowed(dequantize(w, scale, rows, block[1], want), sl, True))
 
 
 def _load_experts(model: CausalLM, reader: _Reader, name: str, entries: list[tuple[str, Target]],
-                  shape: torch.Size, want: torch.dtype | None, block: tuple[int, int]) -> None:
-    """One stacked expert tensor from its per-expert hub tensors, each read straight into its slot."""
+                  shape: torch.Size, want: torch.dtype | None, block: tuple[int, int], sl: Slice | None = None) -> None:
+    """One stacked expert tensor from its per-expert hub tensors, each read straight into its slot (with ``sl``:
+    only the experts it names, each narrowed to its slice)."""
+    first = 0
+    if sl is not None and sl.experts is not None:
+        entries = [(hub, t) for hub, t in entries if t.expert in sl.experts]
+        first = sl.experts.start
     stored = {reader.info(hub).dtype for hub, _ in entries}
     if len(stored) > 1:
         raise ValueError(f"the experts of {name} are stored in different dtypes: {sorted(map(str, stored))}")
     (dtype,) = stored
     prefix, _, proj = name.rpartition(".")
     module = model.get_submodule(prefix)
+    part = sl if sl is not None and sl.dim is not None else None
     if dtype != FP8:
         out = torch.empty(shape, dtype=want or dtype, device="cpu")
         for hub, t in entries:
-            if out.dtype == dtype:
-                reader.read_into(hub, out[t.expert])
+            if out.dtype == dtype and part is None:
+                reader.read_into(hub, out[t.expert - first])
             else:
-                out[t.expert].copy_(reader.read(hub))
+                out[t.expert - first].copy_(_narrowed(reader.view(hub), part, False))
         _assign(model, name, out)
         return
-    scales = {t.expert: _scale(reader, hub, reader.info(hub)) for hub, t in entries}
+    scales = {t.expert - first: _scale(reader, hub, reader.info(hub)) for hub, t in entries}
     if len({tuple(s.shape) for s in scales.values()}) > 1:
         raise ValueError(f"the experts of {name} have block-scale grids of different shapes")
     rows = _fp8_rows(entries[0][0], reader.info(entries[0][0]), scales[0], block, ())
+    if part is not None:
+        rows = rows[part.start : part.stop] if part.dim == 0 else rows
+        if want is None and not _aligned(part.start, part.size, block[part.dim]):
+            want = _wide(model)  # the kernels read a uniform grid from the slice's first row / column on
+            logger.warning("%s: this rank's slice %d:%d does not start on a scale block: held in %s", name,
+                           part.start, part.stop, want)
     if want is None and isinstance(module, Experts):
         out = torch.empty(shape, dtype=FP8, device="cpu")
         for hub, t in entries:
-            _check_codes(hub, reader.read_into(hub, out[t.expert]), reader.scratch)
+            if part is None:
+                _check_codes(hub, reader.read_into(hub, out[t.expert - first]), reader.scratch)
+            else:
+                out[t.expert - first].copy_(_narrowed(reader.view(hub), part, False))
+                _check_codes(hub, out[t.expert - first], reader.scratch)
         _assign(model, name, out)
-        module._buffers[f"{proj}_scale_inv"] = torch.stack([scales[e] for e in range(shape[0])])
+        grid = torch.stack([scales[e] for e in range(shape[0])])
+        if part is not None:
+            b = block[part.dim]
+            grid = grid.narrow(part.dim + 1, part.start // b, math.ceil(part.stop / b) - part.start // b).contiguous()
+        module._buffers[f"{proj}_scale_inv"] = grid
         module.block = block
         return
     out = torch.empty(shape, dtype=want or torch.bfloat16, device="cpu")
     for hub, t in entries:
-        out[t.expert] = dequantize(reader.read(hub), scales[t.expert], rows, block[1], out.dtype)
+        w = reader.view(hub)
+        if part is not None and part.dim == 0:
+            out[t.expert - first] = dequantize(w[part.start : part.stop], scales[t.expert - first], rows, block[1],
+                                               out.dtype)
+        else:
+            full = dequantize(w, scales[t.expert - first], rows, block[1], out.dtype)
+            out[t.expert - first] = _narrowed(full, part, False)
     _assign(model, name, out)
+
+
+def _one_dtype_per_experts(model: CausalLM) -> None:
+    """A split expert projection that could not stay FP8 (its slice cuts a scale block) takes the others of
+    its layer along: the experts compute with one dtype."""
+    for m in model.modules():
+        if isinstance(m, Experts):
+            kinds = {getattr(m, p).dtype for p in Experts.PROJECTIONS}
+            if FP8 in kinds and len(kinds) > 1:
+                (wide,) = kinds - {FP8}
+                for p in Experts.PROJECTIONS:
+                    w, scale = getattr(m, p), getattr(m, f"{p}_scale_inv")
+                    if w.dtype == FP8:
+                        rows = scale_rows(w.shape[1], scale.shape[1], m.block[0])
+                        setattr(m, p, nn.Parameter(torch.stack([dequantize(w[e], scale[e], rows, m.block[1], wide)
+                                                                for e in range(w.shape[0])]), requires_grad=False))
+                        setattr(m, f"{p}_scale_inv", None)
 
 
 def _chunk_candidates(config: MiMoConfig, name: str) -> tuple[int, ...]:

@@ -8,11 +8,13 @@ The network itself (:class:`mimo.model.CausalLM`) knows nothing of files; this s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
 from mimo.checkpoint.export import DEFAULT_SHARD_BYTES, save_pretrained
 from mimo.checkpoint.loader import keep_router_fp32, load_pretrained
+from mimo.checkpoint.slices import Slice
 from mimo.config import MiMoConfig
 from mimo.model.causal_lm import CausalLM
 
@@ -21,12 +23,14 @@ class MiMoForCausalLM(CausalLM):
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, dtype: torch.dtype | str | None = "auto", progress: bool = False,
-        mmap: bool = True,
+        mmap: bool = True, shard: Callable[[CausalLM], dict[str, Slice]] | None = None,
     ) -> MiMoForCausalLM:
         """Load a hub-layout directory (``config.json`` + safetensors). ``dtype="auto"`` keeps every tensor as
         stored (FP8 stays FP8 with its scales); ``"float32"``/``"bfloat16"`` convert (dequantizing FP8).
-        ``mmap=False`` copies the weights into the process's memory instead of mapping the files."""
-        return load_pretrained(path, dtype=dtype, model_cls=cls, progress=progress, mmap=mmap)  # type: ignore
+        ``mmap=False`` copies the weights into the process's memory instead of mapping the files. ``shard``: a
+        parallel plan that makes this process one rank's part (:func:`mimo.parallel.load_sharded`)."""
+        return load_pretrained(path, dtype=dtype, model_cls=cls, progress=progress, mmap=mmap,  # type: ignore
+                               shard=shard)
 
     @classmethod
     def from_config(cls, config: MiMoConfig, seed: int | None = 0, dtype: torch.dtype = torch.float32,

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
-    """``--mtp --dtype --device --max-model-len --prefill-chunk --compile`` (and ``--max-num-seqs`` when the
-    command decodes several sequences together)."""
+    """``--mtp --dtype --device --max-model-len --prefill-chunk --compile --tensor-parallel-size
+    --enable-expert-parallel`` (and ``--max-num-seqs`` when the command decodes several sequences together)."""
     g = p.add_argument_group("engine")
     g.add_argument("--mtp", type=int, default=0, metavar="K",
                    help="MTP speculative decoding with K draft tokens per step, 0-3 (default 0: off)")
@@ -35,6 +35,11 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
                         "without --mtp is usually fastest (benchmarks/README.md, 'MTP at batch 1 on a CPU')")
     if batch:
         g.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together (default 16)")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help="split the model over N processes (tensor parallelism over torch.distributed: gloo on CPUs, "
+                        "NCCL on GPUs); started here, or by torchrun, which sets the group (default 1)")
+    g.add_argument("--enable-expert-parallel", action="store_true",
+                   help="with --tensor-parallel-size: split the routed experts by expert instead of by size")
 
 
 def add_compute_dtype(g) -> None:
@@ -50,4 +55,33 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
 
     return EngineConfig(num_speculative_tokens=args.mtp, max_num_seqs=getattr(args, "max_num_seqs", 1),
                         max_model_len=args.max_model_len, prefill_chunk=args.prefill_chunk, compile=args.compile,
-                        device=args.device)
+                        device=args.device, tensor_parallel_size=_tp_size(args),
+                        enable_expert_parallel=args.enable_expert_parallel)
+
+
+def _tp_size(args: argparse.Namespace) -> int:
+    """``--tensor-parallel-size``; under torchrun without it, the launcher's world size."""
+    from mimo.parallel.group import from_environment
+
+    env = from_environment()
+    if env is not None and args.tensor_parallel_size == 1:
+        return env[1]
+    return args.tensor_parallel_size
+
+
+def worker_rank() -> bool:
+    """Whether this process is a worker of a torchrun group (rank > 0): it serves rank 0's plans, nothing else
+    (no port, no output)."""
+    from mimo.parallel.group import from_environment
+
+    env = from_environment()
+    return env is not None and env[0] != 0
+
+
+def run_worker(args: argparse.Namespace, path: str) -> int:
+    """A torchrun worker's part of ``generate``/``serve``/``bench``: build the same LLM, which serves as this rank
+    until rank 0 stops and then exits the process."""
+    from mimo.engine.llm import LLM
+
+    LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, mmap=args.mmap, engine_config=engine_config(args))
+    return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from mimo.cli.engine_args import add_engine_arguments, engine_config
+from mimo.cli.engine_args import add_engine_arguments, engine_config, run_worker, worker_rank
 from mimo.utils.paths import resolve_model_dir
 
 
@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from mimo.engine.llm import LLM
     from mimo.engine.params import SamplingParams
 
+    if worker_rank():  # torchrun: rank 0 generates and prints, this rank runs its part of the model
+        return run_worker(args, resolve_model_dir(args.model))
     prompt = args.prompt if args.prompt is not None else args.prompt_text
     if prompt == "-":
         prompt = sys.stdin.read()

@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mimo.cli.engine_args import add_engine_arguments, engine_config
+from mimo.cli.engine_args import add_engine_arguments, engine_config, run_worker, worker_rank
 from mimo.utils.paths import default_model_dir
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ def _page_url(host: str, port: int) -> str:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else default_model_dir()
     _check_model_dir(path, explicit=bool(args.model))
+    if worker_rank():  # torchrun: rank 0 serves HTTP, this rank its part of the model
+        return run_worker(args, str(path))
     sock = _listen_socket(args.host, args.port)  # before anything heavy: a taken port fails at once
     try:
         return _serve(args, path, sock)

@@ -22,12 +22,14 @@ class EngineConfig:
     compile: bool = False  # decode and verify steps through torch.compile
     device: str | None = None  # where the model runs; None: where its weights are
     cpu_kernels: bool = True  # load mimo's C++ decode kernels when the model runs on a CPU
+    tensor_parallel_size: int = 1  # ranks the model is split over (LLM starts the others; mimo.engine.ranks)
+    enable_expert_parallel: bool = False  # routed experts split by expert over those ranks, not by size
 
     def __post_init__(self) -> None:
         k = self.num_speculative_tokens
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
-        for name in ("max_num_seqs", "prefill_chunk"):
+        for name in ("max_num_seqs", "prefill_chunk", "tensor_parallel_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")

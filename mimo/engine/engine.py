@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from mimo.config import MiMoConfig
 from mimo.engine.config import EngineConfig
 from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.outputs import RequestOutput, StreamDelta
@@ -25,6 +26,11 @@ from mimo.model.causal_lm import CausalLM
 from mimo.tokenizer import Tokenizer
 
 
+def max_model_len(model_config: MiMoConfig, config: EngineConfig) -> int:
+    """The context an engine serves: the config's ``max_model_len``, at most the model's."""
+    return min(config.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings)
+
+
 class Engine:
     def __init__(
         self,
@@ -33,11 +39,13 @@ class Engine:
         config: EngineConfig | None = None,
         *,
         eos_token_ids: Iterable[int] = (),
+        runner: ModelRunner | None = None,
         **overrides: Any,
     ) -> None:
         """``config`` (or its fields as keywords: ``Engine(model, num_speculative_tokens=3)``) sets the engine;
         ``eos_token_ids`` end a sequence besides config.json's and the tokenizer's (a model directory's
-        generation_config.json lists them; :class:`mimo.engine.llm.LLM` reads it)."""
+        generation_config.json lists them; :class:`mimo.engine.llm.LLM` reads it). ``runner``: one made for
+        this model and config elsewhere (rank 0's of a parallel group, :mod:`mimo.engine.ranks`)."""
         config = config or EngineConfig()
         if overrides:
             unknown = set(overrides) - EngineConfig.fields()
@@ -48,8 +56,8 @@ class Engine:
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
-        self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
-        self.runner = ModelRunner(model, config, self.max_model_len)
+        self.max_model_len = max_model_len(cfg, config)
+        self.runner = runner or ModelRunner(model, config, self.max_model_len)
         eos = set(cfg.eos_token_ids) | set(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)

@@ -111,7 +111,10 @@ class HybridKVCache:
         initial_capacity: int = 256,
         dynamic_capacity: bool = False,
         device: torch.device | str = "cpu",
+        kv_heads: dict[str, int] | None = None,
     ) -> None:
+        """``kv_heads``: KV heads per attention kind this process caches (a tensor-parallel rank's share;
+        default: the config's)."""
         if lookahead < 1:
             raise ValueError("lookahead must be >= 1")
         self.config = config
@@ -124,14 +127,18 @@ class HybridKVCache:
         cap = min(initial_capacity, max_len)
         self.full: dict[object, _Full] = {}
         self.rings: dict[object, _Ring] = {}
+
+        def heads(kind: str) -> int:
+            return (kv_heads or {}).get(kind, config.num_kv_heads(kind))
+
         for i, kind in enumerate(config.layer_types):
-            h, dk, dv = config.num_kv_heads(kind), config.qk_head_dim(kind), config.v_dim(kind)
+            h, dk, dv = heads(kind), config.qk_head_dim(kind), config.v_dim(kind)
             if kind == FULL:
                 self.full[i] = _Full(max_seqs, h, cap, dk, dv, dtype, device, dynamic_capacity)
             else:
                 self.rings[i] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype, device)
         for j in range(config.num_mtp_layers):
-            h, dk, dv = config.num_kv_heads(SLIDING), config.qk_head_dim(SLIDING), config.v_dim(SLIDING)
+            h, dk, dv = heads(SLIDING), config.qk_head_dim(SLIDING), config.v_dim(SLIDING)
             self.rings[("mtp", j)] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype, device)
         self._slots = torch.zeros(0, dtype=torch.long, device=device)
         self._range: tuple[int, int] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +44,10 @@ def prepare_for_inference(model: CausalLM, attention_backend: str = "sdpa",
     return model
 
 
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+
+
 class LLM:
     """A model directory (or a loaded model) and an engine over it, in vLLM's shape.
 
@@ -73,6 +78,10 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
             raise TypeError(f"LLM() got unknown setting(s) {', '.join(sorted(unknown))}; engine settings are "
                             f"{', '.join(sorted(EngineConfig.fields()))}")
         config = config.replace(**engine_settings)
+        self._close: Callable[[], None] | None = None
+        if config.tensor_parallel_size > 1:
+            self._init_parallel(model, dtype, tokenizer, attention_backend, config, mmap, compute_dtype)
+            return
         runtime.configure()
         self.generation_config = GenerationConfig()
         if isinstance(model, str | os.PathLike):
@@ -89,6 +98,66 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
         self.tokenizer = tokenizer
         self.last_output: RequestOutput | None = None  # the final output of the last stream()
         self.engine = Engine(self.model, tokenizer, config, eos_token_ids=self.generation_config.eos_token_ids)
+
+    def _init_parallel(self, model, dtype, tokenizer, attention_backend, config, mmap, compute_dtype) -> None:
+        """Rank 0 of ``config.tensor_parallel_size`` ranks (started here, or by torchrun); on another rank of a
+        torchrun group, this serves as a worker until rank 0 stops, then exits the process."""
+        from mimo.config import MiMoConfig
+        from mimo.engine import ranks
+        from mimo.engine.engine import max_model_len
+        from mimo.parallel import group as groups
+
+        if not isinstance(model, str | os.PathLike):
+            raise ValueError("tensor_parallel_size > 1 loads each rank's part from the files: give LLM the model's "
+                             "directory, not a loaded model")
+        path = os.fspath(model)
+        world = config.tensor_parallel_size
+        spec = ranks.RankSpec(path=path, dtype=_dtype_name(dtype), compute_dtype=_dtype_name(compute_dtype),
+                              attention_backend=attention_backend, mmap=mmap, config=config,
+                              max_model_len=max_model_len(MiMoConfig.from_pretrained(path), config))
+        env = groups.from_environment()
+        if env is not None and env[0] != 0:  # torchrun: this process is a worker
+            runtime.configure(threads=ranks.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+            groups.init(env[0], env[1], groups.backend_for(config.device or "cpu"), timeout_s=ranks.IDLE_TIMEOUT_S)
+            ranks.run_worker(spec, *env)
+            raise SystemExit(0)
+        runtime.configure(threads=ranks.threads_per_rank(world if env is None else
+                                                         int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        pg, control, watch = ranks.launch(world, spec)
+        self.generation_config = GenerationConfig.from_pretrained(path)
+        if tokenizer is None and os.path.exists(os.path.join(path, "tokenizer.json")):
+            tokenizer = Tokenizer.from_pretrained(path)
+        self.model = ranks.load_rank(spec, pg)
+        runner = ranks.RankZeroRunner(self.model, config, spec.max_model_len, control=control)
+        self.tokenizer = tokenizer
+        self.last_output = None
+        self.engine = Engine(self.model, tokenizer, config, eos_token_ids=self.generation_config.eos_token_ids,
+                             runner=runner)
+
+        def close() -> None:
+            runner.stop()
+            if watch is not None:
+                watch.close()
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+        self._close = close
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Stop the worker ranks of a parallel LLM and leave the process group (nothing to do otherwise). Called
+        at exit too; an LLM is also a context manager."""
+        if self._close is not None:
+            close, self._close = self._close, None
+            close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def generate(
         self,

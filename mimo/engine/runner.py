@@ -51,7 +51,7 @@ class ModelRunner:
         self._compiled_trunk = torch.compile(model.trunk, options={"cpp_wrapper": True}) if config.compile else None
         self._has_moe = any(cfg.is_moe(i) for i in range(cfg.num_hidden_layers))
         self.cache = HybridKVCache(cfg, config.max_num_seqs, max_model_len + k + 1, lookahead=k + 1, dtype=self.dtype,
-                                   dynamic_capacity=config.compile, device=self.device)
+                                   dynamic_capacity=config.compile, device=self.device, kv_heads=model.kv_heads())
         self.generators: list[torch.Generator | None] = [None] * config.max_num_seqs
         self.mtp: list[MTPState | None] = [None] * config.max_num_seqs
 

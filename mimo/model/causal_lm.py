@@ -76,12 +76,21 @@ class CausalLM(nn.Module):
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.rotary = RotaryTables(config)
         self.compute_dtype: torch.dtype | None = None  # see set_compute_dtype
+        self.parallel = None  # the group a parallel plan split this model over (mimo.parallel), else None
 
     @property
     def dtype(self) -> torch.dtype:
         """The activations' dtype: the compute dtype if one was set (:meth:`set_compute_dtype`), else the
         embedding's. Weights held narrower (bf16, FP8) are read into it."""
         return self.compute_dtype or self.model.embed_tokens.weight.dtype
+
+    def kv_heads(self) -> dict[str, int]:
+        """KV heads per attention kind that this model holds (all, or a tensor-parallel rank's share)."""
+        out: dict[str, int] = {}
+        for m in self.modules():
+            if isinstance(m, Attention):
+                out.setdefault(m.kind, m.n_kv)
+        return out
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """Carry activations (hidden states, logits, the engine's KV cache) in ``dtype`` whatever dtype the
