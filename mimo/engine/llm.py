@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,7 +78,7 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
             raise TypeError(f"LLM() got unknown setting(s) {', '.join(sorted(unknown))}; engine settings are "
                             f"{', '.join(sorted(EngineConfig.fields()))}")
         config = config.replace(**engine_settings)
-        self._close: Callable[[], None] | None = None
+        self._close: weakref.finalize | None = None
         if config.tensor_parallel_size > 1:
             self._init_parallel(model, dtype, tokenizer, attention_backend, config, mmap, compute_dtype)
             return
@@ -121,8 +121,9 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
             groups.init(env[0], env[1], groups.backend_for(config.device or "cpu"), timeout_s=ranks.IDLE_TIMEOUT_S)
             ranks.run_worker(spec, *env)
             raise SystemExit(0)
-        runtime.configure(threads=ranks.threads_per_rank(world if env is None else
-                                                         int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        # The host's cores shared out between the ranks on it; given back when the group closes.
+        before = runtime.configure(threads=ranks.threads_per_rank(world if env is None else
+                                                                  int(os.environ.get("LOCAL_WORLD_SIZE", world))))
         pg, control, watch = ranks.launch(world, spec)
         self.generation_config = GenerationConfig.from_pretrained(path)
         if tokenizer is None and os.path.exists(os.path.join(path, "tokenizer.json")):
@@ -142,16 +143,16 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+            runtime.restore(before)
 
-        self._close = close
-        atexit.register(self.close)
+        # Run once: by close(), when this LLM is collected, or at exit (the closure holds no reference to self).
+        self._close = weakref.finalize(self, close)
 
     def close(self) -> None:
-        """Stop the worker ranks of a parallel LLM and leave the process group (nothing to do otherwise). Called
-        at exit too; an LLM is also a context manager."""
+        """Stop the worker ranks of a parallel LLM and leave the process group (nothing to do otherwise). Also
+        done when the LLM is collected or the process exits; an LLM is a context manager too."""
         if self._close is not None:
-            close, self._close = self._close, None
-            close()
+            self._close()
 
     def __enter__(self) -> LLM:
         return self
