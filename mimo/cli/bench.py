@@ -22,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mtp", type=int, default=None, help="MTP draft tokens to compare against 0 (default: all blocks)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="decode through torch.compile (compiled untimed first)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                   help="split the model over N processes started here (decode through the engine over ranks)")
+    p.add_argument("--enable-expert-parallel", action="store_true",
+                   help="with --tensor-parallel-size: split the routed experts by expert")
     p.add_argument("--json-out", help="also write the results to this JSON file")
 
 
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from mimo.utils.machine import device_description, read_bandwidth
     from mimo.utils.paths import resolve_model_dir
 
+    if args.tensor_parallel_size > 1:
+        return _run_parallel(args)
     runtime.configure(threads=args.threads)
     dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
     prompts = None
@@ -84,6 +90,65 @@ def run(args: argparse.Namespace) -> int:
     if any("bandwidth_bound_speedup" in r for r in result["decode"]):
         print("bound: the batch-1 MTP speed-up that bytes allow at this acceptance length (k MTP blocks and "
               "lm_heads, then a verify whose tokens pick more experts; see `mimo info`)")
+    print(json.dumps(result))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _run_parallel(args: argparse.Namespace) -> int:
+    """The same figures over ``--tensor-parallel-size`` ranks started here: one ``LLM`` per MTP setting, every
+    batch decoded by its engine (an untimed run first: warm-up and, with --compile, compilation)."""
+    import tempfile
+
+    import torch
+
+    from mimo.checkpoint import MiMoForCausalLM
+    from mimo.config import MiMoConfig, preset
+    from mimo.engine.llm import LLM
+    from mimo.eval.speed import decode_run, prefill_run, prompts_for
+    from mimo.parallel.group import from_environment
+    from mimo.utils.machine import device_description, read_bandwidth
+    from mimo.utils.paths import resolve_model_dir
+
+    if from_environment() is not None:
+        raise ValueError("mimo bench --tensor-parallel-size starts its own ranks: run it without torchrun")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.preset:
+            MiMoForCausalLM.from_config(preset(args.preset), seed=0).save_pretrained(tmp)
+            path, name, prompts = tmp, f"preset:{args.preset}", None
+        else:
+            path = name = str(resolve_model_dir(args.model))
+            prompts = _code_prompts(path)
+        cfg = MiMoConfig.from_pretrained(path)
+        k = cfg.num_mtp_layers if args.mtp is None else args.mtp
+        batches = [int(x) for x in args.batches.split(",")]
+        layout = f"TP {args.tensor_parallel_size}" + (" + EP" if args.enable_expert_parallel else "")
+        result: dict = {"model": name, "dtype": args.dtype, "layout": layout, "compile": args.compile,
+                        "machine": device_description(args.device), "decode": []}
+        if args.device in (None, "cpu"):
+            result["read_bandwidth_bytes_per_s"] = read_bandwidth()
+            result["machine"] += f", read bandwidth {result['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+        print(f"model {name} ({args.dtype}, {layout}) on {result['machine']}")
+        for mtp in sorted({0, k}):
+            with LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, num_speculative_tokens=mtp,
+                     max_num_seqs=max(batches), compile=args.compile, device=None if args.device == "cpu" else
+                     args.device, tensor_parallel_size=args.tensor_parallel_size,
+                     enable_expert_parallel=args.enable_expert_parallel) as llm:
+                result["threads_per_rank"] = torch.get_num_threads()
+                if mtp == 0:
+                    prefill_run(llm.engine, prompts_for(llm.model, 1, args.prefill_tokens)[0])
+                    result["prefill_tokens_per_s"] = prefill_run(
+                        llm.engine, prompts_for(llm.model, 1, args.prefill_tokens)[0])
+                    print(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
+                for b in batches:
+                    batch_prompts = prompts_for(llm.model, b, 32, source=prompts)
+                    decode_run(llm.engine, batch_prompts, args.new_tokens)
+                    r = decode_run(llm.engine, batch_prompts, args.new_tokens).as_dict()
+                    result["decode"].append(r)
+                    print(f"batch {b} mtp {mtp}: {r['tokens_per_s']:.1f} tokens/s, acceptance length "
+                          f"{r['acceptance_length']:.2f}", flush=True)
     print(json.dumps(result))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -57,6 +57,17 @@ def measure_prefill(model: CausalLM, length: int = 512, repeats: int = 3, chunk:
     return length / best
 
 
+def prefill_run(eng: Engine, prompt: list[int]) -> float:
+    """Prompt tokens/s of one prefill of ``prompt`` on an existing engine (left empty)."""
+    rid = eng.add_request(prompt, SamplingParams(max_tokens=1, temperature=0))
+    t = time.perf_counter()
+    while eng.has_unfinished():
+        eng.step()
+    dt = time.perf_counter() - t
+    eng.release(rid)
+    return len(prompt) / dt
+
+
 @torch.no_grad()
 def measure_decode(
     model: CausalLM, batch: int, new_tokens: int, mtp: int = 0, prompt_len: int = 32,
