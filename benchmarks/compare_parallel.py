@@ -28,7 +28,7 @@ from _results import write_json  # noqa: E402
 from mimo import LLM  # noqa: E402
 from mimo.checkpoint import MiMoForCausalLM  # noqa: E402
 from mimo.config import preset  # noqa: E402
-from mimo.eval.speed import decode_run, prompts_for  # noqa: E402
+from mimo.eval.speed import decode_run, prefill_run, prompts_for  # noqa: E402
 
 COMM = ("all_reduce", "all_gather", "broadcast", "wait_tensor", "allreduce", "allgather")
 
@@ -43,12 +43,23 @@ def comm_share(llm: LLM, prompts: list[list[int]], new_tokens: int) -> tuple[flo
     return comm, r.seconds, r.tokens // len(prompts)
 
 
+LAYOUTS = {  # name -> LLM settings
+    "1 process": {},
+    "TP 2": {"tensor_parallel_size": 2},
+    "TP 2 + EP 2": {"tensor_parallel_size": 2, "enable_expert_parallel": True},
+    "TP 2 + EP 2 all-to-all": {"tensor_parallel_size": 2, "enable_expert_parallel": True, "expert_all_to_all_from": 1},
+}
+
+
 def measure(path: str, layout: str, args: argparse.Namespace) -> dict:
-    tp = 1 if layout == "1 process" else 2
-    llm = LLM(path, dtype="float32", max_num_seqs=8, tensor_parallel_size=tp,
-              enable_expert_parallel=layout == "TP 2 + EP 2")
+    settings = LAYOUTS[layout]
+    tp = settings.get("tensor_parallel_size", 1)
+    llm = LLM(path, dtype="float32", max_num_seqs=8, **settings)
     out: dict = {"layout": layout, "threads_per_rank": torch.get_num_threads()}
     try:
+        long = prompts_for(llm.model, 1, args.prefill_tokens)[0]
+        prefill_run(llm.engine, long)
+        out["prefill_tps"] = max(prefill_run(llm.engine, long) for _ in range(args.repeats))
         for b in (1, 8):
             prompts = prompts_for(llm.model, b, args.prompt_len)
             decode_run(llm.engine, prompts, args.new_tokens)  # warm-up
@@ -70,6 +81,7 @@ def main() -> None:
     ap.add_argument("--preset", default="bench")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best is kept")
     ap.add_argument("--json-out")
     args = ap.parse_args()
@@ -79,11 +91,12 @@ def main() -> None:
     print(res["machine"])
     with tempfile.TemporaryDirectory() as tmp:
         MiMoForCausalLM.from_config(preset(args.preset), seed=0).save_pretrained(tmp)
-        for layout in ("1 process", "TP 2", "TP 2 + EP 2"):
+        for layout in LAYOUTS:
             print(f"measuring {layout}", file=sys.stderr, flush=True)
             r = measure(tmp, layout, args)
             res["layouts"].append(r)
-            line = f"{layout:<12} batch 1: {r['decode_b1_tps']:6.1f} tok/s   batch 8: {r['decode_b8_tps']:6.1f} tok/s"
+            line = (f"{layout:<22} prefill {r['prefill_tps']:6.0f} tok/s   batch 1: {r['decode_b1_tps']:6.1f} tok/s   "
+                    f"batch 8: {r['decode_b8_tps']:6.1f} tok/s")
             if "b1_comm_share" in r:
                 line += (f"   collectives: {r['b1_comm_ms_per_step']:.1f} of {r['b1_step_ms']:.1f} ms per step at batch 1 "
                          f"({r['b1_comm_share']:.0%}), {r['b8_comm_ms_per_step']:.1f} of {r['b8_step_ms']:.1f} ms at "

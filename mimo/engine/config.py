@@ -24,6 +24,9 @@ class EngineConfig:
     cpu_kernels: bool = True  # load mimo's C++ decode kernels when the model runs on a CPU
     tensor_parallel_size: int = 1  # ranks the model is split over (LLM starts the others; mimo.engine.ranks)
     enable_expert_parallel: bool = False  # routed experts split by expert over those ranks, not by size
+    # With expert parallelism: steps of at least this many tokens send each assignment to its expert's rank by
+    # all-to-all instead of summing partial outputs with one all-reduce (None: never; see benchmarks/README.md)
+    expert_all_to_all_from: int | None = None
 
     def __post_init__(self) -> None:
         k = self.num_speculative_tokens

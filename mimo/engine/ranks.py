@@ -132,7 +132,7 @@ def load_rank(spec: RankSpec, pg: ParallelGroup):
 def run_worker(spec: RankSpec, rank: int, world: int) -> None:
     """A worker's whole life once the process group exists: load its part, then execute plans until told to
     stop."""
-    pg = ParallelGroup(rank, world, ep=spec.config.enable_expert_parallel)
+    pg = rank_group(spec, rank, world)
     control = control_group()
     model = load_rank(spec, pg)
     runner = ModelRunner(model, spec.config, spec.max_model_len)
@@ -218,4 +218,9 @@ def launch(world: int, spec: RankSpec) -> tuple[ParallelGroup, dist.ProcessGroup
         procs = start_workers(world, port, backend, spec)
         watch = WorkerWatch(procs)
         groups.init(0, world, backend, port, timeout_s=IDLE_TIMEOUT_S)
-    return ParallelGroup(0, world, ep=spec.config.enable_expert_parallel), control_group(), watch
+    return rank_group(spec, 0, world), control_group(), watch
+
+
+def rank_group(spec: RankSpec, rank: int, world: int) -> ParallelGroup:
+    return ParallelGroup(rank, world, ep=spec.config.enable_expert_parallel,
+                         all_to_all_from=spec.config.expert_all_to_all_from)

@@ -30,6 +30,9 @@ class ParallelGroup:
     ep: bool = False
     tp: bool = True
     group: dist.ProcessGroup | None = None  # None: the default (world) group
+    # EP: steps of at least this many tokens send each assignment to its expert's rank by all-to-all; smaller
+    # ones (and None: all) sum partial outputs with one all-reduce (mimo.parallel.layers.ParallelExperts)
+    all_to_all_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.rank < self.size:

@@ -19,6 +19,7 @@ intermediate row) and the next module takes the slice (attention reads its head 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -55,10 +56,14 @@ class ParallelLMHead(Linear):
 class ParallelExperts(Experts):
     group: ParallelGroup
     first: int | None  # EP: the global id of this rank's first expert; None: TP (a slice of every expert)
+    all_to_all_from: int | None = None  # EP: steps of at least this many tokens dispatch by all-to-all
 
     def forward(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
         if self.first is None:
             return self.group.all_reduce(super().forward(x_TD, weights_TK, experts_TK))
+        if (self.all_to_all_from is not None and x_TD.shape[0] >= self.all_to_all_from
+                and not torch.compiler.is_compiling()):
+            return self._all_to_all(x_TD, weights_TK, experts_TK)
         n = self.gate_proj.shape[0]
         local = experts_TK - self.first
         mine = (local >= 0) & (local < n)
@@ -74,6 +79,36 @@ class ParallelExperts(Experts):
                                        local[tok, slot, None])
                 y.index_add_(0, tok, part)
         return self.group.all_reduce(y)
+
+
+    def _all_to_all(self, x_TD: torch.Tensor, weights_TK: torch.Tensor, experts_TK: torch.Tensor) -> torch.Tensor:
+        """Expert parallelism by dispatch: each rank takes its share of the tokens, sends each of their
+        assignments to the rank owning the expert and gets the expert's output back (two all-to-alls), weights and
+        sums them, and an all-gather gives every rank every token again. It moves each assignment's activations
+        instead of every token's partial sum, at the price of four collectives (counts, rows, results, gather)
+        instead of one: what pays depends on the step's size and the links (benchmarks/compare_parallel.py)."""
+        g, n_local = self.group, self.gate_proj.shape[0]
+        t, k = experts_TK.shape
+        per = -(-t // g.size)  # tokens per rank, the last rank's share padded
+        lo, hi = min(g.rank * per, t), min((g.rank + 1) * per, t)
+        experts, weights = experts_TK[lo:hi].reshape(-1), weights_TK[lo:hi].reshape(-1)
+        owner = torch.div(experts, n_local, rounding_mode="floor")
+        order = torch.argsort(owner, stable=True)
+        token = order // k  # within this rank's share
+        send_counts = torch.bincount(owner, minlength=g.size)
+        recv_counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(recv_counts, send_counts, group=g.pg)
+        sends, recvs = send_counts.tolist(), recv_counts.tolist()
+        rows = x_TD.new_empty(sum(recvs), x_TD.shape[1])
+        dist.all_to_all_single(rows, x_TD[lo:hi].index_select(0, token).contiguous(), recvs, sends, group=g.pg)
+        ids = experts.new_empty(sum(recvs))
+        dist.all_to_all_single(ids, (experts[order] - owner[order] * n_local).contiguous(), recvs, sends, group=g.pg)
+        done = super().forward(rows, torch.ones(len(ids), 1, dtype=weights.dtype, device=rows.device), ids[:, None])
+        back = x_TD.new_empty(len(order), x_TD.shape[1])
+        dist.all_to_all_single(back, done.contiguous(), sends, recvs, group=g.pg)
+        mine = x_TD.new_zeros(per, x_TD.shape[1])
+        mine.index_add_(0, token, back * weights[order, None].to(back.dtype))
+        return g.all_gather(mine, dim=0)[:t]
 
 
 def become(module: nn.Module, cls: type, **attributes: object) -> None:

@@ -104,7 +104,7 @@ def apply_plan(model: CausalLM, pg: ParallelGroup) -> dict[str, Slice]:
                 mine = _rows(r, n, ex.gate_proj.shape[0])
                 for leaf in Experts.PROJECTIONS:
                     split(prefix, ex, leaf, Slice(experts=range(mine.start, mine.stop)), stacked=True)
-                become(ex, ParallelExperts, group=pg, first=mine.start)
+                become(ex, ParallelExperts, group=pg, first=mine.start, all_to_all_from=pg.all_to_all_from)
             else:
                 inter = _rows(r, n, ex.gate_proj.shape[1])
                 split(prefix, ex, "gate_proj", inter, stacked=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-# (name, tensor parallel, expert parallel)
-LAYOUTS = [("tp2", True, False), ("ep2", False, True), ("tp2+ep2", True, True)]
+# (name, tensor parallel, expert parallel, EP steps of at least this many tokens dispatch by all-to-all)
+LAYOUTS = [("tp2", True, False, None), ("ep2", False, True, None), ("tp2+ep2", True, True, None),
+           ("tp2+ep2 all-to-all", True, True, 1), ("ep2 all-to-all", False, True, 1)]
 
 
 def held_bytes(model) -> int:
@@ -33,10 +34,11 @@ def logits_per_layout(rank: int, world: int, port: int, path: str, ids: torch.Te
     init(rank, world, "gloo", port, timeout_s=120)
     try:
         res = {}
-        for name, tp, ep in LAYOUTS:
-            model = load_sharded(path, ParallelGroup(rank, world, ep=ep, tp=tp), dtype=dtype)
+        for name, tp, ep, a2a in LAYOUTS:
+            model = load_sharded(path, ParallelGroup(rank, world, ep=ep, tp=tp, all_to_all_from=a2a), dtype=dtype)
             with torch.no_grad():
-                res[name] = {"logits": model(ids).logits.float(), "bytes": held_bytes(model)}
+                res[name] = {"logits": model(ids).logits.float(), "bytes": held_bytes(model),
+                             "odd": model(ids[:1]).logits.float()}  # an odd number of tokens to share out
             del model
         torch.save(res, f"{out}/rank{rank}.pt")
     finally:

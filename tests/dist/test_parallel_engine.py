@@ -28,14 +28,16 @@ def _tokens(llm, params):
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
 
 
-@pytest.mark.parametrize("k,ep", [(0, False), (3, True)])
-def test_two_ranks_generate_what_one_process_does(model_dir, k, ep):
+@pytest.mark.parametrize("k,ep,a2a", [(0, False, None), (3, True, None), (3, True, 8)])
+def test_two_ranks_generate_what_one_process_does(model_dir, k, ep, a2a):
+    """a2a: with expert parallelism, steps of at least that many tokens (prefill, verify at batch 2) dispatch
+    by all-to-all, smaller ones all-reduce partial sums."""
     greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
     seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=20, ignore_eos=True, seed=11)
     one = LLM(model_dir, dtype="float32", num_speculative_tokens=k, max_num_seqs=2)
     want_greedy, want_seeded = _tokens(one, greedy), _tokens(one, seeded)
     with LLM(model_dir, dtype="float32", num_speculative_tokens=k, max_num_seqs=2, tensor_parallel_size=2,
-             enable_expert_parallel=ep) as two:
+             enable_expert_parallel=ep, expert_all_to_all_from=a2a) as two:
         assert _tokens(two, greedy) == want_greedy
         assert _tokens(two, seeded) == want_seeded
         unseeded = _tokens(two, SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True))  # ranks agree

@@ -37,10 +37,11 @@ def test_layouts_equal_one_process(tmp_path_factory, ids):
     with torch.no_grad():
         want = one(ids).logits
     ranks = _run(path, ids, "float32", tmp_path_factory.mktemp("out"))
-    for name, tp, _ in LAYOUTS:
+    for name, tp, _, _ in LAYOUTS:
         for r, res in enumerate(ranks):
             err = (res[name]["logits"] - want).abs().max().item()
             assert err < 1e-5, f"{name} rank {r}: logits differ by {err}"
+            assert (res[name]["odd"] - want[:1]).abs().max().item() < 1e-5
         # each rank holds its part: about half the model under TP; under EP alone, half the experts and the rest
         held = max(res[name]["bytes"] for res in ranks)
         if tp:
@@ -62,7 +63,7 @@ def test_fp8_slices_load_with_their_scales(tmp_path_factory, ids, block):
     with torch.no_grad():
         want = wide(ids).logits
     ranks = _run(path, ids, "auto", tmp_path_factory.mktemp("out"))
-    for name, _, _ in LAYOUTS:
+    for name, _, _, _ in LAYOUTS:
         for r, res in enumerate(ranks):
             err = ((res[name]["logits"] - want).abs().max() / want.abs().max()).item()
             assert err < 1e-4, f"{name} rank {r}: FP8 logits differ from the dequantized model's by {err:.2e}"
