@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mimo.cli.engine_args import add_compute_dtype
+from mimo.cli.engine_args import add_compute_dtype, add_speculative_policy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batches", default="1,8", help="comma-separated decode batch sizes (default 1,8)")
     p.add_argument("--mtp", type=int, default=None, help="MTP draft tokens to compare against 0 (default: all blocks)")
+    add_speculative_policy(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="decode through torch.compile (compiled untimed first)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
@@ -71,10 +72,11 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.write(f"prefill: {result['prefill_tokens_per_s']:.0f} tokens/s ({args.prefill_tokens}-token prompt)")
         bar.write(f"{'batch':>5} {'mtp':>3} {'tokens/s':>9} {'accept len':>10} {'cache/request':>14} "
-                  f"{'vs mtp 0':>9} {'bound':>6}")
+                  f"{'vs mtp 0':>9} {'bound':>6}  drafts per step (row-steps)")
         plain = None
         for b, mtp in runs:
-            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts, compile=args.compile).as_dict()
+            r = measure_decode(model, b, args.new_tokens, mtp, prompts=prompts, compile=args.compile,
+                               policy=args.speculative_policy).as_dict()
             if mtp == 0:
                 plain = r["tokens_per_s"]
             else:  # what the bytes allow: batch-1 decode is memory-bound, and the verify reads more experts
@@ -84,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
             result["decode"].append(r)
             bar.update(1)
             vs = f"{r['speedup_vs_mtp0']:>8.2f}x" if "speedup_vs_mtp0" in r else f"{'':>9}"
-            bound = f"{r['bandwidth_bound_speedup']:>5.2f}x" if "bandwidth_bound_speedup" in r else ""
+            bound = f"{r['bandwidth_bound_speedup']:>5.2f}x" if "bandwidth_bound_speedup" in r else f"{'':>6}"
             bar.write(f"{r['batch']:>5} {r['mtp']:>3} {r['tokens_per_s']:>9.1f} {r['acceptance_length']:>10.2f} "
-                      f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB {vs} {bound}".rstrip())
+                      f"{r['cache_bytes_per_request'] / 1024:>11.1f} KiB {vs} {bound}  {_hist(r)}".rstrip())
+    if k:
+        print(f"drafts per step: how many MTP drafts the {args.speculative_policy} policy made per row and step "
+              "(drafts:row-steps), and how many of them were accepted")
     if any("bandwidth_bound_speedup" in r for r in result["decode"]):
         print("bound: the batch-1 MTP speed-up that bytes allow at this acceptance length (k MTP blocks and "
               "lm_heads, then a verify whose tokens pick more experts; see `mimo info`)")
@@ -133,6 +138,7 @@ def _run_parallel(args: argparse.Namespace) -> int:
         print(f"model {name} ({args.dtype}, {layout}) on {result['machine']}")
         for mtp in sorted({0, k}):
             with LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, num_speculative_tokens=mtp,
+                     speculative_policy=args.speculative_policy,
                      max_num_seqs=max(batches), compile=args.compile, device=None if args.device == "cpu" else
                      args.device, tensor_parallel_size=args.tensor_parallel_size,
                      enable_expert_parallel=args.enable_expert_parallel) as llm:
@@ -148,7 +154,7 @@ def _run_parallel(args: argparse.Namespace) -> int:
                     r = decode_run(llm.engine, batch_prompts, args.new_tokens).as_dict()
                     result["decode"].append(r)
                     print(f"batch {b} mtp {mtp}: {r['tokens_per_s']:.1f} tokens/s, acceptance length "
-                          f"{r['acceptance_length']:.2f}", flush=True)
+                          f"{r['acceptance_length']:.2f}{'; ' + _hist(r) if mtp else ''}", flush=True)
     print(json.dumps(result))
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -173,3 +179,11 @@ def _code_prompts(path: str) -> list[list[int]] | None:
         with open(abspath, encoding="utf-8") as f:
             out.append(tok.encode(f.read()[:2000]))
     return out
+
+
+def _hist(r: dict) -> str:
+    """A decode run's drafts per step (drafts:row-steps) and accepted/drafted, for the tables."""
+    if not r["mtp"]:
+        return ""
+    hist = " ".join(f"{k}:{n}" for k, n in sorted(r["drafts_per_step"].items()))
+    return f"{hist}; {r['accepted']}/{r['drafted']} accepted"

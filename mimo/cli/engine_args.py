@@ -14,11 +14,12 @@ if TYPE_CHECKING:
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
-    """``--mtp --dtype --device --max-model-len --prefill-chunk --compile --tensor-parallel-size
+    """``--mtp --speculative-policy --dtype --device --max-model-len --prefill-chunk --compile --tensor-parallel-size
     --enable-expert-parallel`` (and ``--max-num-seqs`` when the command decodes several sequences together)."""
     g = p.add_argument_group("engine")
     g.add_argument("--mtp", type=int, default=0, metavar="K",
                    help="MTP speculative decoding with K draft tokens per step, 0-3 (default 0: off)")
+    add_speculative_policy(g)
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="weights dtype: auto (default) keeps each tensor as stored (FP8 stays FP8, bf16 bf16); "
                         "float32 or bfloat16 convert them")
@@ -42,6 +43,13 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help="with --tensor-parallel-size: split the routed experts by expert instead of by size")
 
 
+def add_speculative_policy(g) -> None:
+    g.add_argument("--speculative-policy", default="adaptive", choices=["adaptive", "fixed"],
+                   help="with --mtp K: adaptive (default) drafts 0..K per step, whichever the measured step times "
+                        "and each request's acceptance say gives most tokens/s; fixed always drafts K. Output is "
+                        "the same either way (greedy: identical; sampling: the same distribution)")
+
+
 def add_compute_dtype(g) -> None:
     g.add_argument("--compute-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="activations' dtype: auto (default) is float32 on a CPU whatever the weights are held in "
@@ -53,7 +61,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
     """The :class:`EngineConfig` of the parsed options (a ``ValueError`` naming a bad one)."""
     from mimo.engine.config import EngineConfig
 
-    return EngineConfig(num_speculative_tokens=args.mtp, max_num_seqs=getattr(args, "max_num_seqs", 1),
+    return EngineConfig(num_speculative_tokens=args.mtp, speculative_policy=args.speculative_policy,
+                        max_num_seqs=getattr(args, "max_num_seqs", 1),
                         max_model_len=args.max_model_len, prefill_chunk=args.prefill_chunk, compile=args.compile,
                         device=args.device, tensor_parallel_size=_tp_size(args),
                         enable_expert_parallel=args.enable_expert_parallel)

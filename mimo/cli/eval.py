@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights dtype: auto (default) as stored, or convert")
     add_compute_dtype(p)
     p.add_argument("--json-out", help="also write the report as JSON")
+    p.add_argument("--acceptance-plot", metavar="PATH",
+                   help="also write acceptance length against next-token entropy, beside the paper's fit, as "
+                        "PATH.png and PATH.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.engine.llm import prepare_for_inference
-    from mimo.eval.lm import acceptance, score_files, unigram_bits_per_byte
+    from mimo.eval.acceptance import plot_entropy, speculation_report
+    from mimo.eval.lm import score_files, unigram_bits_per_byte
     from mimo.tokenizer import Tokenizer
     from mimo.training.data import build_token_cache, split_files, stdlib_files
     from mimo.utils import runtime
@@ -70,15 +74,46 @@ def run(args: argparse.Namespace) -> int:
             report.unigram_bits_per_byte = unigram_bits_per_byte(tokens, tok, texts)
         print(f"  unigram baseline {report.unigram_bits_per_byte:.4f} bits/byte")
 
-    def show(k: int, al: float, tps: float) -> None:
-        what = f"acceptance length k={k}: {al:.3f} tokens per decode forward (greedy)" if k else "plain decode k=0"
-        tqdm.write(f"  {what}, {tps:.1f} tokens/s")
+    def show(name: str, r) -> None:
+        if name == "k=0":
+            what = "plain decode k=0"
+        else:
+            hist = " ".join(f"{k}:{n}" for k, n in r.drafts_per_step.items())
+            what = (f"{'adaptive (at most ' + str(model.config.num_mtp_layers) + ')' if name == 'adaptive' else name}"
+                    f": acceptance length {r.acceptance_length:.3f} tokens per decode forward (greedy), "
+                    f"{r.accepted}/{r.drafted} drafts accepted, steps by drafts {hist}")
+        tqdm.write(f"  {what}, {r.tokens_per_s:.1f} tokens/s")
 
-    al, speedup, same = acceptance(model, tok, texts, args.prefix_tokens, args.new_tokens, args.max_prompts,
-                                   on_result=show)
-    report.acceptance_length, report.speculative_speedup, report.speculative_outputs_identical = al, speedup, same
-    if speedup is not None:
-        print(f"  wall-clock decode speed k={max(al)} vs k=0: {speedup:.2f}x; outputs identical: {same}")
+    spec = speculation_report(model, tok, texts, args.prefix_tokens, args.new_tokens, args.max_prompts, on_result=show)
+    if spec is not None:
+        kmax = model.config.num_mtp_layers
+        runs, plain = spec.runs, spec.runs["k=0"]
+        report.acceptance_length = {int(n[2:]): r.acceptance_length for n, r in runs.items() if n[:2] == "k=" and n != "k=0"}
+        report.tokens_per_s = {n: r.tokens_per_s for n, r in runs.items()}
+        report.speculative_speedup = runs[f"k={kmax}"].tokens_per_s / plain.tokens_per_s
+        report.speculative_outputs_identical = all(r.outputs == plain.outputs for r in runs.values())
+        ad = runs["adaptive"]
+        best = max((n for n in runs if n != "adaptive"), key=lambda n: runs[n].tokens_per_s)
+        report.adaptive = {"acceptance_length": ad.acceptance_length, "drafted": ad.drafted, "accepted": ad.accepted,
+                           "drafts_per_step": ad.drafts_per_step, "speedup_vs_k0": ad.tokens_per_s / plain.tokens_per_s,
+                           "vs_best_fixed": ad.tokens_per_s / runs[best].tokens_per_s, "best_fixed": best}
+        report.depth_acceptance = spec.depth_acceptance
+        report.entropy = spec.entropy
+        print(f"  wall-clock decode speed k={kmax} vs k=0: {report.speculative_speedup:.2f}x; adaptive vs k=0: "
+              f"{report.adaptive['speedup_vs_k0']:.2f}x, vs the best fixed ({best}): "
+              f"{report.adaptive['vs_best_fixed']:.2f}x; outputs identical: {report.speculative_outputs_identical}")
+        print("  at k={}: draft acceptance per depth (given the earlier ones were accepted) {}".format(
+            kmax, ", ".join(f"{a:.3f}" for a in spec.depth_acceptance)))
+        for b in spec.entropy["per_step_bins"]:
+            to = f"{b['entropy_to']:.2f}" if b["entropy_to"] is not None else "inf"
+            print(f"  entropy {b['entropy_from']:.2f}-{to} nats: {b['steps']} steps, acceptance length "
+                  f"{b['acceptance_length']:.2f} (the paper's fit at their mean entropy {b['mean_entropy']:.3f}: "
+                  f"{b['paper_fit']:.2f})")
+        if args.acceptance_plot:
+            plot_entropy(spec.entropy, args.acceptance_plot + ".png")
+            with open(args.acceptance_plot + ".json", "w") as f:
+                json.dump({"depth_acceptance": spec.depth_acceptance, **spec.entropy}, f, indent=2)
+            print(f"  wrote {args.acceptance_plot}.png and {args.acceptance_plot}.json")
     print(json.dumps(asdict(report)))
     if args.json_out:
         with open(args.json_out, "w") as f:

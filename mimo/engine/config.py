@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EngineConfig:
-    num_speculative_tokens: int = 0  # MTP draft tokens per step (0: no speculation)
+    num_speculative_tokens: int = 0  # MTP draft tokens per step (0: no speculation); the most, when adaptive
+    speculative_policy: str = "adaptive"  # "adaptive": drafts per step from measured cost and acceptance; "fixed"
     max_num_seqs: int = 16  # sequences decoded together (cache slots)
     max_model_len: int | None = None  # prompt + completion tokens; None: the model's
     prefill_chunk: int = 512  # prompt tokens prefilled per step (over all waiting prompts)
@@ -32,6 +33,8 @@ class EngineConfig:
         k = self.num_speculative_tokens
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
+        if self.speculative_policy not in ("adaptive", "fixed"):
+            raise ValueError(f"speculative_policy must be 'adaptive' or 'fixed', got {self.speculative_policy!r}")
         for name in ("max_num_seqs", "prefill_chunk", "tensor_parallel_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -12,6 +12,7 @@ nothing process-wide: :class:`mimo.engine.llm.LLM` and the CLI prepare the model
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,10 +21,26 @@ from mimo.engine.config import EngineConfig
 from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.outputs import RequestOutput, StreamDelta
 from mimo.engine.params import SamplingParams
+from mimo.engine.policy import SpeculationPolicy
 from mimo.engine.runner import ModelRunner
 from mimo.engine.scheduler import Scheduler
 from mimo.model.causal_lm import CausalLM
 from mimo.tokenizer import Tokenizer
+
+
+def relative_step_cost(model_config: MiMoConfig):
+    """The speculation policy's prior: a step of B rows drafting k, in weights read relative to a plain step of B
+    rows (``mimo info``'s arithmetic: a verify's B(k+1) tokens touch more experts, and each draft depth runs an
+    MTP block and the head for B tokens)."""
+    from mimo.model.sizes import parameter_counts, params_read_per_step
+
+    pc = parameter_counts(model_config)
+
+    def cost(batch: int, k: int) -> float:
+        plain = params_read_per_step(model_config, batch)
+        return (params_read_per_step(model_config, batch * (k + 1)) + k * (pc.per_mtp_block + pc.lm_head)) / plain
+
+    return cost
 
 
 def max_model_len(model_config: MiMoConfig, config: EngineConfig) -> int:
@@ -61,10 +78,13 @@ class Engine:
         eos = set(cfg.eos_token_ids) | set(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
+        self._last_decode: tuple[tuple[int, ...], int] = ((), 0)  # the last decode step's rows and drafts
+        self.policy = SpeculationPolicy(config.num_speculative_tokens, config.speculative_policy,
+                                        prior_cost=relative_step_cost(cfg))
         self.scheduler = Scheduler(
             max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len, prefill_chunk=config.prefill_chunk,
             num_speculative_tokens=config.num_speculative_tokens, vocab_size=cfg.vocab_size, eos_ids=eos,
-            tokenizer=tokenizer, sequence_bytes=self.runner.sequence_bytes,
+            tokenizer=tokenizer, sequence_bytes=self.runner.sequence_bytes, policy=self.policy,
         )
 
     # ------------------------------------------------------------------ requests
@@ -93,7 +113,22 @@ class Engine:
         plan = self.scheduler.schedule()
         if plan.is_empty():
             return []
-        return self.scheduler.update(plan, self.runner.execute(plan))
+        t = time.perf_counter()
+        results = self.runner.execute(plan)
+        if plan.decode:  # a decode step's cost, for the speculation policy
+            rows, k = tuple(r.slot for r in plan.decode), plan.decode[0].drafts
+            # steady: every MTP block this step ran also ran in the step before, for the same rows; otherwise
+            # it had positions to catch up on, a one-off cost that is not the cost of drafting k
+            steady = not plan.prefill and not plan.starts and not plan.moves and (
+                k == 0 or (self._last_decode[0] == rows and self._last_decode[1] >= k))
+            if steady:
+                self.policy.observe_step(len(rows), k, time.perf_counter() - t)
+            self._last_decode = (rows, k)
+        return self.scheduler.update(plan, results)
+
+    def speculation_stats(self) -> dict:
+        """The speculation policy's aggregate figures: steps per chosen k, predicted vs realised tokens per step."""
+        return {"policy": self.config.speculative_policy, **self.policy.stats.as_dict()}
 
     # ------------------------------------------------------------------ state
     def has_unfinished(self) -> bool:

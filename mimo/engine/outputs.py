@@ -21,6 +21,7 @@ class SpecStats:
     drafted: int = 0
     accepted: int = 0  # drafts verification accepted that reached the output (a stop may cut a step short)
     decode_tokens: int = 0  # tokens emitted by decode steps (the first token comes from prefill)
+    drafts_per_step: dict[int, int] = field(default_factory=dict)  # drafts made in a step -> steps
 
     @property
     def acceptance_length(self) -> float:

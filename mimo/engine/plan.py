@@ -42,7 +42,7 @@ class DecodeRow:
     slot: int
     token: int  # the last committed token, fed at ``position``
     position: int
-    drafts: int = 0  # MTP draft tokens this step
+    drafts: int = 0  # MTP draft tokens this step (the most: see StepPlan.stop_unsure)
 
 
 @dataclass
@@ -54,6 +54,8 @@ class StepPlan:
     params: dict[int, SamplingParams] = field(default_factory=dict)  # slot -> how it samples (rows that sample)
     # slot -> (prompt ids, output ids), for rows whose parameters have penalties
     histories: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+    # per draft depth: a row stops drafting at this depth when its draft is unsure (below the policy's floor)
+    stop_unsure: tuple[bool, ...] = ()
 
     def is_empty(self) -> bool:
         return not (self.moves or self.starts or self.prefill or self.decode)
@@ -69,3 +71,4 @@ class RowResult:
     drafted: int = 0
     accepted: int = 0
     provenance: list[int] = field(default_factory=list)  # per token: 0 = the trunk, k = MTP draft of depth k
+    unsure: list[bool] = field(default_factory=list)  # per kept draft: below the policy's confidence floor

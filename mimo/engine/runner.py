@@ -20,6 +20,7 @@ from mimo.config import MiMoConfig
 from mimo.engine.config import EngineConfig
 from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.plan import DecodeRow, RowResult, StepPlan
+from mimo.engine.policy import DRAFT_CONFIDENCE_FLOOR
 from mimo.engine.sampling import SamplingBatch, rejection_sample, token_logprobs
 from mimo.engine.speculative import MTPState, draft, start_chain
 from mimo.model.causal_lm import CausalLM
@@ -164,27 +165,35 @@ class ModelRunner:
         return out
 
     def _speculative(self, plan: StepPlan, rows: list[DecodeRow]) -> dict[int, RowResult]:
-        k = rows[0].drafts
-        if any(r.drafts != k for r in rows):
-            raise NotImplementedError("every row of a verify step drafts the same number of tokens")
+        k_max = max(r.drafts for r in rows)
         slots = [r.slot for r in rows]
         batch = self._sampling(plan, slots)
         states = [self.mtp[s] for s in slots]
         assert all(st is not None for st in states)
-        drafts, dprobs = draft(self.model, self.cache, slots, states, [r.position - 1 for r in rows], k, batch)
+        floor = DRAFT_CONFIDENCE_FLOOR if self.config.speculative_policy == "adaptive" else None
+        drafts, dprobs, kept, unsure = draft(self.model, self.cache, slots, states, [r.position - 1 for r in rows],
+                                             k_max, batch, floor, plan.stop_unsure)
+        kept = [min(n, r.drafts) for n, r in zip(kept, rows)]
+        k = max(kept)
+        if k == 0:  # no row kept a draft: a plain step (whose token continues the chains too)
+            return self._decode(plan, rows)
+        drafts, dprobs = drafts[:, :k], dprobs[:, :k]
         ids = torch.cat([self._tensor([[r.token] for r in rows]), drafts], dim=1)  # [B, K+1]
-        pos = self._tensor([list(range(r.position, r.position + k + 1)) for r in rows])
-        hidden = self._forward_step(rows, ids, pos, max(r.position for r in rows) + k)  # [B, K+1, D]
+        # a row with fewer drafts is padded: position -1 is neither cached nor attended
+        pos = self._tensor([list(range(r.position, r.position + n + 1)) + [-1] * (k - n) for r, n in zip(rows, kept)])
+        hidden = self._forward_step(rows, ids, pos, max(r.position + n for r, n in zip(rows, kept)))  # [B, K+1, D]
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(rows), logits.shape[-1]
         verify = batch.repeat(k + 1, drafts)  # position i is scored as if drafts 1..i were already generated
         tprobs = verify.probs(logits.reshape(-1, v)).view(b, k + 1, v)
-        accepted, out_ids = rejection_sample(drafts, dprobs, tprobs, batch.generators)
+        n_drafts = torch.tensor(kept, device=self.device) if min(kept) < k else None
+        accepted, out_ids = rejection_sample(drafts, dprobs, tprobs, batch.generators, n_drafts)
         out = {}
         for j, (r, a, toks) in enumerate(zip(rows, accepted.tolist(), out_ids.tolist())):
             toks = toks[: a + 1]
             lps = token_logprobs(logits[j, : a + 1], out_ids[j, : a + 1], [batch.top_logprobs[j]] * (a + 1))
-            out[r.slot] = RowResult(toks, lps, drafted=k, accepted=a, provenance=list(range(1, a + 1)) + [0])
+            out[r.slot] = RowResult(toks, lps, drafted=kept[j], accepted=a,
+                                    provenance=list(range(1, a + 1)) + [0], unsure=unsure[j][: kept[j]])
             self.cache.truncate(r.slot, r.position + 1 + a)
             self._advance(r, hidden[j, : a + 1], toks)
         return out

@@ -339,8 +339,13 @@ def rejection_sample(
     draft_probs: torch.Tensor,
     target_probs: torch.Tensor,
     generators: Generators = None,
+    n_drafts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Verify K drafted tokens per row against the target model; returns ``(accepted_counts [B], output_ids)``.
+
+    ``n_drafts [B]`` (default: K for every row): row b drafted only its first ``n_drafts[b]`` tokens (the rest
+    is padding); it accepts at most those, and its extra token comes from position ``n_drafts[b]`` when all were
+    accepted (the bonus), as if K were ``n_drafts[b]``.
 
     ``draft_ids [B, K]`` were sampled from ``draft_probs [B, K, V]`` (q); ``target_probs [B, K+1, V]`` (p) is the
     target distribution at each draft position plus the bonus position. Row b emits its first
@@ -381,13 +386,18 @@ def rejection_sample(
     p_d = p[:, :n_draft].gather(2, d[..., None]).squeeze(2)  # [B, K]
     q_d = q.gather(2, d[..., None]).squeeze(2)  # [B, K]
     accept = u[:, :n_draft] * q_d < p_d
+    if n_drafts is not None:
+        if n_drafts.shape != (batch,) or (batch and (int(n_drafts.min()) < 0 or int(n_drafts.max()) > n_draft)):
+            raise ValueError(f"n_drafts must be [B] = [{batch}] counts in 0..{n_draft}")
+        accept &= torch.arange(n_draft, device=dev)[None, :] < n_drafts.to(dev)[:, None]
+    limit = n_drafts.to(dev) if n_drafts is not None else torch.full((batch,), n_draft, device=dev)
     n_acc = accept.long().cumprod(-1).sum(-1)  # [B], accepted prefix length
 
     # The one extra token: from norm(max(0, p_j - q_j)) at the first rejection j, or from p_K (q taken as 0).
     ar = torch.arange(batch, device=dev)
     p_fin = p[ar, n_acc]  # [B, V]
     if n_draft:
-        q_fin = q[ar, n_acc.clamp_max(n_draft - 1)] * (n_acc < n_draft)[:, None]  # [B, V]; 0 at the bonus position
+        q_fin = q[ar, n_acc.clamp_max(n_draft - 1)] * (n_acc < limit)[:, None]  # [B, V]; 0 at the bonus position
         resid = (p_fin - q_fin).clamp_min(0)
     else:
         resid = p_fin

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from mimo.engine.outputs import CompletionOutput, RequestOutput, SpecStats, StreamDelta
 from mimo.engine.params import SamplingParams
 from mimo.engine.plan import DecodeRow, PrefillChunk, RowResult, SlotStart, StepPlan
+from mimo.engine.policy import SpeculationPolicy
 from mimo.engine.sequence import Sequence
 from mimo.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -35,6 +36,7 @@ class Scheduler:
         eos_ids: Iterable[int],
         tokenizer: Tokenizer | None = None,
         sequence_bytes: Callable[[int], int] = lambda n: 0,
+        policy: SpeculationPolicy | None = None,
     ) -> None:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
@@ -49,6 +51,7 @@ class Scheduler:
         self.requests: dict[str, list[Sequence]] = {}  # until release(): the LLM front end reads final outputs
         self._ids = itertools.count()
         self._moves: list[tuple[int, int, int]] = []  # compaction done since the last plan
+        self.policy = policy or SpeculationPolicy(num_speculative_tokens, "fixed")  # drafts per decode step
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -140,10 +143,13 @@ class Scheduler:
             budget -= n
             if last:
                 self._sampling(plan, seq)
-        for seq in self.running:
-            if seq.prefilled and seq.output_ids and not seq.finished:
-                plan.decode.append(DecodeRow(seq.slot, seq.output_ids[-1], seq.num_computed, self.k))
-                self._sampling(plan, seq)
+        decoding = [s for s in self.running if s.prefilled and s.output_ids and not s.finished]
+        k = self.policy.choose([_key(s) for s in decoding]) if decoding else 0
+        if k:
+            plan.stop_unsure = self.policy.stop_unsure()
+        for seq in decoding:
+            plan.decode.append(DecodeRow(seq.slot, seq.output_ids[-1], seq.num_computed, k))
+            self._sampling(plan, seq)
         return plan
 
     @staticmethod
@@ -168,6 +174,10 @@ class Scheduler:
             seq, r = by_slot[row.slot], results[row.slot]
             seq.stats.decode_steps += 1
             seq.stats.drafted += r.drafted
+            seq.stats.drafts_per_step[r.drafted] = seq.stats.drafts_per_step.get(r.drafted, 0) + 1
+            if row.drafts:
+                self.policy.observe_row(_key(seq), r.drafted, r.accepted, r.unsure)
+                self.policy.stats.rows_cut_short += r.drafted < row.drafts
             seq.num_computed += 1 + r.accepted  # the fed token and the accepted drafts are now cached
             n_before = len(seq.output_ids)
             self._commit(seq, r)
@@ -176,6 +186,8 @@ class Scheduler:
             seq.stats.accepted += min(r.accepted, committed)
             seq.stats.decode_tokens += committed
             touched.append(seq)
+        if plan.decode:
+            self.policy.observe_tokens(sum(len(results[r.slot].tokens) for r in plan.decode) / len(plan.decode))
         for s in touched:
             s.peak_cache_bytes = max(s.peak_cache_bytes, self.sequence_bytes(s.num_computed))
         deltas = [self._delta(s) for s in dict.fromkeys(touched)]
@@ -236,6 +248,7 @@ class Scheduler:
         return StreamDelta(s.request_id, text, toks, s.index, s.finish_reason, s.stop_reason, lps, s.error, prov)
 
     def _free(self, seq: Sequence) -> None:
+        self.policy.forget(_key(seq))
         slot = seq.slot
         self.running.remove(seq)
         seq.slot = -1
@@ -268,5 +281,12 @@ def to_output(seqs: list[Sequence]) -> RequestOutput:
     for s in seqs:
         for f in ("decode_steps", "prefill_chunks", "drafted", "accepted", "decode_tokens"):
             setattr(stats, f, getattr(stats, f) + getattr(s.stats, f))
+        for k, n in s.stats.drafts_per_step.items():
+            stats.drafts_per_step[k] = stats.drafts_per_step.get(k, 0) + n
     return RequestOutput(first.request_id, first.prompt, first.prompt_ids, outs, all(s.finished for s in seqs), stats,
                          max(s.peak_cache_bytes for s in seqs))
+
+
+def _key(seq: Sequence) -> str:
+    """A sample's name for the speculation policy (a request's n samples are separate rows)."""
+    return f"{seq.request_id}/{seq.index}"

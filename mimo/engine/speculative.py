@@ -96,11 +96,17 @@ def start_chain(state: MTPState, hidden: torch.Tensor, first_pos: int, k_max: in
 
 @torch.no_grad()
 def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[MTPState], last_pos: list[int],
-          k_max: int, sampling: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draft ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V]).
+          k_max: int, sampling: SamplingBatch, floor: float | None = None, stop_unsure: tuple[bool, ...] = ()
+          ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[list[bool]]]:
+    """Draft up to ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V], drafts kept per row,
+    per row whether each kept draft was unsure).
 
     Row j is cache slot ``slots[j]`` whose trunk has processed positions up to ``last_pos[j]`` (q); each
-    state's chain and frontiers advance over what became committed."""
+    state's chain and frontiers advance over what became committed. A draft is *unsure* when its token has less
+    than ``floor`` probability under its block (its sampling distribution; for a greedy row, whose distribution
+    is one-hot, the block's softmax). At a depth ``d`` with ``stop_unsure[d-1]``, a row keeps no draft from its
+    first unsure one on (later ones build on it), and drafting ends at the depth where no row is left: deeper
+    blocks catch up at a later step."""
     b = len(slots)
     device = cache.device
     drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
@@ -108,7 +114,12 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     drafted: list[list[int]] = [[] for _ in range(b)]  # host copies of the drafts, for the next depth's inputs
     q = last_pos
     pending: list[tuple[int, torch.Tensor] | None] = [None] * b  # block k-1's draft-dependent rows (start, rows)
+    kept = [0] * b  # drafts each row keeps
+    unsure: list[list[bool]] = [[] for _ in range(b)]
+    alive = [True] * b
     for k in range(1, k_max + 1):
+        if not any(alive):
+            break
         ids, chains, poss, spans = [], [], [], []
         for j, st in enumerate(states):
             lo, hi = st.frontier[k - 1] + 1, q[j]
@@ -136,19 +147,33 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
             lo, hi, commit_end = spans[j]
             n_commit = max(0, commit_end - lo + 1)
             if n_commit:
-                if k < k_max:
+                if k < len(st.chain):  # a deeper block reads these, in this step or a later one
                     st.chain[k].append(lo, out[j, :n_commit])
                 st.frontier[k - 1] = commit_end
                 st.chain[k - 1].drop_through(commit_end)
             pending[j] = (lo + n_commit, out[j, n_commit : hi - lo + 1])
             last.append(out[j, hi - lo])
             cache.truncate_one(("mtp", k - 1), slots[j], st.frontier[k - 1] + 1)
-        p = sampling.filtered(model.compute_logits(torch.stack(last)))  # [B, V]
+        logits = model.compute_logits(torch.stack(last))
+        p = sampling.filtered(logits)  # [B, V]
         d = sample(p, sampling.generators)
         drafts[:, k - 1] = d
         probs[:, k - 1] = p
+        low = [False] * b
+        if floor is not None:
+            conf = p.gather(1, d[:, None]).squeeze(1)
+            greedy = (p > 0).sum(-1) == 1
+            if bool(greedy.any()):
+                raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
+                conf = torch.where(greedy, raw, conf)
+            low = (conf < floor).tolist()
+        stop = k <= len(stop_unsure) and stop_unsure[k - 1]
         for j, t in enumerate(d.tolist()):
             drafted[j].append(t)
+            alive[j] = alive[j] and not (stop and low[j])
+            if alive[j]:
+                kept[j] += 1
+                unsure[j].append(low[j])
     for st in states:  # tokens below every block's next input can no longer be read
         st.forget_tokens_before(min(st.frontier) + 2)
-    return drafts, probs
+    return drafts, probs, kept, unsure

@@ -14,17 +14,13 @@
 from __future__ import annotations
 
 import math
-import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mimo.engine.engine import Engine
-from mimo.engine.params import SamplingParams
 from mimo.model.causal_lm import CausalLM
 from mimo.tokenizer import Tokenizer
 
@@ -39,9 +35,13 @@ class EvalReport:
     unigram_bits_per_byte: float | None = None
     zlib_bits_per_byte: float = 0.0
     mtp_top1_accuracy: list[float] = field(default_factory=list)  # depth 1..K
-    acceptance_length: dict[int, float] = field(default_factory=dict)  # k -> tokens per decode forward
-    speculative_speedup: float | None = None  # wall-clock tokens/s at k = K over k = 0
+    acceptance_length: dict[int, float] = field(default_factory=dict)  # k -> tokens per decode forward (fixed k)
+    speculative_speedup: float | None = None  # wall-clock tokens/s at k = K over k = 0 (fixed k)
     speculative_outputs_identical: bool | None = None
+    tokens_per_s: dict[str, float] = field(default_factory=dict)  # "k=0".."k=K", "adaptive": batch-1 decode
+    adaptive: dict = field(default_factory=dict)  # the adaptive policy's run: drafts per step, accepted, speed-up
+    depth_acceptance: list[float] = field(default_factory=list)  # at k = K: P(draft j accepted | 1..j-1 were)
+    entropy: dict = field(default_factory=dict)  # acceptance length against next-token entropy (mimo.eval.acceptance)
 
 
 @torch.no_grad()
@@ -88,40 +88,3 @@ def unigram_bits_per_byte(train_tokens: np.ndarray, tokenizer: Tokenizer, texts:
         nll -= float(logp[ids].sum())
         n_bytes += len(text.encode("utf-8"))
     return nll / math.log(2) / n_bytes
-
-
-@torch.no_grad()
-def acceptance(model: CausalLM, tokenizer: Tokenizer, texts: list[str], prefix_tokens: int = 96,
-               new_tokens: int = 64, max_prompts: int = 16, progress: bool = True,
-               on_result: Callable[[int, float, float], None] | None = None,
-               ) -> tuple[dict[int, float], float | None, bool | None]:
-    """Greedy acceptance length for k = 1..K, and (speedup of k = K over k = 0, identical outputs).
-
-    ``on_result(k, acceptance_length, tokens_per_s)`` is called as each k finishes."""
-    prompts = [ids[:prefix_tokens] for ids in (tokenizer.encode(t) for t in texts) if len(ids) > prefix_tokens]
-    prompts = prompts[:max_prompts]
-    if not prompts or model.config.num_mtp_layers == 0:
-        return {}, None, None
-    sp = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
-    results: dict[int, tuple[float, float, list]] = {}
-    for k in tqdm(range(model.config.num_mtp_layers + 1), desc="acceptance length", disable=not progress):
-        eng = Engine(model, num_speculative_tokens=k, max_num_seqs=1)
-        steps = toks = 0
-        outs, seconds = [], 0.0
-        for p in prompts:  # batch 1: the latency case speculative decoding is for
-            rid = eng.add_request(p, sp)
-            t = time.perf_counter()
-            while eng.has_unfinished():
-                eng.step()
-            seconds += time.perf_counter() - t
-            o = eng.output(rid)
-            steps += o.stats.decode_steps
-            toks += o.stats.decode_tokens
-            outs.append(o.outputs[0].token_ids)
-            eng.release(rid)
-        results[k] = (toks / steps, len(prompts) * new_tokens / seconds, outs)
-        if on_result is not None:
-            on_result(k, results[k][0], results[k][1])
-    kmax = max(results)
-    al = {k: r[0] for k, r in results.items() if k > 0}
-    return al, results[kmax][1] / results[0][1], all(results[k][2] == results[0][2] for k in results)

@@ -7,7 +7,7 @@ uses; nothing here asserts anything about speed.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -25,6 +25,10 @@ class DecodeResult:
     acceptance_length: float
     cache_bytes_per_request: int
     graphs_compiled: int = 0  # torch.compile graphs built inside the timed region (measure_decode retries)
+    policy: str = "fixed"  # the speculation policy (mtp > 0)
+    drafted: int = 0  # drafts made, and accepted, over the timed decode
+    accepted: int = 0
+    drafts_per_step: dict[int, int] = field(default_factory=dict)  # rows' decode steps by drafts made
 
     @property
     def tokens_per_s(self) -> float:
@@ -71,18 +75,20 @@ def prefill_run(eng: Engine, prompt: list[int]) -> float:
 @torch.no_grad()
 def measure_decode(
     model: CausalLM, batch: int, new_tokens: int, mtp: int = 0, prompt_len: int = 32,
-    prompts: list[list[int]] | None = None, compile: bool = False,
+    prompts: list[list[int]] | None = None, compile: bool = False, policy: str = "adaptive",
 ) -> DecodeResult:
     """Decode tokens/s for a batch of greedy requests, timed from the first generated token on.
 
     With ``compile``, a first untimed run of the same requests compiles the decode step; should torch.compile
     still build a graph inside the timed run (a shape the first run did not reach), that run is discarded and
     the measurement repeated, so a figure never includes compilation (an error after 3 tries)."""
-    eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch, compile=compile)
+    eng = Engine(model, num_speculative_tokens=mtp, max_num_seqs=batch, compile=compile, speculative_policy=policy)
     batch_prompts = prompts_for(model, batch, prompt_len, source=prompts)
+    # untimed first: warm-up (with compile, every shape the timed run will see; for the adaptive policy, its
+    # first measurements of the step times, as a server has them after its first requests)
+    decode_run(eng, batch_prompts, new_tokens)
     if not compile:
         return decode_run(eng, batch_prompts, new_tokens)
-    decode_run(eng, batch_prompts, new_tokens)  # untimed: every shape the timed run will see
     for _ in range(3):
         r = decode_run(eng, batch_prompts, new_tokens)
         if r.graphs_compiled == 0:
@@ -108,9 +114,15 @@ def decode_run(eng: Engine, prompts: list[list[int]], new_tokens: int) -> Decode
     outs = [eng.output(i) for i in ids]
     tokens = sum(len(o.outputs[0].token_ids) for o in outs) - start_tokens
     al = sum(o.stats.decode_tokens for o in outs) / max(1, sum(o.stats.decode_steps for o in outs))
+    hist: dict[int, int] = {}
+    for o in outs:
+        for k, n in o.stats.drafts_per_step.items():
+            hist[k] = hist.get(k, 0) + n
     for i in ids:
         eng.release(i)
-    return DecodeResult(len(prompts), eng.k, tokens, dt, al, max(o.cache_bytes for o in outs), graphs)
+    return DecodeResult(len(prompts), eng.k, tokens, dt, al, max(o.cache_bytes for o in outs), graphs,
+                        eng.config.speculative_policy, sum(o.stats.drafted for o in outs),
+                        sum(o.stats.accepted for o in outs), dict(sorted(hist.items())))
 
 
 def _graphs_compiled() -> int:

@@ -122,7 +122,8 @@ def spec_server(tokenizer):
     torch.set_num_threads(1)
     model = oracle_model(tiny_config(vocab_size=tokenizer.vocab_size, eos_token_id=0), seed=6,
                          draft_noise=(0.02, 0.04, 0.06))
-    aengine = AsyncEngine(Engine(model, tokenizer, num_speculative_tokens=3))
+    # fixed: the adaptive policy's choices depend on measured step times, so provenance would differ run to run
+    aengine = AsyncEngine(Engine(model, tokenizer, num_speculative_tokens=3, speculative_policy="fixed"))
     try:
         with run_server(build_app(aengine, tokenizer, MODEL)) as url:
             yield url, model
@@ -138,7 +139,7 @@ def test_streamed_provenance_is_the_engines(spec_server, tokenizer):
                             "mimo_provenance": True})
     tokens = [t for e in raw for c in e["choices"] for t in c.get("mimo", {}).get("tokens", [])]
     # the same request straight into an engine of its own
-    engine = Engine(model, tokenizer, num_speculative_tokens=3)
+    engine = Engine(model, tokenizer, num_speculative_tokens=3, speculative_policy="fixed")
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False)
     end = tokenizer.token_to_id("<|im_end|>")
     rid = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=42, stop_token_ids=[end]))

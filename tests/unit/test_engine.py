@@ -1,5 +1,6 @@
 """Engine invariants: speculative greedy == plain greedy, exact rejection sampling, bounded cache, bad input."""
 
+import itertools
 import math
 
 import pytest
@@ -22,14 +23,20 @@ def model(device):
     return random_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=2).to(device)
 
 
-def test_speculative_greedy_equals_plain_greedy(model):
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_speculative_greedy_equals_plain_greedy(model, policy):
     prompts = _prompts()
     plain = [o.outputs[0].token_ids for o in LLM(model).generate(prompts, GREEDY)]
     for k in (1, 2, 3):
-        outs = LLM(model, num_speculative_tokens=k).generate(prompts, GREEDY)
+        outs = LLM(model, num_speculative_tokens=k, speculative_policy=policy).generate(prompts, GREEDY)
         assert [o.outputs[0].token_ids for o in outs] == plain, k
         for o in outs:
-            assert o.stats.drafted == k * o.stats.decode_steps
+            if policy == "fixed":
+                assert o.stats.drafted == k * o.stats.decode_steps
+                assert o.stats.drafts_per_step == {k: o.stats.decode_steps}
+            else:
+                assert o.stats.drafted <= k * o.stats.decode_steps
+                assert sum(o.stats.drafts_per_step.values()) == o.stats.decode_steps
             assert 1.0 <= o.stats.acceptance_length <= k + 1
 
 
@@ -43,11 +50,12 @@ def test_every_draft_accepted_in_constructed_case():
     m = _oracle_model()
     prompts = _prompts(1)
     plain = [o.outputs[0].token_ids for o in LLM(m).generate(prompts, GREEDY)]
-    for k in (1, 2, 3):
-        outs = LLM(m, num_speculative_tokens=k).generate(prompts, GREEDY)
+    for k, policy in itertools.product((1, 2, 3), ("fixed", "adaptive")):
+        outs = LLM(m, num_speculative_tokens=k, speculative_policy=policy).generate(prompts, GREEDY)
         assert [o.outputs[0].token_ids for o in outs] == plain
         for o in outs:
             assert o.stats.accepted == o.stats.drafted  # nothing rejected
+            assert o.stats.drafts_per_step == {k: o.stats.decode_steps}  # so the adaptive policy always drafts k
             # 47 decode tokens in steps of k+1 (the last step may be cut by max_tokens)
             assert o.stats.decode_steps == math.ceil(47 / (k + 1))
 
@@ -68,8 +76,8 @@ def _provenance(engine, prompts, params):
 @pytest.mark.parametrize("oracle", [False, True], ids=["random", "every-draft-accepted"])
 def test_provenance_counts_the_accepted_drafts(model, oracle):
     m = _oracle_model() if oracle else model
-    for k in (0, 3):
-        runs = _provenance(Engine(m, num_speculative_tokens=k), _prompts(), GREEDY)
+    for k in (0, 3):  # fixed: a random model's drafts are mostly rejected, so the adaptive policy would stop
+        runs = _provenance(Engine(m, num_speculative_tokens=k, speculative_policy="fixed"), _prompts(), GREEDY)
         for prov, stats in runs:
             assert len(prov) == 48 and prov[0] == 0  # the first token comes from prefill
             assert sum(p > 0 for p in prov) == stats.accepted
@@ -86,7 +94,8 @@ def test_provenance_counts_the_accepted_drafts(model, oracle):
             assert 0 < sum(stats.accepted for _, stats in runs) < sum(stats.drafted for _, stats in runs)
 
 
-def test_rejection_sampling_preserves_the_target_distribution():
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_rejection_sampling_preserves_the_target_distribution(policy):
     """Exact marginal of the 2nd generated token vs 2000 speculative samples (chi-square, fixed seed)."""
     cfg = tiny_config(vocab_size=12, sliding_window=5)
     m = random_model(cfg, seed=9)
@@ -99,7 +108,7 @@ def test_rejection_sampling_preserves_the_target_distribution():
         p2_given = torch.softmax(m(ctx).logits[:, -1], -1)  # [t1, t2]
     p2 = (p1[:, None] * p2_given).sum(0)
     n = 2000
-    llm = LLM(m, num_speculative_tokens=3, max_num_seqs=n)
+    llm = LLM(m, num_speculative_tokens=3, max_num_seqs=n, speculative_policy=policy)
     out = llm.generate(prompt, SamplingParams(n=n, temperature=1.0, max_tokens=2, seed=1234, ignore_eos=True))[0]
     assert out.stats.drafted > 0
     second = torch.tensor([c.token_ids[1] for c in out.outputs])

@@ -364,6 +364,36 @@ def test_rejection_sampling_preserves_target_distribution(per_row):
     assert (drafts[:, 0] == 5).sum() > 1000
 
 
+@pytest.mark.parametrize("m", [0, 1, 2])
+def test_rejection_sampling_with_fewer_drafts_per_row_is_exact(m):
+    """A row that drafted only m < K tokens (the rest padding): at most m accepted, and position j <= m is
+    distributed as p_j among rows that reached it, position m being the bonus (as if K were m)."""
+    n = 20_000
+    g = torch.Generator().manual_seed(3 + m)
+    drafts = torch.stack([torch.multinomial(Q[j], n, replacement=True, generator=g) for j in range(K)], 1)
+    n_drafts = torch.full((n,), m)
+    acc, out = rejection_sample(drafts, Q.expand(n, K, V), P.expand(n, K + 1, V), gens(range(n)), n_drafts)
+    assert int(acc.max()) <= m and (out[:, m + 1 :] == -1).all()
+    for j in range(m + 1):
+        counts = torch.bincount(out[acc >= j, j], minlength=V)
+        assert chi2_pvalue(counts, P[j]) > 0.01, f"position {j}: {counts.tolist()}"
+    if m:  # some rows accepted all m drafts and took the bonus from p_m
+        assert int((acc == m).sum()) > 0
+
+
+def test_rejection_sampling_mixed_draft_counts_match_rows_alone():
+    n = 6
+    drafts, _, _ = run_spec(n, per_row=False)
+    seeds = list(range(200, 200 + n))
+    counts = [0, 1, 2, 3, 1, 0]
+    acc, full = rejection_sample(drafts, Q.expand(n, K, V), P.expand(n, K + 1, V), gens(seeds), torch.tensor(counts))
+    for b, m in enumerate(counts):  # row b with n_drafts = K alone, cut to its m drafts: the same draws
+        _, alone = rejection_sample(drafts[b : b + 1], Q[None], P[None], gens([seeds[b]]), torch.tensor([m]))
+        assert torch.equal(alone[0], full[b]) and int(acc[b]) <= m
+    with pytest.raises(ValueError, match="n_drafts"):
+        rejection_sample(drafts, Q.expand(n, K, V), P.expand(n, K + 1, V), gens(seeds), torch.tensor([4] * n))
+
+
 def test_rejection_sampling_draft_equal_to_target_accepts_everything():
     n = 200
     drafts = torch.multinomial(P[0], n * K, replacement=True, generator=torch.Generator().manual_seed(0)).view(n, K)

@@ -21,6 +21,7 @@ says False and callers keep their torch-only paths, which compute the same resul
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -79,6 +80,29 @@ def build_directory() -> Path:
     return root / "mimo" / f"mimo_kernels_{_build_tag()}"
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Hold an flock on the build folder while torch checks or builds it. torch's own ``lock`` file outlives a
+    process killed mid-build, and every later process then waits on it forever, silently; an flock is released
+    by the kernel when its holder dies. So once we hold ours, no other process is building here, and a
+    ``lock`` file left behind is stale: it is removed."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: torch's lock alone
+        yield
+        return
+    with open(build_dir / "mimo.flock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                logger.warning("removing %s, left by a process that stopped while building the kernels", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def load() -> bool:
     """Build (once per machine) and load the kernels; True when ``torch.ops.mimo.*`` are usable."""
     global _ok
@@ -99,16 +123,17 @@ def load() -> bool:
         build_dir = build_directory()
         name = build_dir.name
         build_dir.mkdir(parents=True, exist_ok=True)
-        if not (build_dir / f"{name}.so").exists():  # say why the first step waits
-            logger.warning("building mimo's CPU decode kernels for this machine (once, about 15 s)")
-        cpp_extension.load(
-            name=name,
-            build_directory=str(build_dir),
-            sources=[str(p) for p in _SOURCES],
-            extra_cflags=_flags(),
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-        )
+        with _build_lock(build_dir):
+            if not (build_dir / f"{name}.so").exists():  # say why the first step waits
+                logger.warning("building mimo's CPU decode kernels for this machine (once, about 15 s)")
+            cpp_extension.load(
+                name=name,
+                build_directory=str(build_dir),
+                sources=[str(p) for p in _SOURCES],
+                extra_cflags=_flags(),
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+            )
         _register_fake()
         _ok = True
     except Exception as e:  # no compiler, no OpenMP, an unknown platform: the torch path still works

@@ -1,0 +1,186 @@
+"""How many MTP drafts a step makes: the speculation policy (host side: no torch, no model).
+
+A verify of k drafts pays only when the tokens it accepts outweigh what it costs, and both change: the cost
+with the batch size (more tokens touch more experts) and the machine, the acceptance with the text. The
+adaptive policy picks, before every decode step, the k in 0..K that maximises the batch's expected tokens per
+second:
+
+    rate(k) = sum over rows r of (1 + E_r[accepted | k]) / cost(B, k)
+    E_r[accepted | k] = sum_{i=1..k} prod_{j<=i} a_r,j
+
+where ``a_r,j`` is row r's chance that draft j is accepted once drafts 1..j-1 were (its own recent history,
+shrunk towards the engine-wide figure for depth j), and ``cost(B, k)`` is the step's measured time (a running
+average per batch size and k, from the engine's own clock), started from the weights-read arithmetic of
+``mimo info`` until measured. The runner also stops drafting a row early at a depth whose own draft is
+unsure (below :data:`DRAFT_CONFIDENCE_FLOOR` under its block), EAGLE-2's idea with MTP's distinct blocks, but
+only at depths where unsure drafts have been seen to fail: how a block's confidence relates to acceptance
+differs from model to model (a small model's softmax is flat even where its argmax is right), so the policy
+learns it per depth from the unsure drafts verified before it cut any.
+
+Whatever the policy decides, output is what the verification makes it: greedy equals plain greedy and
+sampling stays exact (rejection sampling); the policy changes speed only. ``fixed`` always drafts K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+POLICIES = ("adaptive", "fixed")
+
+DRAFT_CONFIDENCE_FLOOR = 0.1
+"""The runner stops drafting a row (adaptive policy) at the first depth whose drafted token has less than this
+probability under its own MTP block: the target would rarely agree, and the deeper drafts depend on it."""
+
+UNSURE_STOP_BELOW = 0.3
+"""Unsure drafts are cut at a depth once their acceptance there (Laplace estimate) is below this."""
+
+_PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
+_DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
+_TIME_WEIGHT = 0.25  # running average of step times: weight of the newest
+
+
+@dataclass
+class PolicyStats:
+    """Aggregate figures of the policy's choices (engine-wide since it started)."""
+
+    steps_by_k: dict[int, int] = field(default_factory=dict)  # decode steps per chosen k
+    predicted_tokens: float = 0.0  # sum over steps of the tokens the policy expected the chosen k to give
+    realised_tokens: float = 0.0  # tokens those steps gave (per row)
+    explored: int = 0  # steps whose k was chosen to measure rather than by the objective
+    rows_cut_short: int = 0  # rows of drafting steps that kept fewer drafts than the step's k (unsure drafts)
+
+    def as_dict(self) -> dict:
+        steps = sum(self.steps_by_k.values())
+        return {"steps_by_k": dict(sorted(self.steps_by_k.items())), "explored_steps": self.explored,
+                "rows_cut_short": self.rows_cut_short,
+                "predicted_tokens_per_step": self.predicted_tokens / steps if steps else 0.0,
+                "realised_tokens_per_step": self.realised_tokens / steps if steps else 0.0}
+
+
+class SpeculationPolicy:
+    def __init__(self, max_k: int, policy: str = "adaptive",
+                 prior_cost: Callable[[int, int], float] | None = None, explore_every: int = 16) -> None:
+        """``prior_cost(batch, k)``: a step's cost relative to a plain step of that batch, before any is
+        measured (default: k + 1 forwards' worth). ``explore_every``: after this many steps below the most
+        drafts, one step drafts one more than the best, so that a text that became predictable is noticed."""
+        if policy not in POLICIES:
+            raise ValueError(f"speculative_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.max_k, self.policy = max_k, policy
+        self.prior_cost = prior_cost or (lambda b, k: 1.0 + k)
+        self.explore_every = explore_every
+        self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> running average of step seconds
+        self.tries = [0.0] * max_k  # engine-wide, per depth: drafts verified at that depth
+        self.accepts = [0.0] * max_k
+        self.rows: dict[str, tuple[list[float], list[float]]] = {}  # request -> (tries, accepts) per depth
+        self.unsure_tries = [0] * max_k  # engine-wide, per depth: unsure drafts verified, and accepted
+        self.unsure_accepts = [0] * max_k
+        self.since_deeper = 0
+        self._exploring = False
+        self.stats = PolicyStats()
+        self._pending: tuple[int, float] | None = None  # the last choice: (k, predicted tokens)
+
+    # ------------------------------------------------------------------ estimates
+    def acceptance(self, request_id: str) -> list[float]:
+        """Row's chance, per depth j, that draft j is accepted given drafts 1..j-1 were."""
+        own_t, own_a = self.rows.get(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
+        out, prior = [], 0.5
+        for j in range(self.max_k):
+            # engine-wide, shrunk towards the depth above (deeper drafts are rarely tested, and their acceptance
+            # is much like the previous depth's), then the row's own record shrunk towards that
+            overall = (self.accepts[j] + 2.0 * prior) / (self.tries[j] + 2.0)
+            out.append((own_a[j] + _PSEUDO * overall) / (own_t[j] + _PSEUDO))
+            prior = overall
+        return out
+
+    def expected_tokens(self, request_id: str, k: int) -> float:
+        """Tokens a step with k drafts is expected to give this row (1 + expected accepted drafts)."""
+        total, chain = 1.0, 1.0
+        for a in self.acceptance(request_id)[:k]:
+            chain *= a
+            total += chain
+        return total
+
+    def cost(self, batch: int, k: int) -> float:
+        """Seconds of a step of ``batch`` rows drafting ``k``: measured, else the prior scaled by a measured
+        step of another k of the same batch (else relative units, comparable within the batch)."""
+        if (batch, k) in self.times:
+            return self.times[(batch, k)]
+        measured = [o for o in range(self.max_k + 1) if (batch, o) in self.times]
+        if measured:
+            other = min(measured, key=lambda o: abs(o - k))  # the nearest: the prior's ratio is least wrong there
+            return self.times[(batch, other)] * self.prior_cost(batch, k) / self.prior_cost(batch, other)
+        return self.prior_cost(batch, k)
+
+    def stop_unsure(self) -> tuple[bool, ...]:
+        """Per depth: whether a row stops drafting at an unsure draft (adaptive only)."""
+        if self.policy != "adaptive":
+            return ()
+        return tuple((a + 1) / (t + 2) < UNSURE_STOP_BELOW for a, t in zip(self.unsure_accepts, self.unsure_tries))
+
+    # ------------------------------------------------------------------ choosing
+    def choose(self, request_ids: list[str]) -> int:
+        """The number of drafts for a decode step over these rows."""
+        if self.max_k == 0 or not request_ids:
+            return 0
+        if self.policy == "fixed":
+            return self._chose(self.max_k, request_ids, explored=False)
+        b = len(request_ids)
+        if sum(self.tries) == 0:  # nothing known yet: one full-depth step measures every depth and its cost
+            return self._chose(self.max_k, request_ids, explored=True)
+        rates = [sum(self.expected_tokens(r, k) for r in request_ids) / self.cost(b, k)
+                 for k in range(self.max_k + 1)]
+        k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
+        if self._exploring:  # the second step of an exploration: its time is measured (see Engine.step)
+            self._exploring = False
+            return self._chose(min(self.max_k, k + 1), request_ids, explored=True)
+        if k < self.max_k:  # every so often one draft more than the best, so that a change is noticed
+            self.since_deeper += 1
+            if self.since_deeper >= self.explore_every:
+                self.since_deeper = 0
+                self._exploring = True  # two steps: the first has deeper blocks to catch up on, the second not
+                return self._chose(k + 1, request_ids, explored=True)
+        else:
+            self.since_deeper = 0
+        return self._chose(k, request_ids, explored=False)
+
+    def _chose(self, k: int, request_ids: list[str], explored: bool) -> int:
+        self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
+        self.stats.explored += explored
+        predicted = sum(self.expected_tokens(r, k) for r in request_ids)
+        self.stats.predicted_tokens += predicted / len(request_ids)
+        self._pending = (k, predicted)
+        return k
+
+    # ------------------------------------------------------------------ learning
+    def observe_step(self, batch: int, k: int, seconds: float) -> None:
+        """A decode step's wall time, in the steady state: the engine passes no step that also prefilled, nor
+        one whose MTP blocks had positions to catch up on (a block that did not run in the step before)."""
+        old = self.times.get((batch, k))
+        self.times[(batch, k)] = seconds if old is None else (1 - _TIME_WEIGHT) * old + _TIME_WEIGHT * seconds
+
+    def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None) -> None:
+        """What one row's verify did: ``drafted`` drafts, the first ``accepted`` of them accepted; ``unsure``
+        per draft, whether it was below the confidence floor. Depths past the first rejection were never
+        tested, so they count for nothing."""
+        tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
+        tested = min(drafted, accepted + 1)
+        for j in range(self.max_k):
+            tries[j] *= _DECAY
+            accepts[j] *= _DECAY
+        for j in range(tested):
+            ok = j < accepted
+            tries[j] += 1
+            accepts[j] += ok
+            self.tries[j] += 1
+            self.accepts[j] += ok
+            if unsure and j < len(unsure) and unsure[j]:
+                self.unsure_tries[j] += 1
+                self.unsure_accepts[j] += ok
+
+    def observe_tokens(self, tokens_per_row: float) -> None:
+        """The tokens the last chosen step gave per row (predicted vs realised, in :attr:`stats`)."""
+        self.stats.realised_tokens += tokens_per_row
+
+    def forget(self, request_id: str) -> None:
+        self.rows.pop(request_id, None)

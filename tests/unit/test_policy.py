@@ -1,0 +1,194 @@
+"""The speculation policy: drafts per step from measured cost and predicted acceptance (host only, then engine)."""
+
+import pytest
+import torch
+
+from mimo import LLM, SamplingParams
+from mimo.engine.engine import relative_step_cost
+from mimo.engine.policy import SpeculationPolicy
+from tests.helpers import oracle_model, random_model, tiny_config
+
+GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+
+
+def _run(policy, rows, steps, accept, seconds):
+    """Drive a policy: ``accept(k)`` drafts accepted of k; ``seconds(k)`` a step's time. Returns chosen k's."""
+    chosen = []
+    for _ in range(steps):
+        k = policy.choose(rows)
+        chosen.append(k)
+        for r in rows:
+            if k:
+                policy.observe_row(r, k, accept(k))
+        policy.observe_step(len(rows), k, seconds(k))
+    return chosen
+
+
+def test_fixed_always_drafts_the_most():
+    p = SpeculationPolicy(3, "fixed")
+    assert _run(p, ["a"], 20, lambda k: 0, lambda k: 1.0 + 10 * k) == [3] * 20
+
+
+def test_drafts_that_are_always_rejected_stop_within_a_few_steps():
+    p = SpeculationPolicy(3, explore_every=16)
+    chosen = _run(p, ["a", "b"], 64, lambda k: 0, lambda k: 1.0 + 0.5 * k)
+    assert chosen[0] == 3  # the first step measures every depth
+    assert all(k == 0 for k in chosen[3:15])
+    # afterwards only an exploration (two steps of 1 draft: the second is timed) every 16 steps
+    assert sum(k > 0 for k in chosen[3:]) <= 2 * (len(chosen[3:]) // 16 + 1)
+    assert max(chosen[3:]) <= 1
+    assert p.stats.as_dict()["explored_steps"] >= 2
+
+
+def test_drafts_that_are_always_accepted_keep_the_most():
+    p = SpeculationPolicy(3, prior_cost=lambda b, k: 1.0 + 0.5 * k)
+    chosen = _run(p, ["a"], 30, lambda k: k, lambda k: 1.0 + 0.5 * k)
+    assert chosen[0] == 3 and chosen[5:] == [3] * 25, chosen  # trust in one row's record takes a few steps
+    assert 0 not in chosen
+
+
+def test_expensive_drafts_lose_to_cheap_steps():
+    """Acceptance 1/2 per depth: 3 drafts give 1.875 tokens, 1 gives 1.5; if a 3-draft step costs 3x a plain one
+    and a 1-draft step 1.2x, one draft is best (1.25 tokens per unit of time against 0.625 and 1)."""
+    p = SpeculationPolicy(3)  # the default prior (k + 1 forwards) is wrong here: measuring corrects it
+    g = torch.Generator().manual_seed(0)
+    cost = {0: 1.0, 1: 1.2, 2: 2.0, 3: 3.0}
+    chosen = []
+    for _ in range(300):
+        k = p.choose(["a"])
+        chosen.append(k)
+        if k:
+            a = 0
+            while a < k and torch.rand((), generator=g) < 0.5:
+                a += 1
+            p.observe_row("a", k, a)
+        p.observe_step(1, k, cost[k])
+    assert chosen[100:].count(1) > 0.85 * 200, chosen  # all but the explorations (2 steps in 18) of k=2
+    # the prior is replaced by measurements: every k that was run has its measured time
+    assert p.cost(1, 1) == pytest.approx(1.2)
+
+
+def test_acceptance_is_per_request_and_forgotten():
+    p = SpeculationPolicy(2)
+    for _ in range(20):
+        p.observe_row("good", 2, 2)
+        p.observe_row("bad", 2, 0)
+    good, bad = p.acceptance("good"), p.acceptance("bad")
+    assert good[0] > 0.8 and bad[0] < 0.3
+    assert p.expected_tokens("good", 2) > p.expected_tokens("bad", 2)
+    p.forget("good")
+    assert p.acceptance("good")[0] == pytest.approx(p.acceptance("new")[0])
+
+
+def test_bad_policy_name():
+    with pytest.raises(ValueError, match="speculative_policy"):
+        SpeculationPolicy(3, "greedy")
+    with pytest.raises(ValueError, match="speculative_policy"):
+        LLM(random_model(tiny_config()), num_speculative_tokens=1, speculative_policy="sometimes")
+
+
+def test_prior_cost_grows_with_drafts_and_batch():
+    cfg = tiny_config()
+    cost = relative_step_cost(cfg)
+    assert cost(1, 0) == pytest.approx(1.0)
+    assert 1.0 < cost(1, 1) < cost(1, 2) < cost(1, 3)
+
+
+# --------------------------------------------------------------------------------------------- in the engine
+
+
+def _always_rejected_model():
+    """Every MTP block drafts the target's least likely token (its output norm is negated): greedy rejects all,
+    and the drafts are confident under their own blocks, so only the policy's own record can stop them."""
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=5)
+    with torch.no_grad():
+        for blk in m.model.mtp.layers:
+            blk.final_layernorm.weight.mul_(-1)
+    return m
+
+
+def _prompts(lengths=(2, 11, 30)):
+    g = torch.Generator().manual_seed(4)
+    return [torch.randint(0, 128, (n,), generator=g).tolist() for n in lengths]
+
+
+def _steady_clock(llm):
+    """Step times as the prior predicts them (1 ms per plain step), not the wall clock: the choices are then
+    reproducible on a busy machine (the wall clock is used everywhere else)."""
+    pol = llm.engine.policy
+    pol.observe_step = lambda batch, k, seconds: SpeculationPolicy.observe_step(pol, batch, k,
+                                                                                1e-3 * pol.prior_cost(batch, k))
+
+
+def test_engine_stops_drafting_when_every_draft_is_rejected():
+    m = _always_rejected_model()
+    plain = [o.outputs[0].token_ids for o in LLM(m).generate(_prompts(), GREEDY)]
+    fixed = LLM(m, num_speculative_tokens=3, speculative_policy="fixed").generate(_prompts(), GREEDY)
+    assert all(o.stats.accepted == 0 and o.stats.drafted == 3 * o.stats.decode_steps for o in fixed)
+    llm = LLM(m, num_speculative_tokens=3)
+    _steady_clock(llm)
+    outs = llm.generate(_prompts(), GREEDY)
+    assert [o.outputs[0].token_ids for o in outs] == plain
+    stats = llm.engine.speculation_stats()
+    steps = sum(stats["steps_by_k"].values())
+    assert stats["policy"] == "adaptive" and steps == 47  # the 3 rows decode together
+    # one full-depth step to measure, then plain steps but for an exploration (two 1-draft steps) every 16
+    assert stats["steps_by_k"].get(3, 0) == 1 and stats["steps_by_k"].get(2, 0) == 0
+    assert stats["steps_by_k"][0] >= steps - 1 - 2 * (steps // 16 + 1)
+    assert stats["realised_tokens_per_step"] == pytest.approx(1.0)
+
+
+def test_engine_keeps_drafting_when_every_draft_is_accepted():
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=5)
+    llm = LLM(m, num_speculative_tokens=3)
+    _steady_clock(llm)
+    outs = llm.generate(_prompts(), GREEDY)
+    assert all(o.stats.accepted == o.stats.drafted for o in outs)
+    stats = llm.engine.speculation_stats()
+    assert set(stats["steps_by_k"]) == {3}
+    assert stats["realised_tokens_per_step"] > 3.5
+
+
+def test_rows_of_one_step_can_keep_different_numbers_of_drafts(monkeypatch):
+    """A row stops drafting at its first unsure draft while others go on: the verify pads it (position -1)
+    and greedy output is still plain greedy, over sliding-window layers and mixed prompt lengths."""
+    import mimo.engine.runner as runner
+    from mimo.engine.policy import SpeculationPolicy
+
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=6, draft_noise=(0.3, 0.6, 0.9))
+    with torch.no_grad():
+        m.lm_head.weight.mul_(30)  # peaked softmaxes (same argmax): the blocks' confidence varies by row
+    plain = [o.outputs[0].token_ids for o in LLM(m).generate(_prompts(), GREEDY)]
+    mixed = []
+    real = runner.rejection_sample
+
+    def spy(drafts, dprobs, tprobs, generators=None, n_drafts=None):
+        if n_drafts is not None:
+            mixed.append(n_drafts.tolist())
+        return real(drafts, dprobs, tprobs, generators, n_drafts)
+
+    monkeypatch.setattr(runner, "rejection_sample", spy)
+    monkeypatch.setattr(runner, "DRAFT_CONFIDENCE_FLOOR", 0.45)
+    monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
+    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows: self.max_k)
+    llm = LLM(m, num_speculative_tokens=3)
+    outs = llm.generate(_prompts(), GREEDY)
+    assert [o.outputs[0].token_ids for o in outs] == plain
+    assert any(len(set(n)) > 1 for n in mixed), mixed  # the padded verify ran
+    assert llm.engine.policy.stats.rows_cut_short > 0
+
+
+def test_unsure_drafts_are_cut_only_where_they_fail():
+    p = SpeculationPolicy(3)
+    assert p.stop_unsure() == (False, False, False)  # nothing known: verify them
+    for _ in range(5):
+        p.observe_row("a", 3, 1, [False, True, True])  # depth 1 sure and accepted; depth 2 unsure and rejected
+        p.observe_row("b", 2, 2, [True, False])  # depth 1 unsure and accepted
+    assert p.stop_unsure() == (False, True, False)
+    assert SpeculationPolicy(3, "fixed").stop_unsure() == ()
+
+
+def test_engine_speculation_stats_without_drafts():
+    llm = LLM(random_model(tiny_config()))
+    llm.generate([1, 2, 3], SamplingParams(max_tokens=4, temperature=0))
+    assert llm.engine.speculation_stats()["steps_by_k"] == {}
