@@ -12,6 +12,7 @@ nothing process-wide: :class:`mimo.engine.llm.LLM` and the CLI prepare the model
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +37,7 @@ def relative_step_cost(model_config: MiMoConfig):
 
     pc = parameter_counts(model_config)
 
+    @functools.cache  # asked several times per step; the arithmetic walks every layer
     def cost(batch: int, k: int) -> float:
         plain = params_read_per_step(model_config, batch)
         return (params_read_per_step(model_config, batch * (k + 1)) + k * (pc.per_mtp_block + pc.lm_head)) / plain

@@ -54,8 +54,9 @@ class StepPlan:
     params: dict[int, SamplingParams] = field(default_factory=dict)  # slot -> how it samples (rows that sample)
     # slot -> (prompt ids, output ids), for rows whose parameters have penalties
     histories: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
-    # per draft depth: a row stops drafting at this depth when its draft is unsure (below the policy's floor)
-    stop_unsure: tuple[bool, ...] = ()
+    # per draft depth: a row stops drafting at this depth when its draft is unsure (below the policy's floor):
+    # True; False: drafts are only marked unsure (the policy is still learning); None: not measured
+    stop_unsure: tuple[bool | None, ...] = ()
 
     def is_empty(self) -> bool:
         return not (self.moves or self.starts or self.prefill or self.decode)

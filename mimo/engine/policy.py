@@ -23,6 +23,8 @@ sampling stays exact (rejection sampling); the policy changes speed only. ``fixe
 
 from __future__ import annotations
 
+import collections
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,9 +37,11 @@ probability under its own MTP block: the target would rarely agree, and the deep
 UNSURE_STOP_BELOW = 0.3
 """Unsure drafts are cut at a depth once their acceptance there (Laplace estimate) is below this."""
 
+_UNSURE_EVIDENCE = 64  # unsure drafts verified at a depth after which, if they pass, they are no longer looked at
+_SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
-_TIME_WEIGHT = 0.25  # running average of step times: weight of the newest
+_TIME_SAMPLES = 15  # step times kept per (batch, drafts): their median is the cost
 
 
 @dataclass
@@ -63,20 +67,26 @@ class SpeculationPolicy:
                  prior_cost: Callable[[int, int], float] | None = None, explore_every: int = 16) -> None:
         """``prior_cost(batch, k)``: a step's cost relative to a plain step of that batch, before any is
         measured (default: k + 1 forwards' worth). ``explore_every``: after this many steps below the most
-        drafts, one step drafts one more than the best, so that a text that became predictable is noticed."""
+        drafts, two steps draft one more than the best, so that a text that became predictable is noticed
+        (the wait doubles, up to 16x, while explorations change nothing). A k below the best that was never
+        timed at a batch size is tried once."""
         if policy not in POLICIES:
             raise ValueError(f"speculative_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.max_k, self.policy = max_k, policy
         self.prior_cost = prior_cost or (lambda b, k: 1.0 + k)
         self.explore_every = explore_every
-        self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> running average of step seconds
+        self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> median of recent steady step seconds
+        self._samples: dict[tuple[int, int], collections.deque] = {}
         self.tries = [0.0] * max_k  # engine-wide, per depth: drafts verified at that depth
         self.accepts = [0.0] * max_k
         self.rows: dict[str, tuple[list[float], list[float]]] = {}  # request -> (tries, accepts) per depth
         self.unsure_tries = [0] * max_k  # engine-wide, per depth: unsure drafts verified, and accepted
         self.unsure_accepts = [0] * max_k
         self.since_deeper = 0
-        self._exploring = False
+        self._exploring: int | None = None  # the k of an exploration's second step
+        self._explore_base = explore_every
+        self._best_before = -1  # the best k when the last exploration began
+        self._current = max_k  # the k chosen by the objective last time
         self.stats = PolicyStats()
         self._pending: tuple[int, float] | None = None  # the last choice: (k, predicted tokens)
 
@@ -112,11 +122,17 @@ class SpeculationPolicy:
             return self.times[(batch, other)] * self.prior_cost(batch, k) / self.prior_cost(batch, other)
         return self.prior_cost(batch, k)
 
-    def stop_unsure(self) -> tuple[bool, ...]:
-        """Per depth: whether a row stops drafting at an unsure draft (adaptive only)."""
+    def stop_unsure(self) -> tuple[bool | None, ...]:
+        """Per depth: True, a row stops drafting at an unsure draft; False, unsure drafts are verified and
+        counted; None, the evidence is in that they pass often enough (confidence is then not even measured).
+        Empty for the fixed policy."""
         if self.policy != "adaptive":
             return ()
-        return tuple((a + 1) / (t + 2) < UNSURE_STOP_BELOW for a, t in zip(self.unsure_accepts, self.unsure_tries))
+        out: list[bool | None] = []
+        for a, t in zip(self.unsure_accepts, self.unsure_tries):
+            stop = (a + 1) / (t + 2) < UNSURE_STOP_BELOW
+            out.append(True if stop else (None if t >= _UNSURE_EVIDENCE else False))
+        return tuple(out)
 
     # ------------------------------------------------------------------ choosing
     def choose(self, request_ids: list[str]) -> int:
@@ -131,14 +147,23 @@ class SpeculationPolicy:
         rates = [sum(self.expected_tokens(r, k) for r in request_ids) / self.cost(b, k)
                  for k in range(self.max_k + 1)]
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
-        if self._exploring:  # the second step of an exploration: its time is measured (see Engine.step)
-            self._exploring = False
-            return self._chose(min(self.max_k, k + 1), request_ids, explored=True)
+        if rates[k] < _SWITCH_GAIN * rates[self._current]:  # switching costs catch-up steps: only for a clear gain
+            k = self._current
+        self._current = k
+        if self._exploring is not None:  # the second step of an exploration: timed (see Engine.step)
+            k, self._exploring = self._exploring, None
+            return self._chose(k, request_ids, explored=True)
+        if k > 0 and (b, k - 1) not in self.times:  # one draft fewer was never timed at this batch: it may win
+            return self._chose(k - 1, request_ids, explored=True)  # (its blocks ran last step: timed at once)
         if k < self.max_k:  # every so often one draft more than the best, so that a change is noticed
             self.since_deeper += 1
             if self.since_deeper >= self.explore_every:
                 self.since_deeper = 0
-                self._exploring = True  # two steps: the first has deeper blocks to catch up on, the second not
+                # an exploration that changes nothing makes the next one wait twice as long (at most 16x)
+                self.explore_every = (self._explore_base if k != self._best_before
+                                      else min(16 * self._explore_base, 2 * self.explore_every))
+                self._best_before = k
+                self._exploring = k + 1  # two steps: the first has deeper blocks to catch up on, the second not
                 return self._chose(k + 1, request_ids, explored=True)
         else:
             self.since_deeper = 0
@@ -155,16 +180,20 @@ class SpeculationPolicy:
     # ------------------------------------------------------------------ learning
     def observe_step(self, batch: int, k: int, seconds: float) -> None:
         """A decode step's wall time, in the steady state: the engine passes no step that also prefilled, nor
-        one whose MTP blocks had positions to catch up on (a block that did not run in the step before)."""
-        old = self.times.get((batch, k))
-        self.times[(batch, k)] = seconds if old is None else (1 - _TIME_WEIGHT) * old + _TIME_WEIGHT * seconds
+        one whose MTP blocks had positions to catch up on (a block that did not run in the step before). The
+        cost is the median of the last few (a collection pause or a busy neighbour makes single steps slow)."""
+        window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
+        window.append(seconds)
+        self.times[(batch, k)] = statistics.median(window)
 
-    def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None) -> None:
+    def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None,
+                    cut: bool = False) -> None:
         """What one row's verify did: ``drafted`` drafts, the first ``accepted`` of them accepted; ``unsure``
-        per draft, whether it was below the confidence floor. Depths past the first rejection were never
-        tested, so they count for nothing."""
+        per draft, whether it was below the confidence floor; ``cut``: the row stopped drafting at an unsure
+        draft before the step's k, which counts as that depth's rejection (unsure drafts are cut only where
+        they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
         tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
-        tested = min(drafted, accepted + 1)
+        tested = min(drafted + (cut and accepted == drafted and drafted < self.max_k), accepted + 1)
         for j in range(self.max_k):
             tries[j] *= _DECAY
             accepts[j] *= _DECAY
@@ -174,7 +203,7 @@ class SpeculationPolicy:
             accepts[j] += ok
             self.tries[j] += 1
             self.accepts[j] += ok
-            if unsure and j < len(unsure) and unsure[j]:
+            if unsure and j < len(unsure) and unsure[j]:  # (a cut draft is not in ``unsure``: no circularity)
                 self.unsure_tries[j] += 1
                 self.unsure_accepts[j] += ok
 

@@ -176,7 +176,7 @@ class Scheduler:
             seq.stats.drafted += r.drafted
             seq.stats.drafts_per_step[r.drafted] = seq.stats.drafts_per_step.get(r.drafted, 0) + 1
             if row.drafts:
-                self.policy.observe_row(_key(seq), r.drafted, r.accepted, r.unsure)
+                self.policy.observe_row(_key(seq), r.drafted, r.accepted, r.unsure, cut=r.drafted < row.drafts)
                 self.policy.stats.rows_cut_short += r.drafted < row.drafts
             seq.num_computed += 1 + r.accepted  # the fed token and the accepted drafts are now cached
             n_before = len(seq.output_ids)

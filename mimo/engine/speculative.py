@@ -96,7 +96,8 @@ def start_chain(state: MTPState, hidden: torch.Tensor, first_pos: int, k_max: in
 
 @torch.no_grad()
 def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[MTPState], last_pos: list[int],
-          k_max: int, sampling: SamplingBatch, floor: float | None = None, stop_unsure: tuple[bool, ...] = ()
+          k_max: int, sampling: SamplingBatch, floor: float | None = None,
+          stop_unsure: tuple[bool | None, ...] = ()
           ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[list[bool]]]:
     """Draft up to ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V], drafts kept per row,
     per row whether each kept draft was unsure).
@@ -104,9 +105,9 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     Row j is cache slot ``slots[j]`` whose trunk has processed positions up to ``last_pos[j]`` (q); each
     state's chain and frontiers advance over what became committed. A draft is *unsure* when its token has less
     than ``floor`` probability under its block (its sampling distribution; for a greedy row, whose distribution
-    is one-hot, the block's softmax). At a depth ``d`` with ``stop_unsure[d-1]``, a row keeps no draft from its
-    first unsure one on (later ones build on it), and drafting ends at the depth where no row is left: deeper
-    blocks catch up at a later step."""
+    is one-hot, the block's softmax), measured at depth ``d`` unless ``stop_unsure[d-1]`` is None (or missing).
+    Where it is True, a row keeps no draft from its first unsure one on (later ones build on it), and drafting
+    ends at the depth where no row is left: deeper blocks catch up at a later step."""
     b = len(slots)
     device = cache.device
     drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
@@ -160,14 +161,18 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
         drafts[:, k - 1] = d
         probs[:, k - 1] = p
         low = [False] * b
-        if floor is not None:
-            conf = p.gather(1, d[:, None]).squeeze(1)
-            greedy = (p > 0).sum(-1) == 1
-            if bool(greedy.any()):
-                raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
-                conf = torch.where(greedy, raw, conf)
+        rule = stop_unsure[k - 1] if k <= len(stop_unsure) else None
+        if floor is not None and rule is not None:
+            if sampling.greedy:  # p is one-hot
+                conf = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
+            else:
+                conf = p.gather(1, d[:, None]).squeeze(1)
+                greedy = [prm.temperature == 0 for prm in sampling.params]
+                if any(greedy):
+                    raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
+                    conf = torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
             low = (conf < floor).tolist()
-        stop = k <= len(stop_unsure) and stop_unsure[k - 1]
+        stop = bool(rule)
         for j, t in enumerate(d.tolist()):
             drafted[j].append(t)
             alive[j] = alive[j] and not (stop and low[j])

@@ -55,9 +55,10 @@ def test_every_draft_accepted_in_constructed_case():
         assert [o.outputs[0].token_ids for o in outs] == plain
         for o in outs:
             assert o.stats.accepted == o.stats.drafted  # nothing rejected
-            assert o.stats.drafts_per_step == {k: o.stats.decode_steps}  # so the adaptive policy always drafts k
-            # 47 decode tokens in steps of k+1 (the last step may be cut by max_tokens)
-            assert o.stats.decode_steps == math.ceil(47 / (k + 1))
+            if policy == "fixed":  # (the adaptive policy's choices: tests/unit/test_policy.py, on a steady clock)
+                assert o.stats.drafts_per_step == {k: o.stats.decode_steps}
+                # 47 decode tokens in steps of k+1 (the last step may be cut by max_tokens)
+                assert o.stats.decode_steps == math.ceil(47 / (k + 1))
 
 
 def _provenance(engine, prompts, params):

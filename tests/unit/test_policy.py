@@ -145,8 +145,9 @@ def test_engine_keeps_drafting_when_every_draft_is_accepted():
     outs = llm.generate(_prompts(), GREEDY)
     assert all(o.stats.accepted == o.stats.drafted for o in outs)
     stats = llm.engine.speculation_stats()
-    assert set(stats["steps_by_k"]) == {3}
-    assert stats["realised_tokens_per_step"] > 3.5
+    # every step drafts 3 but one: k=2 is timed once (one draft fewer might have been cheaper per token)
+    assert stats["steps_by_k"].get(2, 0) == 1 and set(stats["steps_by_k"]) == {2, 3}
+    assert stats["realised_tokens_per_step"] > 3.4
 
 
 def test_rows_of_one_step_can_keep_different_numbers_of_drafts(monkeypatch):
@@ -185,6 +186,9 @@ def test_unsure_drafts_are_cut_only_where_they_fail():
         p.observe_row("a", 3, 1, [False, True, True])  # depth 1 sure and accepted; depth 2 unsure and rejected
         p.observe_row("b", 2, 2, [True, False])  # depth 1 unsure and accepted
     assert p.stop_unsure() == (False, True, False)
+    for _ in range(60):  # plenty of evidence that unsure drafts at depth 1 pass: they are no longer measured
+        p.observe_row("b", 2, 2, [True, False])
+    assert p.stop_unsure() == (None, True, False)
     assert SpeculationPolicy(3, "fixed").stop_unsure() == ()
 
 
