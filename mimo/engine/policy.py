@@ -24,6 +24,7 @@ sampling stays exact (rejection sampling); the policy changes speed only. ``fixe
 from __future__ import annotations
 
 import collections
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ UNSURE_STOP_BELOW = 0.3
 """Unsure drafts are cut at a depth once their acceptance there (Laplace estimate) is below this."""
 
 _UNSURE_EVIDENCE = 64  # unsure drafts verified at a depth after which, if they pass, they are no longer looked at
+_BONUS = 0.5  # the optimistic acceptance's bonus at a depth never tested (it falls as 1/sqrt(1 + drafts tested))
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
@@ -91,22 +93,26 @@ class SpeculationPolicy:
         self._pending: tuple[int, float] | None = None  # the last choice: (k, predicted tokens)
 
     # ------------------------------------------------------------------ estimates
-    def acceptance(self, request_id: str) -> list[float]:
-        """Row's chance, per depth j, that draft j is accepted given drafts 1..j-1 were."""
+    def acceptance(self, request_id: str, optimistic: bool = False) -> list[float]:
+        """Row's chance, per depth j, that draft j is accepted given drafts 1..j-1 were. ``optimistic`` adds
+        an uncertainty bonus that shrinks as the engine verifies drafts at that depth (what the choice uses: a
+        depth that was rarely tested is given the benefit of the doubt, since only drafting can test it)."""
         own_t, own_a = self.rows.get(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
         out, prior = [], 0.5
         for j in range(self.max_k):
             # engine-wide, shrunk towards the depth above (deeper drafts are rarely tested, and their acceptance
             # is much like the previous depth's), then the row's own record shrunk towards that
             overall = (self.accepts[j] + 2.0 * prior) / (self.tries[j] + 2.0)
-            out.append((own_a[j] + _PSEUDO * overall) / (own_t[j] + _PSEUDO))
             prior = overall
+            if optimistic:
+                overall = min(1.0, overall + _BONUS / math.sqrt(1.0 + self.tries[j]))
+            out.append((own_a[j] + _PSEUDO * overall) / (own_t[j] + _PSEUDO))
         return out
 
-    def expected_tokens(self, request_id: str, k: int) -> float:
+    def expected_tokens(self, request_id: str, k: int, optimistic: bool = False) -> float:
         """Tokens a step with k drafts is expected to give this row (1 + expected accepted drafts)."""
         total, chain = 1.0, 1.0
-        for a in self.acceptance(request_id)[:k]:
+        for a in self.acceptance(request_id, optimistic)[:k]:
             chain *= a
             total += chain
         return total
@@ -142,9 +148,14 @@ class SpeculationPolicy:
         if self.policy == "fixed":
             return self._chose(self.max_k, request_ids, explored=False)
         b = len(request_ids)
-        if sum(self.tries) == 0:  # nothing known yet: one full-depth step measures every depth and its cost
+        # A batch size seen for the first time: full-depth steps until one is timed in the steady state (the
+        # first has blocks to catch up on), then one plain step, so that both ends are measured, not guessed
+        # (the weights-read prior overstates a verify's cost where per-step overheads dominate: small models)
+        if (b, self.max_k) not in self.times:
             return self._chose(self.max_k, request_ids, explored=True)
-        rates = [sum(self.expected_tokens(r, k) for r in request_ids) / self.cost(b, k)
+        if (b, 0) not in self.times:
+            return self._chose(0, request_ids, explored=True)
+        rates = [sum(self.expected_tokens(r, k, optimistic=True) for r in request_ids) / self.cost(b, k)
                  for k in range(self.max_k + 1)]
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
         if rates[k] < _SWITCH_GAIN * rates[self._current]:  # switching costs catch-up steps: only for a clear gain

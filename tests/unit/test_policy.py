@@ -43,8 +43,8 @@ def test_drafts_that_are_always_rejected_stop_within_a_few_steps():
 def test_drafts_that_are_always_accepted_keep_the_most():
     p = SpeculationPolicy(3, prior_cost=lambda b, k: 1.0 + 0.5 * k)
     chosen = _run(p, ["a"], 30, lambda k: k, lambda k: 1.0 + 0.5 * k)
-    assert chosen[0] == 3 and chosen[5:] == [3] * 25, chosen  # trust in one row's record takes a few steps
-    assert 0 not in chosen
+    assert chosen[:2] == [3, 0], chosen  # the cold start times both ends
+    assert chosen[5:] == [3] * 25, chosen  # trust in one row's record takes a few steps
 
 
 def test_expensive_drafts_lose_to_cheap_steps():
@@ -132,9 +132,10 @@ def test_engine_stops_drafting_when_every_draft_is_rejected():
     stats = llm.engine.speculation_stats()
     steps = sum(stats["steps_by_k"].values())
     assert stats["policy"] == "adaptive" and steps == 47  # the 3 rows decode together
-    # one full-depth step to measure, then plain steps but for an exploration (two 1-draft steps) every 16
-    assert stats["steps_by_k"].get(3, 0) == 1 and stats["steps_by_k"].get(2, 0) == 0
-    assert stats["steps_by_k"][0] >= steps - 1 - 2 * (steps // 16 + 1)
+    # two full-depth steps (the second is timed), then plain steps but for an exploration (two 1-draft steps)
+    # every 16 or more
+    assert stats["steps_by_k"].get(3, 0) == 2 and stats["steps_by_k"].get(2, 0) == 0
+    assert stats["steps_by_k"][0] >= steps - 2 - 2 * (steps // 16 + 1)
     assert stats["realised_tokens_per_step"] == pytest.approx(1.0)
 
 
@@ -145,9 +146,10 @@ def test_engine_keeps_drafting_when_every_draft_is_accepted():
     outs = llm.generate(_prompts(), GREEDY)
     assert all(o.stats.accepted == o.stats.drafted for o in outs)
     stats = llm.engine.speculation_stats()
-    # every step drafts 3 but one: k=2 is timed once (one draft fewer might have been cheaper per token)
-    assert stats["steps_by_k"].get(2, 0) == 1 and set(stats["steps_by_k"]) == {2, 3}
-    assert stats["realised_tokens_per_step"] > 3.4
+    # every step drafts 3 but the cold start's plain step and a few that time 2 (fewer might have been cheaper)
+    steps = sum(stats["steps_by_k"].values())
+    assert stats["steps_by_k"].get(0) == 1 and stats["steps_by_k"][3] >= steps - 3 and 1 not in stats["steps_by_k"]
+    assert stats["realised_tokens_per_step"] > 3.2
 
 
 def test_rows_of_one_step_can_keep_different_numbers_of_drafts(monkeypatch):
