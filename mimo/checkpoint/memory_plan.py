@@ -60,6 +60,12 @@ class Layout:
         return self.tp * self.dp
 
     @property
+    def mimo_runs_it(self) -> bool:
+        """Whether mimo's engine runs this layout (``--tensor-parallel-size`` with or without
+        ``--enable-expert-parallel``); DP attention is SGLang's, shown for its memory only."""
+        return self.dp == 1
+
+    @property
     def name(self) -> str:
         head = f"DP {self.dp} x TP {self.tp}" if self.dp > 1 else f"TP {self.tp}"
         return head + (f" + EP {self.ep}" if self.ep > 1 else "")

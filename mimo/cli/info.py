@@ -75,6 +75,7 @@ def _plan(cfg: MiMoConfig, directory: str | None, args: argparse.Namespace) -> d
             w = None if why else per_device_bytes(cfg, tensors, lay)
             kv = None if why else kv_bytes_per_device(cfg, lay, context, args.seqs, args.kv_dtype_bytes)
             rows.append({"layout": lay.name, "devices": lay.devices, "tp": lay.tp, "ep": lay.ep, "dp": lay.dp,
+                         "run_by_mimo": lay.mimo_runs_it,
                          "weights_bytes": w, "weights_bytes_bfloat16": None if why else
                          per_device_bytes(cfg, tensors, lay, "bfloat16"),
                          "kv_cache_bytes": kv, "free_bytes": None if why else args.device_gb * 1e9 - w - kv,
@@ -114,8 +115,10 @@ def _plan_lines(p: dict) -> list[str]:
             continue
         free = r["free_bytes"]
         lines.append(f"    {r['layout']:<24} {_gb(r['weights_bytes']):>10} {_gb(r['weights_bytes_bfloat16']):>10} "
-                     f"{_gb(r['kv_cache_bytes']):>10} {_gb(free) if free >= 0 else 'over by ' + _gb(-free):>10}")
-    lines.append("  (free: what is left for activations, the engine's workspace and the runtime itself)")
+                     f"{_gb(r['kv_cache_bytes']):>10} {_gb(free) if free >= 0 else 'over by ' + _gb(-free):>10}"
+                     f"{'' if r['run_by_mimo'] else '  (not run by mimo)'}")
+    lines.append("  (free: what is left for activations, the engine's workspace and the runtime itself; DP x TP rows "
+                 "are SGLang's DP attention, for comparison: mimo runs TP and TP + EP)")
     return lines
 
 

@@ -118,8 +118,15 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
         env = groups.from_environment()
         if env is not None and env[0] != 0:  # torchrun: this process is a worker
             runtime.configure(threads=ranks.threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
-            groups.init(env[0], env[1], groups.backend_for(config.device or "cpu"), timeout_s=ranks.IDLE_TIMEOUT_S)
-            ranks.run_worker(spec, *env)
+            groups.init(env[0], env[1], groups.backend_for(config.device or "cpu"), timeout_s=ranks.IDLE_TIMEOUT_S,
+                        device=groups.rank_device(config.device, env[0]))
+            try:
+                ranks.run_worker(spec, *env)
+            finally:  # gloo's threads must stop before the interpreter does (else: "terminate called", SIGABRT)
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
             raise SystemExit(0)
         # The host's cores shared out between the ranks on it; given back when the group closes.
         before = runtime.configure(threads=ranks.threads_per_rank(world if env is None else

@@ -124,8 +124,9 @@ def load_rank(spec: RankSpec, pg: ParallelGroup):
     from mimo.engine.llm import prepare_for_inference
 
     model = load_sharded(spec.path, pg, dtype=spec.dtype, mmap=spec.mmap)
-    if spec.config.device is not None:
-        model.to(spec.config.device)
+    device = groups.rank_device(spec.config.device, pg.rank)
+    if device is not None:
+        model.to(device)
     return prepare_for_inference(model, spec.attention_backend, spec.compute_dtype)
 
 
@@ -144,7 +145,8 @@ def _worker_main(rank: int, world: int, port: int, backend: str, threads: int, s
     from mimo.utils import runtime
 
     runtime.configure(threads=threads)
-    groups.init(rank, world, backend, port, timeout_s=IDLE_TIMEOUT_S)
+    groups.init(rank, world, backend, port, timeout_s=IDLE_TIMEOUT_S,
+                device=groups.rank_device(spec.config.device, rank))
     try:
         run_worker(spec, rank, world)
     except KeyboardInterrupt:
@@ -212,12 +214,12 @@ def launch(world: int, spec: RankSpec) -> tuple[ParallelGroup, dist.ProcessGroup
             raise ValueError(f"tensor_parallel_size={world}, but the launcher started {size} processes")
         if rank != 0:
             raise RuntimeError("launch() is rank 0's; other ranks run run_worker()")
-        groups.init(0, size, backend, timeout_s=IDLE_TIMEOUT_S)
+        groups.init(0, size, backend, timeout_s=IDLE_TIMEOUT_S, device=groups.rank_device(spec.config.device, 0))
     else:
         port = groups.free_port()
         procs = start_workers(world, port, backend, spec)
         watch = WorkerWatch(procs)
-        groups.init(0, world, backend, port, timeout_s=IDLE_TIMEOUT_S)
+        groups.init(0, world, backend, port, timeout_s=IDLE_TIMEOUT_S, device=groups.rank_device(spec.config.device, 0))
     return rank_group(spec, 0, world), control_group(), watch
 
 

@@ -65,18 +65,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rank_device(device: torch.device | str | None, rank: int) -> torch.device | None:
+    """The device a rank's part of the model runs on. ``cuda`` without an index means the GPU of the rank's
+    index on its host: ``LOCAL_RANK`` under torchrun, else the rank (ranks started by mimo are all on one
+    host). Any other device is taken as given."""
+    if device is None:
+        return None
+    d = torch.device(device)
+    if d.type != "cuda" or d.index is not None:
+        return d
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    count = torch.cuda.device_count()
+    if local >= count:
+        raise ValueError(f"rank {rank} runs on GPU {local} of its host, but this host has {count} GPU(s): start "
+                         "at most one rank per GPU")
+    return torch.device("cuda", local)
+
+
 def init(rank: int, world_size: int, backend: str, master_port: int | None = None,
-         timeout_s: float = 600.0) -> None:
+         timeout_s: float = 600.0, device: torch.device | None = None) -> None:
     """Join (or form) the default process group: an entry point's call, once per process. With ``master_port``
     the rendezvous is on this host (processes started by :mod:`mimo.engine.ranks`); without, torchrun's
     environment (``MASTER_ADDR``, ``MASTER_PORT``) says where. A rank that does not answer within ``timeout_s``
-    fails the others' collectives instead of hanging them."""
+    fails the others' collectives instead of hanging them. With a CUDA ``device`` (:func:`rank_device`), it
+    becomes this process's current device and NCCL's device for the group (set once, here, by the entry point)."""
     if dist.is_initialized():
         return
     if master_port is not None:
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         os.environ["MASTER_PORT"] = str(master_port)
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    extra = {}
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
+        extra["device_id"] = device
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s),
+                            **extra)
 
 
 def from_environment() -> tuple[int, int] | None:

@@ -67,3 +67,23 @@ def test_fp8_slices_load_with_their_scales(tmp_path_factory, ids, block):
         for r, res in enumerate(ranks):
             err = ((res[name]["logits"] - want).abs().max() / want.abs().max()).item()
             assert err < 1e-4, f"{name} rank {r}: FP8 logits differ from the dequantized model's by {err:.2e}"
+
+
+def test_each_rank_takes_its_own_gpu(monkeypatch):
+    """``device="cuda"`` under parallelism: rank r on a host runs on cuda:r (LOCAL_RANK under torchrun); an
+    explicit index or another device is kept; more ranks than GPUs is a clear error. (No GPU here: the count
+    is faked; the mapping is what is tested.)"""
+    import torch
+
+    from mimo.parallel.group import rank_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert rank_device("cuda", 3) == torch.device("cuda", 3)
+    monkeypatch.setenv("LOCAL_RANK", "5")  # torchrun, second node: global rank 13 is the host's 6th
+    assert rank_device("cuda", 13) == torch.device("cuda", 5)
+    assert rank_device("cuda:2", 13) == torch.device("cuda", 2)
+    assert rank_device("cpu", 1) == torch.device("cpu") and rank_device(None, 1) is None
+    monkeypatch.setenv("LOCAL_RANK", "8")
+    with pytest.raises(ValueError, match="8 GPU"):
+        rank_device("cuda", 8)

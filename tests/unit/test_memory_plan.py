@@ -86,6 +86,9 @@ def test_release_config_and_index_without_shards(release_dir, capsys):
     assert "float8_e4m3fn" in out and "bfloat16" in out
     for row in ("TP 8 ", "TP 8 + EP 8", "DP 2 x TP 4 + EP 8"):
         assert row in out
+    dp_row = next(line for line in out.splitlines() if "DP 2 x TP 4 + EP 8" in line)
+    assert "not run by mimo" in dp_row  # SGLang's DP attention: for comparison only
+    assert not any("not run by mimo" in line for line in out.splitlines() if line.strip().startswith("TP "))
     assert main(["info", "--model", str(release_dir), "--plan", "--json", "--devices", "2,8"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     fp8 = plan["stored"]["float8_e4m3fn"]["bytes"]
