@@ -118,14 +118,21 @@ class SpeculationPolicy:
         return total
 
     def cost(self, batch: int, k: int) -> float:
-        """Seconds of a step of ``batch`` rows drafting ``k``: measured, else the prior scaled by a measured
-        step of another k of the same batch (else relative units, comparable within the batch)."""
-        if (batch, k) in self.times:
-            return self.times[(batch, k)]
+        """A step of ``batch`` rows drafting ``k``, relative to a plain step of ``batch`` rows (only ratios
+        within one batch size are compared). Measured at this batch size where both are; else the ratio
+        measured at the nearest batch size that has both; else the weights-read prior's ratio, anchored at the
+        nearest k measured at this batch size."""
+        plain = self.times.get((batch, 0))
+        if plain is not None and (batch, k) in self.times:
+            return self.times[(batch, k)] / plain
+        sizes = [b for (b, o) in self.times if o == k and (b, 0) in self.times]
+        if k and sizes:  # a batch size close by has measured it: the ratio changes slowly with the batch
+            near = min(sizes, key=lambda b: (abs(b - batch), b))
+            return self.times[(near, k)] / self.times[(near, 0)] * self.prior_cost(batch, k) / self.prior_cost(near, k)
         measured = [o for o in range(self.max_k + 1) if (batch, o) in self.times]
-        if measured:
+        if plain is not None and measured:
             other = min(measured, key=lambda o: abs(o - k))  # the nearest: the prior's ratio is least wrong there
-            return self.times[(batch, other)] * self.prior_cost(batch, k) / self.prior_cost(batch, other)
+            return self.times[(batch, other)] / plain * self.prior_cost(batch, k) / self.prior_cost(batch, other)
         return self.prior_cost(batch, k)
 
     def stop_unsure(self) -> tuple[bool | None, ...]:
@@ -148,12 +155,13 @@ class SpeculationPolicy:
         if self.policy == "fixed":
             return self._chose(self.max_k, request_ids, explored=False)
         b = len(request_ids)
-        # A batch size seen for the first time: full-depth steps until one is timed in the steady state (the
-        # first has blocks to catch up on), then one plain step, so that both ends are measured, not guessed
-        # (the weights-read prior overstates a verify's cost where per-step overheads dominate: small models)
-        if (b, self.max_k) not in self.times:
+        # The first decode steps: full depth until one is timed in the steady state (the first has blocks to
+        # catch up on), then one plain step, so that both ends are measured, not guessed (the weights-read
+        # prior overstates a verify's cost where per-step overheads dominate: small models). A new batch size
+        # later borrows the ratios of the nearest one measured, and times its plain step at once.
+        if not any(o == self.max_k for _, o in self.times):
             return self._chose(self.max_k, request_ids, explored=True)
-        if (b, 0) not in self.times:
+        if not any(o == 0 for _, o in self.times):
             return self._chose(0, request_ids, explored=True)
         rates = [sum(self.expected_tokens(r, k, optimistic=True) for r in request_ids) / self.cost(b, k)
                  for k in range(self.max_k + 1)]
@@ -164,7 +172,7 @@ class SpeculationPolicy:
         if self._exploring is not None:  # the second step of an exploration: timed (see Engine.step)
             k, self._exploring = self._exploring, None
             return self._chose(k, request_ids, explored=True)
-        if k > 0 and (b, k - 1) not in self.times:  # one draft fewer was never timed at this batch: it may win
+        if k > 0 and not any(o == k - 1 for _, o in self.times):  # one draft fewer was never timed: it may win
             return self._chose(k - 1, request_ids, explored=True)  # (its blocks ran last step: timed at once)
         if k < self.max_k:  # every so often one draft more than the best, so that a change is noticed
             self.since_deeper += 1
