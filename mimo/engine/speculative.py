@@ -6,7 +6,8 @@ last committed token, block 1 at q drafts t[q+2], block 2 at q (fed that draft) 
 
 Every MTP block keeps its own sliding-window KV cache, filled only from *committed* inputs. Each step,
 block k first catches up over the positions whose inputs became committed since the last step
-(``frontier[k-1] + 1 .. q-k+1``), then runs the k-1 positions that depend on this step's drafts
+(``frontier[k-1] + 1 .. q-k+1``, but never further back than :func:`reach`: a block that sat idle skips
+what no query can read any more), then runs the k-1 positions that depend on this step's drafts
 (``q-k+2 .. q``). Those draft-dependent cache entries are invalidated as soon as the drafts are made, so a
 rejected draft never leaves a trace.
 
@@ -37,7 +38,9 @@ class ChainRows:
         return self.start + (0 if self.rows is None else self.rows.shape[0])
 
     def append(self, start: int, rows: torch.Tensor) -> None:
-        if self.rows is None or self.rows.shape[0] == 0:
+        """Rows for positions ``start ..``: they continue the ones kept, or start after a gap (the kept ones
+        are then older than anything a block can still read: see :func:`reach`)."""
+        if self.rows is None or self.rows.shape[0] == 0 or start > self.end():
             self.start, self.rows = start, rows
             return
         if start != self.end():
@@ -87,6 +90,15 @@ class MTPState:
         self.tokens_start += cut
 
 
+def reach(k: int, blocks: int, window: int) -> int:
+    """How far behind the newest position ``q`` block k (1-based, of ``blocks``) ever needs to have run: its own
+    sliding window, plus the windows of every deeper block that reads its outputs. Positions further back are
+    skipped when a block catches up after sitting idle (the adaptive policy may leave deeper blocks idle for a
+    long time), which bounds both the catch-up work and the chain states and tokens kept, and changes no
+    draft: every key a query can still attend to is computed."""
+    return (blocks - k + 1) * window
+
+
 def start_chain(state: MTPState, hidden: torch.Tensor, first_pos: int, k_max: int) -> None:
     """After prefill: trunk states for positions first_pos.. start the chain; no block has run yet."""
     state.chain = [ChainRows() for _ in range(k_max)]
@@ -110,6 +122,7 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     ends at the depth where no row is left: deeper blocks catch up at a later step."""
     b = len(slots)
     device = cache.device
+    window = cache.window
     drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
     probs = torch.zeros(b, k_max, model.config.vocab_size, device=device)
     drafted: list[list[int]] = [[] for _ in range(b)]  # host copies of the drafts, for the next depth's inputs
@@ -123,7 +136,7 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
             break
         ids, chains, poss, spans = [], [], [], []
         for j, st in enumerate(states):
-            lo, hi = st.frontier[k - 1] + 1, q[j]
+            lo, hi = max(st.frontier[k - 1] + 1, q[j] - reach(k, len(st.chain), window)), q[j]
             commit_end = q[j] - k + 1
             # Block k at position i reads t[i+k]: committed up to q+1, this step's drafts after that.
             ids.append([st.token(t) if t <= q[j] + 1 else drafted[j][t - q[j] - 2]
@@ -150,6 +163,7 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
             if n_commit:
                 if k < len(st.chain):  # a deeper block reads these, in this step or a later one
                     st.chain[k].append(lo, out[j, :n_commit])
+                    st.chain[k].drop_through(q[j] - reach(k + 1, len(st.chain), window) - 1)
                 st.frontier[k - 1] = commit_end
                 st.chain[k - 1].drop_through(commit_end)
             pending[j] = (lo + n_commit, out[j, n_commit : hi - lo + 1])
@@ -179,6 +193,7 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
             if alive[j]:
                 kept[j] += 1
                 unsure[j].append(low[j])
-    for st in states:  # tokens below every block's next input can no longer be read
-        st.forget_tokens_before(min(st.frontier) + 2)
+    for st, qj in zip(states, q):  # tokens below every block's next input can no longer be read
+        nxt = [max(st.frontier[i] + 1, qj - reach(i + 1, len(st.chain), window)) for i in range(len(st.chain))]
+        st.forget_tokens_before(min(nxt) + 1)
     return drafts, probs, kept, unsure

@@ -54,7 +54,10 @@ def test_every_draft_accepted_in_constructed_case():
         outs = LLM(m, num_speculative_tokens=k, speculative_policy=policy).generate(prompts, GREEDY)
         assert [o.outputs[0].token_ids for o in outs] == plain
         for o in outs:
-            assert o.stats.accepted == o.stats.drafted  # nothing rejected
+            if policy == "fixed":
+                assert o.stats.accepted == o.stats.drafted  # nothing rejected
+            else:  # nothing rejected; only max_tokens may cut the last step's accepted drafts short
+                assert o.stats.drafted - k <= o.stats.accepted <= o.stats.drafted
             if policy == "fixed":  # (the adaptive policy's choices: tests/unit/test_policy.py, on a steady clock)
                 assert o.stats.drafts_per_step == {k: o.stats.decode_steps}
                 # 47 decode tokens in steps of k+1 (the last step may be cut by max_tokens)
@@ -238,3 +241,39 @@ def test_engine_reports_cache_bytes_per_request(model):
     eng_cache = LLM(model, num_speculative_tokens=2).engine.cache
     cached = len(out.prompt_token_ids) + len(out.outputs[0].token_ids) - 1  # the last token is never fed back
     assert out.cache_bytes == eng_cache.sequence_bytes(cached)
+
+
+def test_idle_mtp_blocks_catch_up_only_what_can_still_be_read(model, monkeypatch):
+    """The adaptive policy can leave MTP blocks idle for hundreds of steps. When they run again they catch up
+    only over the positions a query can still attend to (their window, and the windows of the blocks that
+    read them): output stays plain greedy, and the chain states and tokens kept stay bounded."""
+    from mimo.engine.policy import SpeculationPolicy
+
+    g = torch.Generator().manual_seed(3)
+    # long stretches without drafts, then bursts of every depth, in a batch of mixed lengths
+    pattern = [0] * 40 + [3, 3, 1, 0, 0, 2] + [0] * 25 + [1] * 5 + [3] * 4 + [0] * 60 + [2, 3]
+    pattern += torch.randint(0, 4, (200,), generator=g).tolist()
+    steps = iter(pattern * 4)
+    params = SamplingParams(temperature=0, max_tokens=300, ignore_eos=True)
+    prompts = _prompts(lengths=(3, 17))
+    plain = [o.outputs[0].token_ids for o in LLM(model).generate(prompts, params)]
+    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows: next(steps))
+    llm = LLM(model, num_speculative_tokens=3)
+    largest = {"chain": 0, "tokens": 0}
+    runner = llm.engine.runner
+    real = runner._speculative
+
+    def watch(plan, rows):
+        out = real(plan, rows)
+        for st in (runner.mtp[r.slot] for r in rows):
+            largest["chain"] = max([largest["chain"]] + [0 if c.rows is None else c.rows.shape[0] for c in st.chain])
+            largest["tokens"] = max(largest["tokens"], len(st.tokens))
+        return out
+
+    monkeypatch.setattr(runner, "_speculative", watch)
+    outs = llm.generate(prompts, params)
+    assert [o.outputs[0].token_ids for o in outs] == plain
+    window = llm.engine.runner.cache.window
+    # at most the deepest reach (3 windows) plus the steps of the longest idle stretch since the last draft
+    assert largest["chain"] <= 3 * window + 4 + 70, largest
+    assert largest["tokens"] <= 3 * window + 8 + 70, largest
