@@ -3,10 +3,10 @@
 // each weight type to fp32 in registers, and blocked dot products of a few weight rows with a few vectors.
 //
 // A decode step reads each weight row once for all of its vectors (1-8 tokens), several rows in flight with
-// the next block prefetched, threads splitting blocks of rows. The inner loop keeps R rows x M vectors of
-// fp32 accumulators in registers; if they do not fit, the compiler spills them to the stack and every
-// multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow and 8-token steps
-// hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
+// the block at least kAhead bytes further on prefetched, threads splitting blocks of rows. The inner loop
+// keeps R rows x M vectors of fp32 accumulators in registers; if they do not fit, the compiler spills them
+// to the stack and every multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow
+// and 8-token steps hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
 
 #pragma once
 
