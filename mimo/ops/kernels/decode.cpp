@@ -53,18 +53,6 @@ at::Tensor linear_decode(const at::Tensor& x, const at::Tensor& w) {
   return y.to(x.scalar_type());
 }
 
-// For every group g (one expert, weights W_g [N, n], and its vectors vec[start[g] : start[g + 1]]):
-// out[p, row] = <W_g[row], vec[p]>.
-template <typename T>
-void grouped_rows_times_vecs(const T* W, int64_t N, int64_t n, const Groups& gr, const std::vector<const float*>& vec,
-                             float* out) {
-  for_group_rows(static_cast<int64_t>(gr.group_expert.size()), N, [&](int64_t g, int64_t row0, int64_t row1) {
-    const int64_t p0 = gr.start[g];
-    rows_times_any(W + gr.group_expert[g] * N * n, n, row0, row1, vec.data() + p0, gr.start[g + 1] - p0,
-                   out + p0 * N, N);
-  });
-}
-
 at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
                       const at::Tensor& weights, const at::Tensor& experts) {
   TORCH_CHECK(x.dim() == 2 && w_gate.dim() == 3 && w_up.dim() == 3 && w_down.dim() == 3,
@@ -79,14 +67,19 @@ at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate, const at::T
   TORCH_CHECK(w_gate.size(2) == D && w_up.sizes() == w_gate.sizes() && w_down.size(0) == E && w_down.size(1) == D &&
                   w_down.size(2) == I,
               "moe_decode: weight shapes do not match x");
-  auto gate_up = [&](const Groups& gr, const std::vector<const float*>& xvec, float* g, float* u) {
-    with_weights(w_gate, [&](const auto* W) { grouped_rows_times_vecs(W, I, D, gr, xvec, g); });
-    with_weights(w_up, [&](const auto* W) { grouped_rows_times_vecs(W, I, D, gr, xvec, u); });
+  const at::Tensor* w[3] = {&w_gate, &w_up, &w_down};
+  const int64_t cols[3] = {D, D, I}, size = I * D, elem = w_gate.element_size();
+  auto rows = [&](int proj, int64_t e, int64_t row0, int64_t row1, const float* const* vec, int64_t nvec, float* out,
+                  int64_t ldo, const void* after) {
+    with_weights(*w[proj], [&](const auto* W) {
+      using T = std::remove_cv_t<std::remove_pointer_t<decltype(W)>>;
+      rows_times_any(W + e * size, cols[proj], row0, row1, vec, nvec, out, ldo, static_cast<const T*>(after));
+    });
   };
-  auto down = [&](const Groups& gr, const std::vector<const float*>& avec, float* part) {
-    with_weights(w_down, [&](const auto* W) { grouped_rows_times_vecs(W, D, I, gr, avec, part); });
+  auto row_at = [&](int proj, int64_t e, int64_t row) -> const void* {
+    return static_cast<const char*>(w[proj]->const_data_ptr()) + (e * size + row * cols[proj]) * elem;
   };
-  return moe_decode_with(x, E, I, weights, experts, "moe_decode", gate_up, down);
+  return moe_decode_with(x, E, I, weights, experts, "moe_decode", rows, row_at);
 }
 
 // What the kernels were compiled for (mimo kernels, benchmarks/kernel_isa.py, the tests of both builds).

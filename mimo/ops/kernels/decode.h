@@ -3,10 +3,10 @@
 // each weight type to fp32 in registers, and blocked dot products of a few weight rows with a few vectors.
 //
 // A decode step reads each weight row once for all of its vectors (1-8 tokens), several rows in flight with
-// the next block prefetched, threads splitting blocks of rows. The inner loop keeps R rows x M vectors of
-// fp32 accumulators in registers; if they do not fit, the compiler spills them to the stack and every
-// multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow and 8-token steps
-// hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
+// the block at least kAhead bytes further on prefetched, threads splitting blocks of rows. The inner loop
+// keeps R rows x M vectors of fp32 accumulators in registers; if they do not fit, the compiler spills them
+// to the stack and every multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow
+// and 8-token steps hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
 
 #pragma once
 
@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__F16C__) || defined(__AVX512F__)
@@ -151,13 +152,48 @@ inline vfloat load(const uint8_t* p) {
 #endif
 }
 
+// FP8 in chunks: 4 vectors from 4 x kLanes codes (a 64-byte line on AVX-512, 32 bytes on AVX2) with fewer
+// instructions than 4 loads above. The chunk's bytes as 16-bit words, each holding an even code (low byte) and
+// an odd one (high byte): odd = (t >>arith 1) & 0xbf80 and even = ((t << 8) >>arith 1) & 0xbf80 are the fp16
+// bits of the codes (sign at bit 15, eeee mmm at 13..7, as above) with no widening of bytes to words. The
+// vectors hold the chunk's codes in the order chunk_source gives, so the vectors they meet must be permuted
+// the same way (the FP8 kernels scale the vectors into a scratch copy anyway, decode_fp8.cpp).
+#if (defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__)))
+constexpr bool kFp8Chunks = true;
+#else
+constexpr bool kFp8Chunks = false;
+#endif
+constexpr int kChunk = 4 * kLanes;  // codes per chunk
+
+// The position within its chunk of the code that lands in lane l of the chunk's vector q (q < 4).
+constexpr int chunk_source(int q, int l) { return 2 * l + (q & 1) * 2 * kLanes + (q >> 1); }
+
+#if defined(__AVX512F__)
+inline void load_even_odd(const uint8_t* p, vfloat (&w)[2], bool odd) {
+  const __m512i t = _mm512_loadu_si512(p);
+  const __m512i h = _mm512_and_si512(_mm512_srai_epi16(odd ? t : _mm512_slli_epi16(t, 8), 1),
+                                     _mm512_set1_epi16(static_cast<short>(0xbf80)));
+  const __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+  std::memcpy(&w[0], &lo, sizeof(vfloat));
+  std::memcpy(&w[1], &hi, sizeof(vfloat));
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+inline void load_even_odd(const uint8_t* p, vfloat (&w)[2], bool odd) {
+  const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i h = _mm256_and_si256(_mm256_srai_epi16(odd ? t : _mm256_slli_epi16(t, 8), 1),
+                                     _mm256_set1_epi16(static_cast<short>(0xbf80)));
+  const __m256 lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h)), hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+  std::memcpy(&w[0], &lo, sizeof(vfloat));
+  std::memcpy(&w[1], &hi, sizeof(vfloat));
+}
+#endif
+
 // ------------------------------------------------------------------------------------------ dot products
 // out[m][r] = <rows[r * ld : + n], vec[m][0 : n]> for r < R, m < M.
 //
 // With at least as many rows as vectors, the M vectors stay in registers while each row is loaded (and
 // widened once for all vectors); with more vectors, the R widened rows stay and each vector is loaded in
 // turn (an FMA can take it from memory). Either way the registers hold R x M + min(R, M) + 1 vfloats.
-// The next block's rows are prefetched (+10-18% on the MoE kernel).
 template <typename T, int R, int M>
 __attribute__((always_inline)) inline void fma_at(const T* rows, int64_t ld, const float* const* vec, int64_t i,
                                                   vfloat (&acc)[R][M]) {
@@ -178,17 +214,53 @@ __attribute__((always_inline)) inline void fma_at(const T* rows, int64_t ld, con
   }
 }
 
+// FP8 rows are read a chunk at a time while whole chunks remain (the vectors permuted within each chunk, see
+// chunk_source), then a vector at a time, then element by element, when a pass has at most kChunkVecs
+// vectors: the same sequence for every row of the pass (blocks of R rows and the single rows left over), so
+// the caller knows which vectors to permute from their count alone (chunked_vector). With more vectors the
+// widened rows are held and the vectors streamed, and the chunks, whose vectors cannot all be held, were
+// slower.
+constexpr int kChunkVecs = kRegisters >= 32 ? 4 : 3;
+
+template <typename T, int M>
+constexpr bool chunked() {
+  return kFp8Chunks && std::is_same_v<T, uint8_t> && M <= kChunkVecs;
+}
+
+// Whether vector m of nvec meets chunked FP8 rows: its pass of up to kMaxVecs vectors (rows_times_any) is chunked.
+inline bool chunked_vector(int64_t m, int64_t nvec) {
+  return kFp8Chunks && std::min<int64_t>(kMaxVecs, nvec - m / kMaxVecs * kMaxVecs) <= kChunkVecs;
+}
+
+// The block's rows are rows[r * ld : + n] for r < R; the next block's, which are prefetched, next[r * ld : + n]
+// (the rows that follow, or wherever the caller reads next: the next expert's matrix).
 template <typename T, int R, int M>
-inline void dot_block(const T* rows, int64_t ld, const float* const* vec, int64_t n, float (*out)[4]) {
+inline void dot_block(const T* rows, const T* next, int64_t ld, const float* const* vec, int64_t n, float (*out)[R]) {
   vfloat acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = vfloat{};
   int64_t i = 0;
+  if constexpr (chunked<T, M>()) {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
+    for (; i + kChunk <= n; i += kChunk) {
+      for (int r = 0; r < R; ++r) __builtin_prefetch(next + r * ld + i, 0, 3);
+      for (int r = 0; r < R; ++r) {
+        for (int half = 0; half < 2; ++half) {
+          vfloat w[2];
+          load_even_odd(rows + r * ld + i, w, half == 1);
+          for (int q = 0; q < 2; ++q)
+            for (int m = 0; m < M; ++m)
+              acc[r][m] += w[q] * *reinterpret_cast<const vfloat*>(vec[m] + i + (2 * half + q) * kLanes);
+        }
+      }
+    }
+#endif
+  }
 #pragma GCC unroll 4
   for (; i + kLanes <= n; i += kLanes) {
     // The same line of the next block, at every vector: once per 64-byte line, though fewer instructions, was
     // slower (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
-    for (int r = 0; r < R; ++r) __builtin_prefetch(rows + (r + R) * ld + i, 0, 3);
+    for (int r = 0; r < R; ++r) __builtin_prefetch(next + r * ld + i, 0, 3);
     fma_at<T, R, M>(rows, ld, vec, i, acc);
   }
   for (int r = 0; r < R; ++r)
@@ -199,54 +271,68 @@ inline void dot_block(const T* rows, int64_t ld, const float* const* vec, int64_
     }
 }
 
-// out[m * ldo + row] = <W[row, 0 : n], vec[m]> for rows [row0, row1) and M vectors, R rows at a time.
+constexpr int64_t kAhead = 8192;  // bytes
+
+// out[m * ldo + row] = <W[row, 0 : n], vec[m]> for rows [row0, row1) and M vectors, R rows at a time. While a
+// block is read, the block at least kAhead bytes further on is prefetched: one block ahead (the old rule) is
+// a few KB in a small expert matrix, too close to cover memory latency. Past row1 the prefetches go to `after`,
+// where the caller reads next (nullptr: W's next rows), as if its rows continued W's.
 template <typename T, int M>
 void rows_times_vecs(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, float* out,
-                     int64_t ldo) {
+                     int64_t ldo, const T* after) {
   constexpr int R = rows_for(M);
-  float tmp[M][4];
+  if (after == nullptr) after = W + row1 * n;
+  const int64_t ahead = std::max<int64_t>(R, (kAhead / std::max<int64_t>(1, n * int64_t{sizeof(T)}) + R - 1) / R * R);
+  auto next = [&](int64_t row) { return row + ahead < row1 ? W + (row + ahead) * n : after + (row + ahead - row1) * n; };
+  float tmp[M][R];
   int64_t row = row0;
   for (; row + R <= row1; row += R) {
-    dot_block<T, R, M>(W + row * n, n, vec, n, tmp);
+    dot_block<T, R, M>(W + row * n, next(row), n, vec, n, tmp);
     for (int m = 0; m < M; ++m)
       for (int r = 0; r < R; ++r) out[m * ldo + row + r] = tmp[m][r];
   }
   for (; row < row1; ++row) {
-    dot_block<T, 1, M>(W + row * n, n, vec, n, tmp);
-    for (int m = 0; m < M; ++m) out[m * ldo + row] = tmp[m][0];
+    float one[M][1];
+    dot_block<T, 1, M>(W + row * n, next(row), n, vec, n, one);
+    for (int m = 0; m < M; ++m) out[m * ldo + row] = one[m][0];
   }
 }
 
-// The same for any number of vectors, up to kMaxVecs per pass over the rows.
+// The same for any number of vectors, up to kMaxVecs per pass over the rows (a pass but the last reads the
+// rows again next).
 template <typename T>
 void rows_times_any(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, int64_t nvec,
-                    float* out, int64_t ldo) {
+                    float* out, int64_t ldo, const T* after = nullptr) {
   for (int64_t m0 = 0; m0 < nvec; m0 += kMaxVecs) {
     const float* const* v = vec + m0;
     float* o = out + m0 * ldo;
+    const T* a = m0 + kMaxVecs < nvec ? W + row0 * n : after;
     switch (std::min<int64_t>(kMaxVecs, nvec - m0)) {
-      case 1: rows_times_vecs<T, 1>(W, n, row0, row1, v, o, ldo); break;
-      case 2: rows_times_vecs<T, 2>(W, n, row0, row1, v, o, ldo); break;
-      case 3: rows_times_vecs<T, 3>(W, n, row0, row1, v, o, ldo); break;
-      case 4: rows_times_vecs<T, 4>(W, n, row0, row1, v, o, ldo); break;
-      case 5: rows_times_vecs<T, 5>(W, n, row0, row1, v, o, ldo); break;
-      case 6: rows_times_vecs<T, 6>(W, n, row0, row1, v, o, ldo); break;
-      case 7: rows_times_vecs<T, 7>(W, n, row0, row1, v, o, ldo); break;
-      default: rows_times_vecs<T, 8>(W, n, row0, row1, v, o, ldo); break;
+      case 1: rows_times_vecs<T, 1>(W, n, row0, row1, v, o, ldo, a); break;
+      case 2: rows_times_vecs<T, 2>(W, n, row0, row1, v, o, ldo, a); break;
+      case 3: rows_times_vecs<T, 3>(W, n, row0, row1, v, o, ldo, a); break;
+      case 4: rows_times_vecs<T, 4>(W, n, row0, row1, v, o, ldo, a); break;
+      case 5: rows_times_vecs<T, 5>(W, n, row0, row1, v, o, ldo, a); break;
+      case 6: rows_times_vecs<T, 6>(W, n, row0, row1, v, o, ldo, a); break;
+      case 7: rows_times_vecs<T, 7>(W, n, row0, row1, v, o, ldo, a); break;
+      default: rows_times_vecs<T, 8>(W, n, row0, row1, v, o, ldo, a); break;
     }
   }
 }
 
-// f(g, row0, row1) for every group g < G (one expert each) over its N rows, threads taking contiguous ranges
-// of (group, unit of kSplit rows).
-template <typename F>
-void for_group_rows(int64_t G, int64_t N, F&& f) {
+// Threads sharing N rows in units of kSplit rows, and each thread's share: f(thread, row0, row1) on every one.
+inline int64_t threads_for(int64_t N) {
   const int64_t units = (N + kSplit - 1) / kSplit;
-  at::parallel_for(0, G * units, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t g = u0 / units; g < G && g * units < u1; ++g) {
-      const int64_t row0 = std::max(u0 - g * units, int64_t{0}) * kSplit;
-      const int64_t row1 = std::min((u1 - g * units) * kSplit, N);
-      f(g, row0, row1);
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), units));
+}
+
+template <typename F>
+void for_thread_rows(int64_t N, F&& f) {
+  const int64_t units = (N + kSplit - 1) / kSplit, nt = threads_for(N);
+  at::parallel_for(0, nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t row0 = std::min(N, units * t / nt * kSplit), row1 = std::min(N, units * (t + 1) / nt * kSplit);
+      f(t, row0, row1);
     }
   });
 }
@@ -279,16 +365,24 @@ inline Groups group_by_expert(const int64_t* ep, int64_t A, int64_t E, const cha
 
 // The routed experts of a decode step, whatever the weight type:
 //
-//   pass 1, per expert e and block of rows f:  g[a, f] = <Wgate[e, f], x_t>,  u[a, f] = <Wup[e, f], x_t>
-//   then                                        act[a, i] = w_a * silu(g[a, i]) * u[a, i]
-//   pass 2, per expert e and block of rows d:  part[a, d] = <Wd[e, d], act[a]>
-//   then                                        y[t, d] = sum over t's assignments a of part[a, d]
+//   pass 1, per expert e and row f:  g[a, f] = <Wgate[e, f], x_t>,  u[a, f] = <Wup[e, f], x_t>,
+//                                     act[a, f] = w_a * silu(g[a, f]) * u[a, f]
+//   pass 2, per expert e and row d:  part[a, d] = <Wd[e, d], act[a]>,  y[t, d] += part[a, d] for t's assignments
 //
-// where a runs over the assignments of expert e, so an expert chosen by several tokens is read once.
-// gate_up(groups, xvec, g, u) and down(groups, avec, part) run the two passes' products.
-template <typename GateUp, typename Down>
+// where a runs over the assignments of expert e, so an expert chosen by several tokens is read once. Each
+// pass splits the rows among the threads (pass 1 the rows f of every chosen expert's gate and up, pass 2 the
+// rows d of every down): a thread reads one stretch of each matrix and knows which it reads next, so the end
+// of one is read with the start of the next prefetched (an expert's matrix is small: each began with cold
+// misses when threads split experts and prefetched only within one), and a call has two parallel regions.
+// A thread adds its own columns of y, in the order of the assignments as sorted (by expert): a token's sum
+// does not depend on the other tokens of the step.
+//
+// rows(proj, e, row0, row1, vec, nvec, out, ldo, after) computes rows [row0, row1) of projection proj (0 gate,
+// 1 up, 2 down) of expert e for nvec vectors, prefetching `after` (a pointer from row_at) at the end;
+// row_at(proj, e, row) -> the first byte of that row.
+template <typename Rows, typename At>
 at::Tensor moe_decode_with(const at::Tensor& x, int64_t E, int64_t I, const at::Tensor& weights,
-                           const at::Tensor& experts, const char* op, GateUp&& gate_up, Down&& down) {
+                           const at::Tensor& experts, const char* op, Rows&& rows, At&& row_at) {
   TORCH_CHECK(experts.dim() == 2 && experts.size(0) == x.size(0) && weights.sizes() == experts.sizes(), op,
               ": experts and weights must be [T, k]");
   const int64_t T = x.size(0), D = x.size(1), K = experts.size(1), A = T * K;
@@ -296,39 +390,54 @@ at::Tensor moe_decode_with(const at::Tensor& x, int64_t E, int64_t I, const at::
   const at::Tensor wt = weights.to(at::kFloat).contiguous();
   const float* wp = wt.const_data_ptr<float>();
   const Groups gr = group_by_expert(ex.const_data_ptr<int64_t>(), A, E, op);
+  const int64_t G = static_cast<int64_t>(gr.group_expert.size());
 
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const float* xp = xf.const_data_ptr<float>();
-  std::vector<float> act(A * I), part(A * D);
+  std::vector<float> g(A * I), u(A * I), act(A * I), part(A * D);
   std::vector<const float*> xvec(A), avec(A);
   for (int64_t p = 0; p < A; ++p) {
     xvec[p] = xp + (gr.sorted[p] / K) * D;
     avec[p] = act.data() + p * I;
   }
+  at::Tensor y = at::empty({T, D}, xf.options());
+  float* yp = y.data_ptr<float>();
+  if (G == 0) return y.zero_().to(x.scalar_type());
+  const int64_t e_first = gr.group_expert[0];
 
-  // Pass 1: the gate and up rows of each chosen expert; then act = w * silu(gate) * up.
-  std::vector<float> g(A * I), u(A * I);
-  gate_up(gr, xvec, g.data(), u.data());
-  at::parallel_for(0, A, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const float w = wp[gr.sorted[p]];
-      const float* gate = g.data() + p * I;
-      const float* up = u.data() + p * I;
-      for (int64_t f = 0; f < I; ++f) act[p * I + f] = w * gate[f] / (1.f + std::exp(-gate[f])) * up[f];
+  // Pass 1: gate and up rows [f0, f1) of each chosen expert, then act for those rows. The last up matrix
+  // prefetches the first down rows of pass 2 for the same thread index (OpenMP hands it the same worker).
+  for_thread_rows(I, [&](int64_t t, int64_t f0, int64_t f1) {
+    if (f0 >= f1) return;
+    const int64_t d_units = (D + kSplit - 1) / kSplit, nt2 = threads_for(D);
+    const int64_t d0 = std::min(D, d_units * t / nt2 * kSplit);
+    for (int64_t q = 0; q < G; ++q) {
+      const int64_t e = gr.group_expert[q], p0 = gr.start[q], np = gr.start[q + 1] - p0;
+      rows(0, e, f0, f1, xvec.data() + p0, np, g.data() + p0 * I, I, row_at(1, e, f0));
+      rows(1, e, f0, f1, xvec.data() + p0, np, u.data() + p0 * I, I,
+           q + 1 < G ? row_at(0, gr.group_expert[q + 1], f0) : row_at(2, e_first, d0));
+      for (int64_t p = p0; p < p0 + np; ++p) {
+        const float w = wp[gr.sorted[p]];
+        const float* gate = g.data() + p * I;
+        const float* up = u.data() + p * I;
+        for (int64_t f = f0; f < f1; ++f) act[p * I + f] = w * gate[f] / (1.f + std::exp(-gate[f])) * up[f];
+      }
     }
   });
-  // Pass 2: the down rows of each chosen expert -> part.
-  down(gr, avec, part.data());
 
-  // Each token's k contributions, in its own row.
-  at::Tensor y = at::zeros({T, D}, xf.options());
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t p = 0; p < A; ++p) {
-      const int64_t t = gr.sorted[p] / K;
-      if (t < t0 || t >= t1) continue;
-      const float* src = part.data() + p * D;
-      for (int64_t d = 0; d < D; ++d) yp[t * D + d] += src[d];
+  // Pass 2: down rows [d0, d1) of each chosen expert; this thread's columns of y.
+  for_thread_rows(D, [&](int64_t, int64_t d0, int64_t d1) {
+    for (int64_t t = 0; t < T; ++t) std::fill(yp + t * D + d0, yp + t * D + d1, 0.f);
+    if (d0 >= d1) return;
+    for (int64_t q = 0; q < G; ++q) {
+      const int64_t e = gr.group_expert[q], p0 = gr.start[q], np = gr.start[q + 1] - p0;
+      rows(2, e, d0, d1, avec.data() + p0, np, part.data() + p0 * D, D,
+           q + 1 < G ? row_at(2, gr.group_expert[q + 1], d0) : nullptr);
+      for (int64_t p = p0; p < p0 + np; ++p) {
+        float* dst = yp + (gr.sorted[p] / K) * D;
+        const float* src = part.data() + p * D;
+        for (int64_t d = d0; d < d1; ++d) dst[d] += src[d];
+      }
     }
   });
   return y.to(x.scalar_type());

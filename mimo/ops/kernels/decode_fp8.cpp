@@ -56,7 +56,8 @@ struct Scaled {
 };
 thread_local Scaled scaled;
 
-// xs[m][k] = vec[m][k] * srow[k / block_k] * 2^8.
+// xs[m][k] = vec[m][k] * srow[k / block_k] * 2^8, permuted within each whole chunk of the row as the chunked
+// FP8 loads order the codes where the vector meets chunked rows (decode.h, chunk_source and chunked_vector).
 void scale_vectors(const float* const* vec, int64_t nvec, int64_t n, const float* srow, int64_t block_k, float* xs) {
   for (int64_t m = 0; m < nvec; ++m) {
     const float* v = vec[m];
@@ -66,6 +67,14 @@ void scale_vectors(const float* const* vec, int64_t nvec, int64_t n, const float
       const int64_t k1 = std::min(k0 + block_k, n);
       for (int64_t k = k0; k < k1; ++k) o[k] = v[k] * s;
     }
+    if (chunked_vector(m, nvec)) {
+      float tmp[kChunk];
+      for (int64_t k0 = 0; k0 + kChunk <= n; k0 += kChunk) {
+        std::memcpy(tmp, o + k0, sizeof(tmp));
+        for (int q = 0; q < 4; ++q)
+          for (int l = 0; l < kLanes; ++l) o[k0 + q * kLanes + l] = tmp[chunk_source(q, l)];
+      }
+    }
   }
 }
 
@@ -73,13 +82,14 @@ void scale_vectors(const float* const* vec, int64_t nvec, int64_t n, const float
 // run(row, row1) -> {scale row of `row`, end of its run (<= row1)} and the grid has ceil(n / block_k) columns.
 template <typename Run>
 void fp8_rows_times_any(const uint8_t* W, int64_t n, int64_t row0, int64_t row1, Run&& run, const float* grid,
-                        int64_t block_k, const float* const* vec, int64_t nvec, float* out, int64_t ldo) {
+                        int64_t block_k, const float* const* vec, int64_t nvec, float* out, int64_t ldo,
+                        const uint8_t* after = nullptr) {
   const int64_t cols = ceil_div(n, block_k);
   const float* const* xs = scaled.prepare(nvec, n);
   for (int64_t row = row0; row < row1;) {
     const auto [srow, end] = run(row, row1);
     scale_vectors(vec, nvec, n, grid + srow * cols, block_k, scaled.buf.data());
-    rows_times_any(W, n, row, end, xs, nvec, out, ldo);
+    rows_times_any(W, n, row, end, xs, nvec, out, ldo, end < row1 ? W + end * n : after);
     row = end;
   }
 }
@@ -164,26 +174,19 @@ at::Tensor moe_decode_fp8(const at::Tensor& x, const at::Tensor& w_gate, const a
   check_scale(s_down, {E, dn_rows, dn_cols}, "s_down", op);
   const RunOfBlock run{block_r};
 
-  // Rows [row0, row1) of expert e's [N, n] matrix (grids of `grid_size` floats per expert) for group g's vectors.
-  auto grouped = [&](const at::Tensor& w, const at::Tensor& s, int64_t N, int64_t n, const Groups& gr,
-                     const std::vector<const float*>& vec, float* out) {
-    const uint8_t* W = fp8_data(w);
-    const float* S = s.const_data_ptr<float>();
-    const int64_t grid_size = ceil_div(N, block_r) * ceil_div(n, block_k);
-    for_group_rows(static_cast<int64_t>(gr.group_expert.size()), N, [&](int64_t g, int64_t row0, int64_t row1) {
-      const int64_t e = gr.group_expert[g], p0 = gr.start[g];
-      fp8_rows_times_any(W + e * N * n, n, row0, row1, run, S + e * grid_size, block_k, vec.data() + p0,
-                         gr.start[g + 1] - p0, out + p0 * N, N);
-    });
+  const at::Tensor* w[3] = {&w_gate, &w_up, &w_down};
+  const at::Tensor* sc[3] = {&s_gate, &s_up, &s_down};
+  const int64_t cols[3] = {D, D, I}, grid_size[3] = {gr_rows * gr_cols, gr_rows * gr_cols, dn_rows * dn_cols};
+  auto rows = [&](int proj, int64_t e, int64_t row0, int64_t row1, const float* const* vec, int64_t nvec, float* out,
+                  int64_t ldo, const void* after) {
+    fp8_rows_times_any(fp8_data(*w[proj]) + e * I * D, cols[proj], row0, row1, run,
+                       sc[proj]->const_data_ptr<float>() + e * grid_size[proj], block_k, vec, nvec, out, ldo,
+                       static_cast<const uint8_t*>(after));
   };
-  auto gate_up = [&](const Groups& gr, const std::vector<const float*>& xvec, float* g, float* u) {
-    grouped(w_gate, s_gate, I, D, gr, xvec, g);
-    grouped(w_up, s_up, I, D, gr, xvec, u);
+  auto row_at = [&](int proj, int64_t e, int64_t row) -> const void* {
+    return fp8_data(*w[proj]) + e * I * D + row * cols[proj];
   };
-  auto down = [&](const Groups& gr, const std::vector<const float*>& avec, float* part) {
-    grouped(w_down, s_down, D, I, gr, avec, part);
-  };
-  return moe_decode_with(x, E, I, weights, experts, op, gate_up, down);
+  return moe_decode_with(x, E, I, weights, experts, op, rows, row_at);
 }
 
 // fp32 -> bf16 bits, rounding to nearest even (as torch's .to(torch.bfloat16); NaN codes are rejected upstream).
