@@ -1,0 +1,11 @@
+"""Post-training (issue #15): verifiable domains, the code sandbox, and the MOPD objective.
+
+* :mod:`mimo.posttrain.sandbox` runs untrusted Python (model answers) in a limited subprocess.
+* :mod:`mimo.posttrain.domains` generates the three verifiable domains (tool calls, arithmetic with a
+  scratchpad, code with unit tests) with train/held-out splits by family, and their metrics.
+* :mod:`mimo.posttrain.mopd` is the multi-teacher on-policy distillation loss (paper Eq. 7-9) and the
+  GRPO outcome advantage, as pure functions over tensors.
+
+Nothing here imports the engine, the server or the CLI: rollouts and the training loop are wired up
+above this package.
+"""

@@ -1,0 +1,411 @@
+"""The tool-calling domain: schemas made from real standard-library functions, one family per module.
+
+A tool is a real function (``textwrap.shorten``, ``math.comb``, ...): its OpenAI schema is built from
+``inspect.signature`` and the first sentence of its docstring; parameter types come from the default's
+type, else from a short table of parameter names (the standard library has no annotations). A parameter
+we cannot type (a ``key=None`` callable, ``*args``) is left out of the schema and never passed. The
+values a request states are sampled, and the function is *called* with them: a call that raises is
+resampled (so every reference call is a valid one), and its real return value is the ``tool`` message's
+content. Only pure modules are listed, and side-effecting or environment-dependent functions
+(``abspath``, ``expanduser``, ``exists``, calendar's printers) are not, so generation is deterministic
+for one Python version (the manifest records it).
+
+An example: the system's tool list is the target plus up to three other functions of the same module
+(so the name must be chosen, not copied); the user states the task (the docstring's first sentence) and
+every argument value; the assistant calls the tool (the release's XML format, through the chat template);
+a ``tool`` message carries the result; the assistant answers in one sentence.
+
+Metric, :func:`score`: exact-call accuracy of the first assistant turn. 1 when there is exactly one tool
+call, its name is the expected one, its arguments are a JSON object that validates against the tool's
+schema (:func:`validate`: types, required, no unknown keys, enums), every stated argument has exactly the
+stated value (JSON types compared strictly, ``true`` is not ``1``, but ``3`` and ``3.0`` are one number),
+and any argument not stated equals its schema default. Else 0. Parsing the model's XML into ``tool_calls`` is the server's
+parser's job (``mimo.server.parsers.extract``); the metric takes OpenAI ``tool_calls``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import random
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from mimo.posttrain.domains.common import one_line
+
+__all__ = ["FAMILIES", "HELDOUT", "build_tools", "generate", "score", "validate"]
+
+# module -> the functions offered as tools. Families are modules.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "math": ("sqrt", "cos", "sin", "exp", "log10", "atan2", "copysign", "fmod", "pow", "degrees", "radians",
+             "floor", "ceil", "factorial", "comb", "isqrt", "trunc"),
+    "statistics": ("mean", "median", "mode", "pstdev", "pvariance", "median_low", "median_high", "fmean",
+                   "geometric_mean", "harmonic_mean"),
+    "textwrap": ("dedent", "fill", "indent", "shorten", "wrap"),
+    "posixpath": ("basename", "dirname", "normpath", "splitext", "split", "isabs", "commonprefix"),
+    "fnmatch": ("fnmatch", "fnmatchcase", "filter", "translate"),
+    "html": ("escape", "unescape"),
+    "unicodedata": ("category", "bidirectional", "combining", "decomposition", "east_asian_width", "mirrored",
+                    "lookup", "normalize"),
+    "difflib": ("get_close_matches",),
+    "bisect": ("bisect_left", "bisect_right"),
+    "heapq": ("nlargest", "nsmallest"),
+    "operator": ("add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "abs"),
+    "urllib.parse": ("quote", "quote_plus", "unquote", "urljoin", "urlsplit"),
+    "calendar": ("isleap", "leapdays", "monthrange", "weekday"),
+    "shlex": ("quote", "split", "join"),
+    "colorsys": ("rgb_to_hsv", "hsv_to_rgb", "rgb_to_hls", "hls_to_rgb", "rgb_to_yiq", "yiq_to_rgb"),
+    "ipaddress": ("ip_address", "ip_network", "ip_interface"),
+}
+# Held-out families: modules never seen in training; their parameter types all occur in training.
+HELDOUT = ("calendar", "shlex", "colorsys", "ipaddress")
+
+_NUM, _INT, _STR, _BOOL = "number", "integer", "string", "boolean"
+_STR_ARRAY = {"type": "array", "items": {"type": "string"}}
+_INT_ARRAY = {"type": "array", "items": {"type": "integer"}}
+# Types of parameters without a default, by module then by name (the standard library has no annotations).
+_MODULE_TYPES: dict[str, dict[str, Any]] = {
+    "math": {"x": _NUM, "y": _NUM, "n": _INT, "k": _INT},
+    "statistics": {"data": _INT_ARRAY},
+    "textwrap": {"text": _STR, "prefix": _STR, "width": _INT},
+    "posixpath": {"p": _STR, "path": _STR, "s": _STR, "m": _STR_ARRAY},
+    "fnmatch": {"name": _STR, "pat": _STR, "names": _STR_ARRAY},
+    "html": {"s": _STR},
+    "unicodedata": {"chr": _STR, "name": _STR, "form": {"type": "string", "enum": ["NFC", "NFD", "NFKC", "NFKD"]},
+                    "unistr": _STR},
+    "difflib": {"word": _STR, "possibilities": _STR_ARRAY},
+    "bisect": {"a": _INT_ARRAY, "x": _INT},
+    "heapq": {"n": _INT, "iterable": _INT_ARRAY},
+    "operator": {"a": _NUM, "b": _NUM},
+    "urllib.parse": {"string": _STR, "base": _STR, "url": _STR},
+    "calendar": {"year": _INT, "month": _INT, "day": _INT, "y1": _INT, "y2": _INT},
+    "shlex": {"s": _STR, "split_command": _STR_ARRAY},
+    "colorsys": {n: _NUM for n in "rgbhlsvyiq"},
+    "ipaddress": {"address": _STR},
+}
+
+_WORDS = ("river", "stone", "maple", "copper", "lantern", "harbor", "velvet", "orbit", "meadow", "signal", "cedar",
+          "ember", "glacier", "pixel", "summit", "willow", "falcon", "quartz", "tundra", "violet", "anchor", "breeze")
+_EXTS = (".txt", ".py", ".csv", ".json", ".md", ".tar.gz", ".log")
+_CHARS = ("A", "z", "7", "é", "ß", "€", "中", "٣", "Ω", " ", "-", "(", "ñ", "ﬁ", "①")
+_UNICODE_NAMES = ("LATIN SMALL LETTER A", "GREEK CAPITAL LETTER OMEGA", "EURO SIGN", "DIGIT SEVEN", "SNOWMAN",
+                  "BLACK HEART SUIT", "LATIN SMALL LETTER SHARP S", "HYPHEN-MINUS", "LEFT PARENTHESIS")
+
+
+def _words(rng: random.Random, lo: int, hi: int) -> list[str]:
+    return [rng.choice(_WORDS) for _ in range(rng.randint(lo, hi))]
+
+
+def _string(rng: random.Random, module: str, fn: str, name: str) -> str:
+    if module == "posixpath":
+        parts = _words(rng, 1, 4)
+        if rng.random() < 0.3:
+            parts.insert(rng.randrange(len(parts)), rng.choice(("..", ".", "")))
+        return ("/" if rng.random() < 0.6 else "") + "/".join(parts) + rng.choice(_EXTS)
+    if module == "fnmatch":
+        if name == "pat":
+            return rng.choice(("*", "[a-m]*", "?")) + rng.choice(("", "_*", "er*")) + rng.choice(_EXTS)
+        return rng.choice(_WORDS) + rng.choice(("", "_1", "_data")) + rng.choice(_EXTS)
+    if module == "html":
+        if fn == "unescape":
+            return " ".join(_words(rng, 1, 3)) + rng.choice((" &amp; ", " &lt;b&gt; ", " &quot;x&quot; ", " &#169; "))
+        return " ".join(_words(rng, 1, 3)) + rng.choice((" & ", " <b> ", ' "x" ', " 'y' "))
+    if module == "unicodedata":
+        if name == "name":
+            return rng.choice(_UNICODE_NAMES)
+        if name == "unistr":
+            return rng.choice(("café", "ﬁne", "Ångström", "naïve", "①②", "ｆｕｌｌ"))
+        return rng.choice(_CHARS)
+    if module == "difflib":
+        w = list(rng.choice(_WORDS))
+        w[rng.randrange(len(w))] = rng.choice("aeiou")
+        return "".join(w)
+    if module == "urllib.parse":
+        if name in ("base", "url") or fn == "urlsplit":
+            host = rng.choice(_WORDS) + ".example.org"
+            path = "/".join(_words(rng, 1, 3))
+            if name == "url" and fn == "urljoin":
+                return rng.choice(("", "../", "/")) + path + rng.choice(("", "?q=1", "#top"))
+            return f"https://{host}/{path}" + rng.choice(("", "?page=2", "#section"))
+        if fn == "unquote":
+            return rng.choice(_WORDS) + rng.choice(("%20", "%2F", "%26", "+")) + rng.choice(_WORDS)
+        return " ".join(_words(rng, 1, 3)) + rng.choice(("/a b", "&c=d", "?x", ""))
+    if module == "shlex":
+        return rng.choice(("ls -l ", "grep -n ", "echo ", "cp ")) + rng.choice(("'my file.txt'", '"a b"', "x.py", "$HOME"))
+    if module == "ipaddress":
+        a, b, c = rng.randrange(1, 224), rng.randrange(256), rng.randrange(256)
+        if fn == "ip_network":
+            return f"{a}.{b}.{c}.0/24" if rng.random() < 0.7 else f"{a}.{b}.0.0/16"
+        if fn == "ip_interface":
+            return f"{a}.{b}.{c}.{rng.randrange(1, 255)}/{rng.choice((8, 16, 24))}"
+        return f"{a}.{b}.{c}.{rng.randrange(1, 255)}"
+    if module == "textwrap":
+        if name == "prefix":
+            return rng.choice(("> ", "# ", "    ", "- "))
+        words = _words(rng, 6, 16)
+        if fn in ("dedent", "indent"):
+            return "\n".join("    " + " ".join(words[i:i + 4]) for i in range(0, len(words), 4))
+        return " ".join(words)
+    return " ".join(_words(rng, 1, 3))
+
+
+def _integer(rng: random.Random, module: str, name: str) -> int:
+    if name in ("year", "y1", "y2"):
+        return rng.randint(1900, 2100)
+    if name == "month":
+        return rng.randint(1, 12)
+    if name == "day":
+        return rng.randint(1, 28)
+    if name == "width":
+        return rng.randint(12, 40)
+    if module == "math" or name == "n":
+        return rng.randint(0, 20)
+    return rng.randint(0, 999)
+
+
+def _value(rng: random.Random, module: str, fn: str, name: str, schema: Mapping[str, Any], default: Any) -> Any:
+    kind = schema.get("type")
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if kind == _BOOL:
+        return not default if isinstance(default, bool) else rng.random() < 0.5
+    if kind == _INT:
+        if isinstance(default, int) and default > 0 and name not in ("width", "n"):
+            return rng.randint(0, 2 * default)
+        return _integer(rng, module, name)
+    if kind == _NUM:
+        if module == "colorsys":
+            return round(rng.uniform(0, 1), 2)
+        if isinstance(default, float):
+            return round(rng.uniform(0, 1), 2)
+        return round(rng.uniform(-50, 50), 2) if rng.random() < 0.7 else rng.randint(-50, 50)
+    if kind == "array":
+        if schema["items"]["type"] == _INT:
+            xs = [rng.randint(1, 99) for _ in range(rng.randint(3, 7))]
+            return sorted(xs) if module == "bisect" else xs
+        if module == "posixpath":
+            root = "/" + "/".join(_words(rng, 1, 2))
+            return [root + "/" + w for w in _words(rng, 2, 4)]
+        if module == "shlex":
+            return [rng.choice(("ls", "echo", "grep")), *[rng.choice(("-l", "my file", "a'b", "x.txt")) for _ in range(2)]]
+        if module == "fnmatch":
+            return [_string(rng, module, fn, "name") for _ in range(rng.randint(3, 6))]
+        return sorted(set(_words(rng, 3, 6)))
+    return _string(rng, module, fn, name)
+
+
+def _schema_of(module: str, fn: str, func: Callable) -> tuple[dict[str, Any], list[inspect.Parameter]] | None:
+    """The OpenAI schema of ``func`` and the parameters it lists (in call order), or None if none fit."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    params: list[inspect.Parameter] = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = p.default
+        if default is p.empty or default is None:
+            schema = _MODULE_TYPES.get(module, {}).get(p.name)
+            if isinstance(schema, str):
+                schema = {"type": schema}
+        elif isinstance(default, bool):
+            schema = {"type": _BOOL}
+        elif isinstance(default, int):
+            schema = {"type": _INT}
+        elif isinstance(default, float):
+            schema = {"type": _NUM}
+        elif isinstance(default, str):
+            schema = {"type": _STR}
+        else:
+            schema = None
+        if schema is None:
+            if default is p.empty:
+                return None  # a required parameter we cannot describe: the tool is unusable
+            continue  # an optional one (a callable, say): leave it out, never pass it
+        schema = dict(schema)
+        if default is not p.empty and default is not None:
+            schema["default"] = default
+        if p.kind == p.POSITIONAL_ONLY and default is not p.empty:
+            continue  # an optional positional-only parameter cannot be passed by name; keep calls simple
+        props[p.name] = schema
+        params.append(p)
+        if default is p.empty:
+            required.append(p.name)
+    if not props:
+        return None
+    doc = inspect.getdoc(func) or ""
+    description = one_line(doc.split("\n\n")[0], 300) or f"{module}.{fn}"
+    tool = {"type": "function", "function": {
+        "name": f"{module.replace('.', '_')}_{fn}",
+        "description": description,
+        "parameters": {"type": "object", "properties": props, "required": required},
+    }}
+    return tool, params
+
+
+@cache
+def build_tools(module: str) -> dict[str, tuple[dict[str, Any], Callable, list[inspect.Parameter]]]:
+    """Tool name -> (schema, function, parameters) for one family."""
+    mod = importlib.import_module(module)
+    out = {}
+    for fn in FAMILIES[module]:
+        func = getattr(mod, fn)
+        made = _schema_of(module, fn, func)
+        if made is not None:
+            out[made[0]["function"]["name"]] = (made[0], func, made[1])
+    return out
+
+
+def _call(func: Callable, params: list[inspect.Parameter], args: dict[str, Any]) -> Any:
+    pos = [args[p.name] for p in params if p.kind == p.POSITIONAL_ONLY]
+    kw = {p.name: args[p.name] for p in params if p.kind != p.POSITIONAL_ONLY and p.name in args}
+    return func(*pos, **kw)
+
+
+def _result_text(result: Any) -> str | None:
+    try:
+        text = json.dumps(result, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(result) if not isinstance(result, float) else str(result)
+        if " at 0x" in text:  # an object identity: not deterministic
+            return None
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _say(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_REQUESTS = (
+    "{task} Use {args}.",
+    "Please help: {task} The arguments are {args}.",
+    "{task} Call the right tool with {args}.",
+    "I need this done: {task} Take {args}.",
+)
+
+
+def generate(module: str, index: int, rng: random.Random) -> dict[str, Any] | None:
+    """One example for family ``module`` (None when no valid call was found in a few tries)."""
+    tools = build_tools(module)
+    names = sorted(tools)
+    target = names[index % len(names)]
+    schema, func, params = tools[target]
+    for _ in range(20):
+        args: dict[str, Any] = {}
+        for p in params:
+            prop = schema["function"]["parameters"]["properties"][p.name]
+            if p.default is p.empty or rng.random() < 0.35:
+                args[p.name] = _value(rng, module, target, p.name, prop, None if p.default is p.empty else p.default)
+        try:
+            result = _call(func, params, args)
+        except Exception:  # a value outside the function's domain (sqrt(-1), ...): sample again
+            continue
+        text = _result_text(result)
+        if text is not None:
+            break
+    else:
+        return None
+    others = [n for n in names if n != target]
+    offered = sorted(rng.sample(others, min(3, len(others))) + [target])
+    task = schema["function"]["description"]
+    task = task if task.endswith((".", "!", "?")) else task + "."
+    stated = " and ".join(f"{k} = {_say(v)}" for k, v in args.items())
+    call = {"id": "call_0", "type": "function", "function": {"name": target, "arguments": json.dumps(args, ensure_ascii=False)}}
+    return {
+        "messages": [
+            {"role": "user", "content": rng.choice(_REQUESTS).format(task=task, args=stated)},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_0", "content": text},
+            {"role": "assistant", "content": f"{target} returned {one_line(text, 200)}."},
+        ],
+        "tools": [tools[n][0] for n in offered],
+        "reference": {"name": target, "arguments": args},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ metric
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == _STR:
+        return isinstance(value, str)
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list)
+    if kind == "object":
+        return isinstance(value, dict)
+    if kind == "null":
+        return value is None
+    return False
+
+
+def _valid_value(value: Any, schema: Mapping[str, Any]) -> bool:
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    kind = schema.get("type")
+    if kind is None:
+        return True
+    if not _type_ok(value, kind):
+        return False
+    if kind == "array" and "items" in schema:
+        return all(_valid_value(v, schema["items"]) for v in value)
+    return True
+
+
+def validate(arguments: Any, parameters: Mapping[str, Any]) -> bool:
+    """True when ``arguments`` satisfies the JSON Schema subset our tools use: an object, every ``required``
+    key present, no key outside ``properties``, each value of its ``type`` (``string``, ``integer``,
+    ``number``, ``boolean``, ``array`` with ``items``, ``object``, ``null``; booleans are not numbers), in its
+    ``enum`` if any."""
+    if not isinstance(arguments, dict):
+        return False
+    props = parameters.get("properties", {})
+    if any(k not in arguments for k in parameters.get("required", ())):
+        return False
+    return all(k in props and _valid_value(v, props[k]) for k, v in arguments.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Strict on JSON types (True is not 1), except that 3 and 3.0 are one number.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def score(example: Mapping[str, Any], tool_calls: list[Mapping[str, Any]] | None) -> float:
+    """Exact-call accuracy of one answer: 1.0 or 0.0 (see the module docstring). ``tool_calls`` is the
+    OpenAI list the server's parser returns for the first assistant turn."""
+    if not tool_calls or len(tool_calls) != 1:
+        return 0.0
+    fn = tool_calls[0].get("function", tool_calls[0])
+    ref = example["reference"]
+    if fn.get("name") != ref["name"]:
+        return 0.0
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            return 0.0
+    tool = next(t for t in example["tools"] if t["function"]["name"] == ref["name"])
+    params = tool["function"]["parameters"]
+    if not validate(args, params):
+        return 0.0
+    for key, value in args.items():
+        expected = ref["arguments"].get(key, params["properties"][key].get("default", object()))
+        if not _same(value, expected):
+            return 0.0
+    return 1.0 if all(k in args for k in ref["arguments"]) else 0.0
