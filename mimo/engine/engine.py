@@ -112,13 +112,14 @@ class Engine:
 
     # ------------------------------------------------------------------ the step
     def step(self) -> list[StreamDelta]:
+        t = time.perf_counter()
         plan = self.scheduler.schedule()
         if plan.is_empty():
             return []
-        t = time.perf_counter()
-        results = self.runner.execute(plan)
-        if plan.decode:  # a decode step's cost, for the speculation policy
-            rows, k = tuple(r.slot for r in plan.decode), plan.decode[0].drafts
+        deltas = self.scheduler.update(plan, self.runner.execute(plan))
+        if plan.decode:  # a decode step's cost, for the speculation policy: all of it, host work included
+            # (detokenising and stop checks grow with the tokens a step emits)
+            rows, k = tuple(r.slot for r in plan.decode), max(r.drafts for r in plan.decode)
             # steady: every MTP block this step ran also ran in the step before, for the same rows; otherwise
             # it had positions to catch up on, a one-off cost that is not the cost of drafting k
             steady = not plan.prefill and not plan.starts and not plan.moves and (
@@ -126,7 +127,7 @@ class Engine:
             if steady:
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
             self._last_decode = (rows, k)
-        return self.scheduler.update(plan, results)
+        return deltas
 
     def speculation_stats(self) -> dict:
         """The speculation policy's aggregate figures: steps per chosen k, predicted vs realised tokens per step."""

@@ -68,9 +68,9 @@ class SpeculationPolicy:
     def __init__(self, max_k: int, policy: str = "adaptive",
                  prior_cost: Callable[[int, int], float] | None = None, explore_every: int = 16) -> None:
         """``prior_cost(batch, k)``: a step's cost relative to a plain step of that batch, before any is
-        measured (default: k + 1 forwards' worth). ``explore_every``: after this many steps below the most
-        drafts, two steps draft one more than the best, so that a text that became predictable is noticed
-        (the wait doubles, up to 16x, while explorations change nothing). A k below the best that was never
+        measured (default: k + 1 forwards' worth). ``explore_every``: every this many steps, one more draft than the
+        best is tried (two steps) or, every other time, one fewer (the wait doubles, up to 16x, while
+        explorations change nothing). A k below the best that was never
         timed at a batch size is tried once."""
         if policy not in POLICIES:
             raise ValueError(f"speculative_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -84,7 +84,8 @@ class SpeculationPolicy:
         self.rows: dict[str, tuple[list[float], list[float]]] = {}  # request -> (tries, accepts) per depth
         self.unsure_tries = [0] * max_k  # engine-wide, per depth: unsure drafts verified, and accepted
         self.unsure_accepts = [0] * max_k
-        self.since_deeper = 0
+        self.since_explored = 0
+        self._explorations = 0
         self._exploring: int | None = None  # the k of an exploration's second step
         self._explore_base = explore_every
         self._best_before = -1  # the best k when the last exploration began
@@ -174,18 +175,23 @@ class SpeculationPolicy:
             return self._chose(k, request_ids, explored=True)
         if k > 0 and not any(o == k - 1 for _, o in self.times):  # one draft fewer was never timed: it may win
             return self._chose(k - 1, request_ids, explored=True)  # (its blocks ran last step: timed at once)
-        if k < self.max_k:  # every so often one draft more than the best, so that a change is noticed
-            self.since_deeper += 1
-            if self.since_deeper >= self.explore_every:
-                self.since_deeper = 0
+        # Every so often, one draft more than the best (two steps: the first has deeper blocks to catch up on,
+        # the second is timed) or, every other time, one fewer (one step, timed at once): so that a text that
+        # became predictable is noticed, and a cost measured once, on a slow step, is measured again.
+        self.since_explored += 1
+        if self.since_explored >= self.explore_every:
+            self.since_explored = 0
+            self._explorations += 1
+            up = (self._explorations % 2 == 1 or k == 0) and k < self.max_k
+            if up or k > 0:
                 # an exploration that changes nothing makes the next one wait twice as long (at most 16x)
                 self.explore_every = (self._explore_base if k != self._best_before
                                       else min(16 * self._explore_base, 2 * self.explore_every))
                 self._best_before = k
-                self._exploring = k + 1  # two steps: the first has deeper blocks to catch up on, the second not
-                return self._chose(k + 1, request_ids, explored=True)
-        else:
-            self.since_deeper = 0
+                if up:
+                    self._exploring = k + 1
+                    return self._chose(k + 1, request_ids, explored=True)
+                return self._chose(k - 1, request_ids, explored=True)
         return self._chose(k, request_ids, explored=False)
 
     def _chose(self, k: int, request_ids: list[str], explored: bool) -> int:

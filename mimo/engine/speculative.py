@@ -118,8 +118,9 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     state's chain and frontiers advance over what became committed. A draft is *unsure* when its token has less
     than ``floor`` probability under its block (its sampling distribution; for a greedy row, whose distribution
     is one-hot, the block's softmax), measured at depth ``d`` unless ``stop_unsure[d-1]`` is None (or missing).
-    Where it is True, a row keeps no draft from its first unsure one on (later ones build on it), and drafting
-    ends at the depth where no row is left: deeper blocks catch up at a later step."""
+    Where it is True and every row still drafting is unsure, they all stop there (a verify is as wide as its
+    longest row, so cutting some rows saves nothing), keeping no draft from that depth on, and deeper blocks
+    catch up at a later step."""
     b = len(slots)
     device = cache.device
     window = cache.window
@@ -186,7 +187,9 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
                     raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
                     conf = torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
             low = (conf < floor).tolist()
-        stop = bool(rule)
+        # A verify is as wide as its longest row, so cutting one row while others go on saves nothing and
+        # loses that row's chance: rows stop only when every row still drafting is unsure.
+        stop = bool(rule) and all(low[j] for j in range(b) if alive[j])
         for j, t in enumerate(d.tolist()):
             drafted[j].append(t)
             alive[j] = alive[j] and not (stop and low[j])

@@ -44,7 +44,8 @@ def test_drafts_that_are_always_accepted_keep_the_most():
     p = SpeculationPolicy(3, prior_cost=lambda b, k: 1.0 + 0.5 * k)
     chosen = _run(p, ["a"], 30, lambda k: k, lambda k: 1.0 + 0.5 * k)
     assert chosen[:2] == [3, 0], chosen  # the cold start times both ends
-    assert chosen[5:] == [3] * 25, chosen  # trust in one row's record takes a few steps
+    # trust in one row's record takes a few steps; then 3 but for an exploration one draft below (1 step)
+    assert chosen[5:].count(3) >= 24 and min(chosen[5:]) >= 2, chosen
 
 
 def test_expensive_drafts_lose_to_cheap_steps():
@@ -152,15 +153,15 @@ def test_engine_keeps_drafting_when_every_draft_is_accepted():
     assert stats["realised_tokens_per_step"] > 3.2
 
 
-def test_rows_of_one_step_can_keep_different_numbers_of_drafts(monkeypatch):
-    """A row stops drafting at its first unsure draft while others go on: the verify pads it (position -1)
-    and greedy output is still plain greedy, over sliding-window layers and mixed prompt lengths."""
+def test_rows_of_one_step_can_draft_different_numbers(monkeypatch):
+    """A plan may give each row its own number of drafts (DecodeRow.drafts): the verify pads the shorter rows
+    (position -1) and greedy output is still plain greedy, over sliding-window layers and mixed prompt
+    lengths."""
+    import dataclasses
+
     import mimo.engine.runner as runner
-    from mimo.engine.policy import SpeculationPolicy
 
     m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=6, draft_noise=(0.3, 0.6, 0.9))
-    with torch.no_grad():
-        m.lm_head.weight.mul_(30)  # peaked softmaxes (same argmax): the blocks' confidence varies by row
     plain = [o.outputs[0].token_ids for o in LLM(m).generate(_prompts(), GREEDY)]
     mixed = []
     real = runner.rejection_sample
@@ -171,13 +172,42 @@ def test_rows_of_one_step_can_keep_different_numbers_of_drafts(monkeypatch):
         return real(drafts, dprobs, tprobs, generators, n_drafts)
 
     monkeypatch.setattr(runner, "rejection_sample", spy)
-    monkeypatch.setattr(runner, "DRAFT_CONFIDENCE_FLOOR", 0.45)
-    monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
-    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows: self.max_k)
-    llm = LLM(m, num_speculative_tokens=3)
+    llm = LLM(m, num_speculative_tokens=3, speculative_policy="fixed")
+    execute = llm.engine.runner.execute
+    turn = iter(range(10**6))
+
+    def uneven(plan):  # rows draft 3, 2, 1, 0, ... drafts in turn
+        plan.decode = [dataclasses.replace(r, drafts=(r.drafts - next(turn)) % 4) for r in plan.decode]
+        return execute(plan)
+
+    llm.engine.runner.execute = uneven
     outs = llm.generate(_prompts(), GREEDY)
     assert [o.outputs[0].token_ids for o in outs] == plain
     assert any(len(set(n)) > 1 for n in mixed), mixed  # the padded verify ran
+    assert all(set(o.stats.drafts_per_step) > {0} for o in outs)
+
+
+def test_unsure_rows_stop_only_together(monkeypatch):
+    """Where unsure drafts are cut, drafting stops at a depth only when every row still drafting is unsure: a
+    verify is as wide as its longest row, so cutting one row would save nothing."""
+    import mimo.engine.runner as runner
+
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=6, draft_noise=(0.3, 0.6, 0.9))
+    with torch.no_grad():
+        m.lm_head.weight.mul_(30)  # peaked softmaxes (same argmax): the blocks' confidence varies by row
+    plain = [o.outputs[0].token_ids for o in LLM(m).generate(_prompts(), GREEDY)]
+    monkeypatch.setattr(runner, "DRAFT_CONFIDENCE_FLOOR", 0.45)
+    monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
+    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows: self.max_k)
+    widths = []
+    real = runner.rejection_sample
+    monkeypatch.setattr(runner, "rejection_sample", lambda d, q, p, g=None, n=None: (
+        widths.append((d.shape[1], None if n is None else n.tolist())), real(d, q, p, g, n))[1])
+    llm = LLM(m, num_speculative_tokens=3)
+    outs = llm.generate(_prompts(), GREEDY)
+    assert [o.outputs[0].token_ids for o in outs] == plain
+    assert all(n is None for _, n in widths)  # every row of a step kept the same number of drafts
+    assert {w for w, _ in widths} > {3}  # and some steps stopped early, for every row together
     assert llm.engine.policy.stats.rows_cut_short > 0
 
 
