@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +42,7 @@ _BONUS = 0.5  # the optimistic acceptance's bonus at a depth never tested (it fa
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
-_TIME_SAMPLES = 15  # step times kept per (batch, drafts): their median is the cost
+_TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less the slowest, is the cost
 
 
 @dataclass
@@ -77,7 +76,7 @@ class SpeculationPolicy:
         self.max_k, self.policy = max_k, policy
         self.prior_cost = prior_cost or (lambda b, k: 1.0 + k)
         self.explore_every = explore_every
-        self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> median of recent steady step seconds
+        self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> mean of recent steady step seconds
         self._samples: dict[tuple[int, int], collections.deque] = {}
         self.tries = [0.0] * max_k  # engine-wide, per depth: drafts verified at that depth
         self.accepts = [0.0] * max_k
@@ -206,10 +205,12 @@ class SpeculationPolicy:
     def observe_step(self, batch: int, k: int, seconds: float) -> None:
         """A decode step's wall time, in the steady state: the engine passes no step that also prefilled, nor
         one whose MTP blocks had positions to catch up on (a block that did not run in the step before). The
-        cost is the median of the last few (a collection pause or a busy neighbour makes single steps slow)."""
+        cost is the mean of the last few without the slowest one: throughput is a mean, so a median would hide
+        the slower steps that bigger verifies have more of, while one collection pause alone should not count."""
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
         window.append(seconds)
-        self.times[(batch, k)] = statistics.median(window)
+        kept = sorted(window)[:-1] if len(window) > 2 else list(window)
+        self.times[(batch, k)] = sum(kept) / len(kept)
 
     def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None,
                     cut: bool = False) -> None:

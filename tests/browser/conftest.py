@@ -126,7 +126,10 @@ def chat_server(tokenizer):
     torch.set_num_threads(1)
     model = oracle_model(tiny_config(vocab_size=tokenizer.vocab_size, eos_token_id=0), seed=6,
                          draft_noise=(0.02, 0.04, 0.06))
-    engine, aengine, app = _serve(tokenizer, Engine(model, tokenizer, num_speculative_tokens=3), None)
+    # fixed: every step drafts 3, so a reply shows drafts accepted at every depth (the adaptive policy could
+    # choose fewer on this machine's timings)
+    engine, aengine, app = _serve(tokenizer, Engine(model, tokenizer, num_speculative_tokens=3,
+                                                    speculative_policy="fixed"), None)
     try:
         with run_server(app) as url:
             yield SimpleNamespace(url=url, engine=engine, aengine=aengine, tokenizer=tokenizer)
