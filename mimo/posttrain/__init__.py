@@ -3,6 +3,8 @@
 * :mod:`mimo.posttrain.sandbox` runs untrusted Python (model answers) in a limited subprocess.
 * :mod:`mimo.posttrain.domains` generates the three verifiable domains (tool calls, arithmetic with a
   scratchpad, code with unit tests) with train/held-out splits by family, and their metrics.
+* :mod:`mimo.posttrain.sft_data` turns chat examples into SFT rows: ids through the chat template and a loss
+  mask on exactly the assistant's generated text (``mimo.training.loss.compute_losses(loss_mask=...)``).
 * :mod:`mimo.posttrain.mopd` is the multi-teacher on-policy distillation loss (paper Eq. 7-9) and the
   GRPO outcome advantage, as pure functions over tensors.
 

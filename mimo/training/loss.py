@@ -75,15 +75,32 @@ def balance_loss(scores_TE: torch.Tensor, experts_TK: torch.Tensor, batch: int) 
     return (f_BE * p_BE).sum(-1).mean()
 
 
+IGNORE = -100  # a target out of the loss (F.cross_entropy's ignore_index)
+
+
 def _ce_acc(model: CausalLM, hidden: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model.compute_logits(hidden).float()  # [B, T, V]; fp32 log-softmax whatever the autocast dtype
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-    acc = (logits.argmax(-1) == tgt).float().mean()
+    kept = tgt != IGNORE
+    if not bool(kept.any()):  # nothing to learn at this depth in this batch: zero, with the graph intact
+        return logits.sum() * 0.0, torch.zeros((), device=logits.device)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+    acc = (logits.argmax(-1) == tgt)[kept].float().mean()
     return loss, acc.detach()
 
 
-def compute_losses(model: CausalLM, batch: torch.Tensor, cfg: LossConfig) -> dict:
+def _masked(tgt: torch.Tensor, loss_mask: torch.Tensor | None, seq_len: int, depth: int) -> torch.Tensor:
+    """``tgt`` with the targets outside ``loss_mask`` (a mask over the row's tokens) set to :data:`IGNORE`."""
+    if loss_mask is None:
+        return tgt
+    return tgt.masked_fill(~loss_mask[:, depth + 1 : depth + 1 + seq_len], IGNORE)
+
+
+def compute_losses(model: CausalLM, batch: torch.Tensor, cfg: LossConfig,
+                   loss_mask: torch.Tensor | None = None) -> dict:
     """Forward one packed batch [B, T + extra] and return the total loss and its parts.
+
+    ``loss_mask`` [B, T + extra] (bool, SFT): a target token counts (for the main head and every MTP depth)
+    only where the mask is true; losses are means over the counted targets.
 
     Keys: ``loss`` (tensor with grad), ``main_loss``, ``acc``, ``mtp_loss_k``/``mtp_acc_k`` for
     k = 1..D, ``balance_loss`` (floats), and ``expert_counts`` [n_MoE_layers, E] (int64, the
@@ -101,13 +118,15 @@ def compute_losses(model: CausalLM, batch: torch.Tensor, cfg: LossConfig) -> dic
     positions = torch.arange(seq_len, device=batch.device).expand(b, -1)
     router_out: list = []
     hidden = model.trunk(batch[:, :seq_len], positions, router_out=router_out)
-    main_loss, main_acc = _ce_acc(model, hidden, targets(batch, seq_len, 0))
+    if loss_mask is not None and loss_mask.shape != batch.shape:
+        raise ValueError(f"loss_mask must have the batch's shape {tuple(batch.shape)}, got {tuple(loss_mask.shape)}")
+    main_loss, main_acc = _ce_acc(model, hidden, _masked(targets(batch, seq_len, 0), loss_mask, seq_len, 0))
     out: dict = {"main_loss": float(main_loss.detach()), "acc": float(main_acc)}
     total = main_loss
 
     # h^(0) is the trunk's output after model.norm; every depth has all T rows (the batch carries the extra tokens)
     for depth, chain in enumerate(model.mtp_chain(batch, hidden, cfg.depths, positions), 1):
-        loss_k, acc_k = _ce_acc(model, chain, targets(batch, seq_len, depth))
+        loss_k, acc_k = _ce_acc(model, chain, _masked(targets(batch, seq_len, depth), loss_mask, seq_len, depth))
         out[f"mtp_loss_{depth}"], out[f"mtp_acc_{depth}"] = float(loss_k.detach()), float(acc_k)
         total = total + cfg.mtp_weights[depth - 1] * loss_k
 
