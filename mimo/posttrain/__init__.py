@@ -5,9 +5,10 @@
   scratchpad, code with unit tests) with train/held-out splits by family, and their metrics.
 * :mod:`mimo.posttrain.sft_data` turns chat examples into SFT rows: ids through the chat template and a loss
   mask on exactly the assistant's generated text (``mimo.training.loss.compute_losses(loss_mask=...)``).
+* :mod:`mimo.posttrain.sft` is ``mimo sft``'s training loop (exact resume, the paper's SFT settings scaled).
 * :mod:`mimo.posttrain.mopd` is the multi-teacher on-policy distillation loss (paper Eq. 7-9) and the
   GRPO outcome advantage, as pure functions over tensors.
 
-Nothing here imports the engine, the server or the CLI: rollouts and the training loop are wired up
-above this package.
+sandbox, domains and mopd import nothing of the engine, training, model, server or CLI (a contract);
+sft builds on :mod:`mimo.training` and :mod:`mimo.checkpoint`.
 """

@@ -57,7 +57,7 @@ def test_the_first_answer_token_starts_where_the_inference_prompt_ends(tok):
 
 
 def test_tool_calls_and_reasoning_examples(tok, tmp_path):
-    write_domains(tmp_path, seed=0, counts={"tools": (4, 1), "arithmetic": (4, 1), "code": (4, 1)})
+    write_domains(tmp_path, seed=0, counts={"train": 4, "heldout": 2})
     for domain in ("tools", "arithmetic", "code"):
         for line in (tmp_path / domain / "train.jsonl").read_text().splitlines():
             ex = json.loads(line)

@@ -1,0 +1,218 @@
+"""Supervised fine-tuning (``mimo sft``): a model trained on chat examples, loss on the assistant's tokens only.
+
+The paper's general SFT (Sec. 4.1): learning rate 5e-5 decaying to 5e-6, batch 128, AdamW ε 1e-8,
+expert-bias update rate 1e-4, sequence-wise balance coefficient 1e-6. Scaled to nano: the same 10x decay
+and ε, bias rate and balance coefficient, a peak of 2e-4 (nano pre-trains at 2e-3; the release's SFT peak
+is likewise an order below its pre-training peak) and batches of 16 conversations. The MTP losses stay
+(weights 0.3 per depth, as in pre-training), so the blocks keep drafting for the chat model.
+
+Rows are single conversations, right-padded (see :mod:`mimo.posttrain.sft_data` for why not packed); rows
+longer than ``max_len`` tokens are left out and counted. Resume is exact: the checkpoint holds the fp32
+weights, the optimizer, the data order's position and every generator, so a run stopped and resumed ends
+with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mimo.checkpoint import MiMoForCausalLM
+from mimo.posttrain.sft_data import SFTRow, to_row
+from mimo.tokenizer import Tokenizer
+from mimo.training.balance import update_expert_bias
+from mimo.training.checkpointing import (
+    export_final,
+    latest_checkpoint,
+    load_optimizer,
+    read_json,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from mimo.training.loss import LossConfig, compute_losses
+from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTConfig:
+    data: str  # a JSONL file of chat examples, or a directory searched for train*.jsonl files
+    init: str  # the model to start from (a directory with tokenizer and chat template)
+    out: str
+    steps: int = 300
+    batch_size: int = 16
+    max_len: int = 512  # tokens per conversation; longer ones are left out
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1  # the paper's 5e-5 -> 5e-6
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    mtp_weights: tuple[float, ...] = (0.3, 0.3, 0.3)
+    aux_coef: float = 1e-6
+    balance_rate: float = 1e-4
+    seed: int = 0
+    checkpoint_interval: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+
+
+def example_files(data: str) -> list[str]:
+    if os.path.isfile(data):
+        return [data]
+    found = sorted(os.path.join(root, f) for root, _, files in os.walk(data) for f in files
+                   if f.startswith("train") and f.endswith(".jsonl"))
+    if not found:
+        raise ValueError(f"no train*.jsonl files under {data} (mimo.posttrain.domains.write_domains writes them)")
+    return found
+
+
+def load_rows(tok: Tokenizer, data: str, max_len: int) -> tuple[list[SFTRow], int]:
+    """Every example as a row, and how many were left out for being longer than ``max_len``."""
+    rows, dropped = [], 0
+    for path in example_files(data):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = to_row(tok, json.loads(line))
+                except (ValueError, KeyError) as e:
+                    raise ValueError(f"{path}:{n}: {e}") from None
+                if len(row.ids) > max_len:
+                    dropped += 1
+                else:
+                    rows.append(row)
+    if not rows:
+        raise ValueError(f"no usable example in {data} (max_len {max_len})")
+    return rows, dropped
+
+
+class SFTData:
+    """Rows in a per-epoch shuffled order, batched and padded; ``state_dict`` is the exact position."""
+
+    def __init__(self, rows: list[SFTRow], pad_id: int, extra: int, seed: int = 0) -> None:
+        self.rows, self.pad_id, self.extra, self.seed = rows, pad_id, extra, seed
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng(self.seed + self.epoch).permutation(len(self.rows))
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, L + extra], loss mask [B, L + extra]): each row padded at its end, where nothing it
+        attends to lies and no target is counted."""
+        chosen = []
+        order = self._order()
+        while len(chosen) < batch_size:
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                order = self._order()
+            chosen.append(self.rows[int(order[self.cursor])])
+            self.cursor += 1
+        width = max(len(r.ids) for r in chosen) + self.extra
+        ids = torch.full((batch_size, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(batch_size, width, dtype=torch.bool)
+        for i, r in enumerate(chosen):
+            ids[i, : len(r.ids)] = torch.tensor(r.ids)
+            mask[i, : len(r.ids)] = torch.tensor(r.loss_mask)
+        return ids, mask
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "rows": len(self.rows)}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s["rows"] != len(self.rows) or s["seed"] != self.seed:
+            raise ValueError("the data changed since the checkpoint was written: cannot resume exactly")
+        self.epoch, self.cursor = s["epoch"], s["cursor"]
+
+
+def _settings(d: dict) -> dict:
+    """What must match for a resume to be exact (JSON's view: tuples are lists)."""
+    return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("resume", "progress")}
+
+
+def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
+    """Run (or resume) SFT as configured; returns a summary. ``should_stop(step)`` ends it after that step
+    (with a checkpoint), as an interruption would."""
+    start = time.perf_counter()
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = latest_checkpoint(cfg.out)
+    if ckpt and not cfg.resume:
+        raise ValueError(f"{cfg.out} already holds checkpoints: resume it (--resume) or choose another --out")
+    state = read_json(os.path.join(ckpt, "state.json")) if ckpt else {}
+    if ckpt and _settings(state["sft_config"]) != _settings(asdict(cfg)):
+        raise ValueError(f"{ckpt} was written with other settings; resume with the same ones")
+    tok = Tokenizer.from_pretrained(cfg.init)
+    loss_cfg = LossConfig(mtp_weights=tuple(cfg.mtp_weights), aux_coef=cfg.aux_coef)
+    rows, dropped = load_rows(tok, cfg.data, cfg.max_len)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    data = SFTData(rows, pad, loss_cfg.extra, cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = MiMoForCausalLM.from_pretrained(os.path.join(ckpt, "model") if ckpt else cfg.init, dtype=torch.float32)
+    model.train()
+    opt = build_optimizer(model, cfg.lr, cfg.weight_decay, eps=cfg.eps)
+    step = 0
+    if ckpt:
+        load_optimizer(opt, ckpt)
+        data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        logger.info("resumed from %s at step %d", ckpt, step)
+    logger.info("SFT: %d conversations (%d longer than %d tokens left out), %d trained tokens", len(rows),
+                dropped, cfg.max_len, sum(r.trained_tokens for r in rows))
+    schedule = WarmupCosine(cfg.lr, min(cfg.warmup_steps, max(1, cfg.steps // 10)), cfg.steps, cfg.min_lr_ratio)
+    metrics = os.path.join(cfg.out, "metrics.jsonl")
+    if not ckpt and os.path.exists(metrics):
+        os.remove(metrics)
+
+    def checkpoint() -> None:
+        st = {"step": step, "data": data.state_dict(), "rng": rng_state(), "sft_config": asdict(cfg)}
+        save_checkpoint(cfg.out, step, model, opt, st, cfg.keep_checkpoints)
+        export_final(cfg.out, model, tok)
+
+    last = None
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="sft", disable=not cfg.progress, dynamic_ncols=True)
+    with open(metrics, "a", encoding="utf-8") as log:
+        while step < cfg.steps:
+            lr = schedule.apply(opt, step)
+            opt.zero_grad(set_to_none=True)
+            ids, mask = data.next_batch(cfg.batch_size)
+            out = compute_losses(model, ids, loss_cfg, loss_mask=mask)
+            out["loss"].backward()
+            gnorm = clip_gradients(model, cfg.grad_clip)
+            if np.isfinite(gnorm):
+                opt.step()
+                update_expert_bias(model, out["expert_counts"], cfg.balance_rate)
+            else:
+                logger.warning("step %d: non-finite gradient norm; update skipped", step + 1)
+            step += 1
+            last = {"step": step, "loss": float(out["loss"].detach()), "main_loss": out["main_loss"],
+                    **{k: v for k, v in out.items() if k.startswith("mtp_loss")}, "acc": out["acc"], "lr": lr,
+                    "grad_norm": gnorm, "trained_tokens": int(mask.sum()), "elapsed_s": time.perf_counter() - start}
+            log.write(json.dumps(last) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['main_loss']:.3f}")
+            stop = should_stop is not None and should_stop(step)
+            if step % cfg.checkpoint_interval == 0 or stop or step == cfg.steps:
+                checkpoint()
+            if stop:
+                break
+    bar.close()
+    if not os.path.isdir(os.path.join(cfg.out, "final")):
+        checkpoint()
+    return {"step": step, "steps": cfg.steps, "last": last, "dropped": dropped, "rows": len(rows),
+            "final": os.path.join(cfg.out, "final"), "elapsed_s": time.perf_counter() - start}

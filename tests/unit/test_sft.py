@@ -1,0 +1,86 @@
+"""mimo sft: trains on the assistant's tokens, resumes exactly, ships a model the engine loads."""
+
+import json
+
+import pytest
+import torch
+
+from mimo.checkpoint import MiMoForCausalLM
+from mimo.posttrain.domains import write_domains
+from mimo.posttrain.sft import SFTConfig, train_sft
+from mimo.tokenizer import Tokenizer
+from tests.helpers import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    model = tiny_model_dir(root / "base")
+    tok = Tokenizer.from_pretrained(model)
+    assert tok.chat_template  # the tiny tokenizer carries mimo's template
+    data = root / "data"
+    write_domains(data, seed=0, counts={"train": 6, "heldout": 2})
+    return model, str(data), root
+
+
+def _cfg(setup, out, **kw):
+    model, data, root = setup
+    return SFTConfig(data=data, init=model, out=str(root / out), steps=6, batch_size=3, max_len=1024,
+                     checkpoint_interval=2, progress=False, **kw)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(setup):
+    straight = train_sft(_cfg(setup, "straight"))
+    assert straight["step"] == 6 and straight["rows"] + straight["dropped"] == 18 and straight["rows"] >= 9
+    cfg = _cfg(setup, "resumed")
+    first = train_sft(cfg, should_stop=lambda step: step == 3)
+    assert first["step"] == 3
+    with pytest.raises(ValueError, match="checkpoints"):
+        train_sft(cfg)  # an existing run is not overwritten
+    second = train_sft(SFTConfig(**{**cfg.__dict__, "resume": True}))
+    assert second["step"] == 6
+    a = MiMoForCausalLM.from_pretrained(f"{setup[2]}/straight/checkpoints/step-00000006/model")
+    b = MiMoForCausalLM.from_pretrained(f"{setup[2]}/resumed/checkpoints/step-00000006/model")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="settings"):
+        train_sft(SFTConfig(**{**cfg.__dict__, "resume": True, "lr": 1e-3}))
+
+
+def test_metrics_and_the_shipped_model(setup):
+    res = train_sft(_cfg(setup, "ship", lr=1e-3))
+    rows = [json.loads(line) for line in open(f"{setup[2]}/ship/metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(r["trained_tokens"] > 0 and r["main_loss"] > 0 for r in rows)
+    assert {"mtp_loss_1", "mtp_loss_2", "mtp_loss_3"} <= set(rows[0])
+    from mimo import LLM, SamplingParams
+
+    llm = LLM(res["final"], num_speculative_tokens=3)  # the chat template and tokenizer travel with it
+    prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=5))[0]
+    assert len(out.outputs[0].token_ids) >= 1
+
+
+def test_bad_data_is_named(setup, tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "no answer"}]}) + "\n")
+    with pytest.raises(ValueError, match="train.jsonl:1"):
+        train_sft(SFTConfig(data=str(bad), init=setup[0], out=str(tmp_path / "o"), steps=1, progress=False))
+
+
+def test_the_command(setup, capsys):
+    from mimo.cli.main import main
+
+    model, data, root = setup
+    out = str(root / "cli")
+    args = ["sft", "--data", data, "--from", model, "--out", out, "--steps", "2", "--batch-size", "2",
+            "--max-len", "1024", "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "stopped at step 2/2" in text and "final" in text
+    # --resume takes the run's own settings: nothing to add, so it stops where it was
+    assert main(["sft", "--out", out, "--resume", "--no-progress"]) == 0
+    assert "stopped at step 2/2" in capsys.readouterr().out
+    # another schedule cannot continue this run exactly: refused, with the reason
+    assert main(["sft", "--out", out, "--resume", "--steps", "3", "--no-progress"]) != 0
+    assert "settings" in capsys.readouterr().err
