@@ -6,8 +6,8 @@ and ε, bias rate and balance coefficient, a peak of 2e-4 (nano pre-trains at 2e
 is likewise an order below its pre-training peak) and batches of 16 conversations. The MTP losses stay
 (weights 0.3 per depth, as in pre-training), so the blocks keep drafting for the chat model.
 
-Rows are single conversations, right-padded (see :mod:`mimo.posttrain.sft_data` for why not packed); rows
-longer than ``max_len`` tokens are left out and counted. Resume is exact: the checkpoint holds the fp32
+Rows are single conversations, right-padded (see :mod:`mimo.posttrain.sft_data` for why not packed) and
+batched with others of similar length; rows longer than ``max_len`` tokens are left out and counted. Resume is exact: the checkpoint holds the fp32
 weights, the optimizer, the data order's position and every generator, so a run stopped and resumed ends
 with the weights of an uninterrupted one.
 """
@@ -100,41 +100,58 @@ def load_rows(tok: Tokenizer, data: str, max_len: int) -> tuple[list[SFTRow], in
 
 
 class SFTData:
-    """Rows in a per-epoch shuffled order, batched and padded; ``state_dict`` is the exact position."""
+    """Rows in a per-epoch shuffled order, batched by similar length and padded; ``state_dict`` is the exact
+    position. Each epoch shuffles the rows, sorts each window of ``BUCKET`` batches' worth by length and cuts
+    it into batches, then shuffles the batches: conversations of one batch have similar lengths (tool
+    conversations run to ~800 tokens, the others ~150-300; padding would otherwise dominate a mixed batch)."""
 
-    def __init__(self, rows: list[SFTRow], pad_id: int, extra: int, seed: int = 0) -> None:
-        self.rows, self.pad_id, self.extra, self.seed = rows, pad_id, extra, seed
+    BUCKET = 16  # batches per length-sorted window
+
+    def __init__(self, rows: list[SFTRow], pad_id: int, extra: int, batch_size: int, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows, self.pad_id, self.extra, self.batch_size, self.seed = rows, pad_id, extra, batch_size, seed
         self.epoch, self.cursor = 0, 0
+        self._batches: list[list[int]] | None = None
 
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng(self.seed + self.epoch).permutation(len(self.rows))
+    def _epoch_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(len(self.rows)).tolist()
+        order += order[: (-len(order)) % self.batch_size]  # whole batches: the first rows again at the end
+        window = self.BUCKET * self.batch_size
+        batches = []
+        for w in range(0, len(order), window):
+            chunk = sorted(order[w : w + window], key=lambda i: len(self.rows[i].ids))
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids [B, L + extra], loss mask [B, L + extra]): each row padded at its end, where nothing it
         attends to lies and no target is counted."""
-        chosen = []
-        order = self._order()
-        while len(chosen) < batch_size:
-            if self.cursor >= len(order):
-                self.epoch, self.cursor = self.epoch + 1, 0
-                order = self._order()
-            chosen.append(self.rows[int(order[self.cursor])])
-            self.cursor += 1
+        if self._batches is None:
+            self._batches = self._epoch_batches()
+        if self.cursor >= len(self._batches):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self._batches = self._epoch_batches()
+        chosen = [self.rows[i] for i in self._batches[self.cursor]]
+        self.cursor += 1
         width = max(len(r.ids) for r in chosen) + self.extra
-        ids = torch.full((batch_size, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(batch_size, width, dtype=torch.bool)
+        ids = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(chosen), width, dtype=torch.bool)
         for i, r in enumerate(chosen):
             ids[i, : len(r.ids)] = torch.tensor(r.ids)
             mask[i, : len(r.ids)] = torch.tensor(r.loss_mask)
         return ids, mask
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "rows": len(self.rows)}
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "rows": len(self.rows),
+                "batch_size": self.batch_size}
 
     def load_state_dict(self, s: dict) -> None:
-        if s["rows"] != len(self.rows) or s["seed"] != self.seed:
+        if (s["rows"], s["seed"], s.get("batch_size")) != (len(self.rows), self.seed, self.batch_size):
             raise ValueError("the data changed since the checkpoint was written: cannot resume exactly")
         self.epoch, self.cursor = s["epoch"], s["cursor"]
+        self._batches = None
 
 
 def _settings(d: dict) -> dict:
@@ -157,7 +174,7 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
     loss_cfg = LossConfig(mtp_weights=tuple(cfg.mtp_weights), aux_coef=cfg.aux_coef)
     rows, dropped = load_rows(tok, cfg.data, cfg.max_len)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    data = SFTData(rows, pad, loss_cfg.extra, cfg.seed)
+    data = SFTData(rows, pad, loss_cfg.extra, cfg.batch_size, cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -189,7 +206,7 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
         while step < cfg.steps:
             lr = schedule.apply(opt, step)
             opt.zero_grad(set_to_none=True)
-            ids, mask = data.next_batch(cfg.batch_size)
+            ids, mask = data.next_batch()
             out = compute_losses(model, ids, loss_cfg, loss_mask=mask)
             out["loss"].backward()
             gnorm = clip_gradients(model, cfg.grad_clip)

@@ -84,3 +84,23 @@ def test_the_command(setup, capsys):
     # another schedule cannot continue this run exactly: refused, with the reason
     assert main(["sft", "--out", out, "--resume", "--steps", "3", "--no-progress"]) != 0
     assert "settings" in capsys.readouterr().err
+
+
+def test_batches_group_similar_lengths_and_cover_every_row():
+    from mimo.posttrain.sft import SFTData
+    from mimo.posttrain.sft_data import SFTRow
+
+    rows = [SFTRow(list(range(n)), [True] * n) for n in ([5] * 40 + [300] * 40)]
+    data = SFTData(rows, pad_id=0, extra=4, batch_size=8, seed=1)
+    widths, seen = [], []
+    for _ in range(10):  # one epoch: 80 rows in batches of 8
+        ids, mask = data.next_batch()
+        widths.append(ids.shape[1])
+        seen += [int(m.sum()) for m in mask]
+    assert sorted(seen) == sorted(len(r.ids) for r in rows)  # every row once per epoch
+    assert sum(w == 9 for w in widths) >= 4  # most short rows share batches with short rows only
+    state = data.state_dict()
+    nxt = data.next_batch()
+    again = SFTData(rows, pad_id=0, extra=4, batch_size=8, seed=1)
+    again.load_state_dict(state)
+    assert torch.equal(again.next_batch()[0], nxt[0])  # the exact position survives a restart
