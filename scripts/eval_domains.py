@@ -45,8 +45,10 @@ def main() -> int:
                                                    add_generation_prompt=True,
                                                    **ex.get("chat_template_kwargs", {})))
         t = time.perf_counter()
+        # special tokens stay in the text (<tool_call> is one); the turn ends at <|im_end|>
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS[domain],
-                                                    stop=["<|im_end|>"]))
+                                                    stop_token_ids=[tok.token_to_id("<|im_end|>")],
+                                                    skip_special_tokens=False))
         seconds = time.perf_counter() - t
         scores = []
         for ex, out in zip(examples, outs):

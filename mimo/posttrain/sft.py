@@ -7,9 +7,9 @@ is likewise an order below its pre-training peak) and batches of 16 conversation
 (weights 0.3 per depth, as in pre-training), so the blocks keep drafting for the chat model.
 
 Rows are single conversations, right-padded (see :mod:`mimo.posttrain.sft_data` for why not packed) and
-batched with others of similar length; rows longer than ``max_len`` tokens are left out and counted. Resume is exact: the checkpoint holds the fp32
-weights, the optimizer, the data order's position and every generator, so a run stopped and resumed ends
-with the weights of an uninterrupted one.
+batched with others of similar length; rows longer than ``max_len`` tokens are left out and counted.
+Resume is exact: the checkpoint holds the fp32 weights, the optimizer, the data order's position and every
+generator, so a run stopped and resumed ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
