@@ -31,7 +31,10 @@ def free_port() -> int:
 
 def start_server(model: str | None, port: int) -> tuple[subprocess.Popen, str]:
     """``mimo serve`` in a child process; returns it and the page URL it printed, once it answers."""
-    cmd = [sys.executable, "-m", "mimo", "serve", "--mtp", "3", "--port", str(port), "--log-level", "warning"]
+    # fixed: every step drafts 3, so the picture shows tokens accepted at every depth (the adaptive policy may
+    # draft fewer in a short session)
+    cmd = [sys.executable, "-m", "mimo", "serve", "--mtp", "3", "--speculative-policy", "fixed", "--port", str(port),
+           "--log-level", "warning"]
     if model:
         cmd += ["--model", model]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
