@@ -185,5 +185,7 @@ def _hist(r: dict) -> str:
     """A decode run's drafts per step (drafts:row-steps) and accepted/drafted, for the tables."""
     if not r["mtp"]:
         return ""
-    hist = " ".join(f"{k}:{n}" for k, n in sorted(r["drafts_per_step"].items()))
+    from mimo.engine.outputs import drafts_histogram
+
+    hist = drafts_histogram({int(k): n for k, n in r["drafts_per_step"].items()})
     return f"{hist}; {r['accepted']}/{r['drafted']} accepted"

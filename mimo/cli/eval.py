@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.engine.llm import prepare_for_inference
+    from mimo.engine.outputs import drafts_histogram
     from mimo.eval.acceptance import plot_entropy, speculation_report
     from mimo.eval.lm import score_files, unigram_bits_per_byte
     from mimo.tokenizer import Tokenizer
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if name == "k=0":
             what = "plain decode k=0"
         else:
-            hist = " ".join(f"{k}:{n}" for k, n in r.drafts_per_step.items())
+            hist = drafts_histogram(r.drafts_per_step)
             what = (f"{'adaptive (at most ' + str(model.config.num_mtp_layers) + ')' if name == 'adaptive' else name}"
                     f": acceptance length {r.acceptance_length:.3f} tokens per decode forward (greedy), "
                     f"{r.accepted}/{r.drafted} drafts accepted, steps by drafts {hist}")

@@ -82,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
         st = llm.last_output.stats if llm.last_output else None
         extra = ""
         if st and args.mtp:
-            hist = " ".join(f"{k}:{n}" for k, n in sorted(st.drafts_per_step.items()))
+            from mimo.engine.outputs import drafts_histogram
+
+            hist = drafts_histogram(st.drafts_per_step)
             extra = (f"; acceptance length {st.acceptance_length:.2f}; {st.accepted}/{st.drafted} drafts accepted; "
-                     f"steps by drafts {hist or '-'} ({args.speculative_policy})")
+                     f"steps by drafts {hist} ({args.speculative_policy})")
         after = ""
         if t_first is not None and n > 1 and t0 + dt > t_first:
             after = f" (first token after {t_first - t0:.2f}s, then {(n - 1) / (t0 + dt - t_first):.1f} tok/s)"

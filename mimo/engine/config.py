@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mimo.engine.policy import POLICIES
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -33,7 +35,7 @@ class EngineConfig:
         k = self.num_speculative_tokens
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
-        if self.speculative_policy not in ("adaptive", "fixed"):
+        if self.speculative_policy not in POLICIES:
             raise ValueError(f"speculative_policy must be 'adaptive' or 'fixed', got {self.speculative_policy!r}")
         for name in ("max_num_seqs", "prefill_chunk", "tensor_parallel_size"):
             v = getattr(self, name)

@@ -12,6 +12,11 @@ class TokenLogprob:
     top: list[tuple[int, float]]  # (token id, logprob), best first
 
 
+def drafts_histogram(drafts_per_step: dict[int, int]) -> str:
+    """``{drafts: steps}`` as the tables print it: ``"0:31 1:4 3:3"`` (``"-"`` when empty)."""
+    return " ".join(f"{k}:{n}" for k, n in sorted(drafts_per_step.items())) or "-"
+
+
 @dataclass
 class SpecStats:
     """Per request: main-model forward passes spent decoding, drafted and accepted tokens."""

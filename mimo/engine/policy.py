@@ -90,7 +90,6 @@ class SpeculationPolicy:
         self._best_before = -1  # the best k when the last exploration began
         self._current = max_k  # the k chosen by the objective last time
         self.stats = PolicyStats()
-        self._pending: tuple[int, float] | None = None  # the last choice: (k, predicted tokens)
 
     # ------------------------------------------------------------------ estimates
     def acceptance(self, request_id: str, optimistic: bool = False) -> list[float]:
@@ -109,13 +108,17 @@ class SpeculationPolicy:
             out.append((own_a[j] + _PSEUDO * overall) / (own_t[j] + _PSEUDO))
         return out
 
-    def expected_tokens(self, request_id: str, k: int, optimistic: bool = False) -> float:
-        """Tokens a step with k drafts is expected to give this row (1 + expected accepted drafts)."""
-        total, chain = 1.0, 1.0
-        for a in self.acceptance(request_id, optimistic)[:k]:
+    def expected_by_k(self, request_id: str, optimistic: bool = False) -> list[float]:
+        """Tokens a step with k = 0..K drafts is expected to give this row (1 + expected accepted drafts)."""
+        out, chain = [1.0], 1.0
+        for a in self.acceptance(request_id, optimistic):
             chain *= a
-            total += chain
-        return total
+            out.append(out[-1] + chain)
+        return out
+
+    def expected_tokens(self, request_id: str, k: int, optimistic: bool = False) -> float:
+        """Tokens a step with k drafts is expected to give this row."""
+        return self.expected_by_k(request_id, optimistic)[k]
 
     def cost(self, batch: int, k: int) -> float:
         """A step of ``batch`` rows drafting ``k``, relative to a plain step of ``batch`` rows (only ratios
@@ -163,8 +166,8 @@ class SpeculationPolicy:
             return self._chose(self.max_k, request_ids, explored=True)
         if not any(o == 0 for _, o in self.times):
             return self._chose(0, request_ids, explored=True)
-        rates = [sum(self.expected_tokens(r, k, optimistic=True) for r in request_ids) / self.cost(b, k)
-                 for k in range(self.max_k + 1)]
+        expected = [sum(col) for col in zip(*(self.expected_by_k(r, optimistic=True) for r in request_ids))]
+        rates = [expected[k] / self.cost(b, k) for k in range(self.max_k + 1)]
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
         if rates[k] < _SWITCH_GAIN * rates[self._current]:  # switching costs catch-up steps: only for a clear gain
             k = self._current
@@ -198,7 +201,6 @@ class SpeculationPolicy:
         self.stats.explored += explored
         predicted = sum(self.expected_tokens(r, k) for r in request_ids)
         self.stats.predicted_tokens += predicted / len(request_ids)
-        self._pending = (k, predicted)
         return k
 
     # ------------------------------------------------------------------ learning

@@ -178,14 +178,11 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
         low = [False] * b
         rule = stop_unsure[k - 1] if k <= len(stop_unsure) else None
         if floor is not None and rule is not None:
-            if sampling.greedy:  # p is one-hot
-                conf = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
-            else:
-                conf = p.gather(1, d[:, None]).squeeze(1)
-                greedy = [prm.temperature == 0 for prm in sampling.params]
-                if any(greedy):
-                    raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
-                    conf = torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
+            conf = p.gather(1, d[:, None]).squeeze(1)
+            greedy = [prm.temperature == 0 for prm in sampling.params]  # their p is one-hot
+            if any(greedy):
+                raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
+                conf = raw if all(greedy) else torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
             low = (conf < floor).tolist()
         # A verify is as wide as its longest row, so cutting one row while others go on saves nothing and
         # loses that row's chance: rows stop only when every row still drafting is unsure.
