@@ -3,8 +3,10 @@
 Three domains, each a module with ``FAMILIES``, ``HELDOUT``, ``generate(family, index, rng)`` and a
 metric ``score(example, answer)``:
 
-* ``tools`` (:mod:`.tools`): tool schemas from real standard-library functions (families = modules);
-  metric: exact-call accuracy, on OpenAI ``tool_calls`` parsed from the answer.
+* ``tools`` (:mod:`.tools`): tool schemas from real standard-library functions (families = modules) and,
+  for training only, synthetic APIs (:mod:`.synthetic_tools`, families = API domains) so that the model
+  learns to copy names and values rather than memorise tools; metric: exact-call accuracy, on OpenAI
+  ``tool_calls`` parsed from the answer.
 * ``arithmetic`` (:mod:`.arithmetic`): multi-digit word problems with a worked ``<think>`` scratchpad
   (families = problem templates); metric: exact answer on the ``Answer: N`` line.
 * ``code`` (:mod:`.code`): function-writing tasks with unit tests (families = task generators); metric:
@@ -39,7 +41,8 @@ __all__ = ["DOMAINS", "SPLITS", "families", "generate_split", "load", "prompt_me
 DOMAINS = {"tools": tools, "arithmetic": arithmetic, "code": code}
 SPLITS = ("train", "heldout")
 DEFAULT_COUNTS = {"train": 1200, "heldout": 300}
-FORMAT_VERSION = 1
+# 2: the tools domain's training split gained synthetic APIs, more modules, varied requests and tool lists.
+FORMAT_VERSION = 2
 
 
 def families(domain: str, split: str) -> list[str]:
