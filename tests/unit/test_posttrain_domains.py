@@ -11,12 +11,15 @@ import pytest
 
 from mimo.posttrain.domains import DOMAINS, families, generate_split, load, prompt_messages, score, write_domains
 from mimo.posttrain.domains import arithmetic as arith
+from mimo.posttrain.domains import synthetic_tools as syn
 from mimo.posttrain.domains import tools as tooldom
+from mimo.posttrain.domains.common import stream
 from mimo.server.parsers import extract
 from mimo.tokenizer import Tokenizer
 
 NANO = Path(__file__).resolve().parents[2] / "models" / "mimo-nano"
-SMALL = {"train": 48, "heldout": 16}
+# 128 training examples: every family of every domain appears (the tools domain has 53 training families).
+SMALL = {"train": 128, "heldout": 16}
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +100,15 @@ def test_tool_references_parse_with_the_server_parser_and_score_one(data_dir, to
             assert tooldom.validate(ex["reference"]["arguments"], tool["function"]["parameters"])
 
 
-def test_tool_metric_refuses_wrong_calls(data_dir):
-    ex = next(e for e in load(data_dir, "tools", "train") if e["family"] == "textwrap" and "width" in e["reference"]["arguments"])
+def _textwrap_example_with_width():
+    # Drawn from the family's own stream (the written split may hold only one or two textwrap examples).
+    rng = stream(0, "tools", "train", "textwrap")
+    examples = (tooldom.generate("textwrap", i, rng) for i in range(200))
+    return next(e for e in examples if e is not None and "width" in e["reference"]["arguments"])
+
+
+def test_tool_metric_refuses_wrong_calls():
+    ex = _textwrap_example_with_width()
     ref = ex["reference"]
 
     def call(name, args):
@@ -165,3 +175,100 @@ def test_generation_does_not_depend_on_other_families_or_counts():
     b = generate_split("arithmetic", "train", 24, seed=3)
     assert a == b[:12]
     assert copy.deepcopy(a) == a
+
+
+# ------------------------------------------------------------------------------- tools: a split that teaches copying
+
+@pytest.fixture(scope="module")
+def tool_train():
+    return generate_split("tools", "train", 5000, seed=0)
+
+
+def test_tool_train_split_is_deterministic_and_prefix_stable(tool_train):
+    again = generate_split("tools", "train", 400, seed=0)
+    assert again == tool_train[:400]  # same seed, same examples; more examples leave the first ones unchanged
+    assert generate_split("tools", "train", 400, seed=1) != again
+
+
+def test_no_heldout_name_or_family_in_tool_training(tool_train):
+    held = set(tooldom.HELDOUT)
+    assert not held & set(syn.FAMILIES) and not held & {f.removeprefix("api.") for f in syn.FAMILIES}
+    held_names = {n for m in held for n in tooldom.build_tools(m)}
+    prefixes = tuple(m.replace(".", "_") + "_" for m in held)
+    for ex in tool_train:
+        assert ex["family"] not in held
+        for t in ex["tools"]:
+            name = t["function"]["name"]
+            assert name not in held_names and not name.startswith(prefixes)
+            assert not any(m in name.lower() for m in held), name
+    # No synthetic vocabulary word is a held-out module's name.
+    words = set()
+    for d in syn.DOMAINS.values():
+        words |= {*d.prefixes, *d.nouns, *d.verbs, *(n for f in d.fields for n in f.names)}
+    assert not words & held
+
+
+def test_every_tool_reference_validates_and_states_its_values(tool_train):
+    for ex in tool_train:
+        ref = ex["reference"]
+        names = [t["function"]["name"] for t in ex["tools"]]
+        assert len(names) == len(set(names)) and names.count(ref["name"]) == 1
+        tool = next(t for t in ex["tools"] if t["function"]["name"] == ref["name"])
+        params = tool["function"]["parameters"]
+        assert tooldom.validate(ref["arguments"], params), (ref, params)
+        assert set(params["required"]) <= set(params["properties"])
+        call = ex["messages"][1]["tool_calls"][0]["function"]
+        assert call["name"] == ref["name"] and json.loads(call["arguments"]) == ref["arguments"]
+        # Every stated value can be copied from the request (booleans may be said in words).
+        request = ex["messages"][0]["content"]
+        for value in ref["arguments"].values():
+            items = value if isinstance(value, list) else [value]
+            for v in items:
+                if not isinstance(v, bool):
+                    assert str(v) in request or json.dumps(v, ensure_ascii=False) in request, (v, request)
+
+
+def test_tool_training_offers_many_tools_in_varied_lists(tool_train):
+    synthetic = [e for e in tool_train if e["family"].startswith("api.")]
+    assert len({e["reference"]["name"] for e in synthetic}) >= 1000  # too many to memorise: names must be copied
+    assert len({t["function"]["name"] for e in tool_train for t in e["tools"]}) >= 3000
+    sizes = {len(e["tools"]) for e in tool_train}
+    assert sizes == {2, 3, 4, 5}  # 1-4 distractors
+    positions = {[t["function"]["name"] for t in e["tools"]].index(e["reference"]["name"]) for e in tool_train}
+    assert positions == {0, 1, 2, 3, 4}
+    # Distractors from other families, so the description, not a name prefix, identifies the tool.
+    stdlib_prefixes = tuple(m.replace(".", "_") + "_" for m in tooldom.STDLIB)
+    mixed = sum(any(t["function"]["name"].startswith(stdlib_prefixes) for t in e["tools"]) for e in synthetic)
+    assert 0.2 < mixed / len(synthetic) < 0.8
+    # Both request styles: values stated as `k = v` (the held-out form) and in natural phrasing.
+    stated = sum(" = " in e["messages"][0]["content"] for e in synthetic)
+    assert 0.15 < stated / len(synthetic) < 0.6
+    # Every parameter type occurs, optional parameters and defaults too.
+    kinds = set()
+    for e in synthetic:
+        for t in e["tools"]:
+            for p in t["function"]["parameters"]["properties"].values():
+                kinds.add(("enum" if "enum" in p else p["type"]) + ("[]" + p["items"]["type"] if p["type"] == "array" else ""))
+                kinds.add("default" if "default" in p else "")
+    assert {"string", "integer", "number", "boolean", "enum", "array[]string", "array[]integer", "default"} <= kinds
+
+
+def test_heldout_tool_examples_keep_their_shape():
+    for ex in generate_split("tools", "heldout", 40, seed=0):
+        names = [t["function"]["name"] for t in ex["tools"]]
+        prefix = ex["family"].replace(".", "_") + "_"
+        assert names == sorted(names) and len(names) == min(4, len(tooldom.build_tools(ex["family"])))
+        assert all(n.startswith(prefix) for n in names)
+        assert " = " in ex["messages"][0]["content"]
+
+
+def test_tool_conversations_fit_the_token_budget(tool_train, tokenizer):
+    from mimo.posttrain.sft_data import to_row
+
+    lengths = sorted(len(to_row(tokenizer, e).ids) for e in tool_train[:300])
+    # The system prompt with the tool list is most of it: ~270 tokens of template, ~100-150 per tool.
+    assert lengths[len(lengths) // 2] <= 850 and lengths[int(0.9 * len(lengths))] <= 1150
+    for e in tool_train[:300]:
+        for t in e["tools"]:
+            d = t["function"]["description"]
+            assert len(d) <= 160 and "\n" not in d
