@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +159,7 @@ COUNTRY = F(("country", "country_code", "region"), _S, _pick(_COUNTRIES), ("in c
 DATE = F(("date", "day", "on_date"), _S, _date, ("on {v}", "for {v}"))
 START = F(("start_date", "from_date", "since"), _S, _date, ("from {v}", "starting {v}"))
 END = F(("end_date", "to_date", "until"), _S, _date, ("until {v}", "ending {v}"))
-TIME = F(("time", "start_time", "at"), _S, _time, ("at {v}",))
+TIME = F(("time", "start_time", "at_time"), _S, _time, ("at {v}",))
 TITLE = F(("title", "name", "subject", "summary"), _S, _title, ('titled "{v}"', 'called "{v}"', '"{v}" as the {w}'))
 NOTE = F(("note", "message", "comment", "body"), _S, _text, ('with the {w} "{v}"', 'saying "{v}"'))
 QUERY = F(("query", "keyword", "q", "search_text"), _S, _text, ('matching "{v}"', 'for "{v}"'))
@@ -828,6 +829,13 @@ def _plural(noun: str) -> str:
     return w + "s"
 
 
+_AN = re.compile(r"\b([Aa]) (?=[aeiou])")  # "a invite" -> "an invite"
+
+
+def _articles(text: str) -> str:
+    return _AN.sub(lambda m: m.group(1) + "n ", text)
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.capitalize() for p in rest)
@@ -884,7 +892,7 @@ def make_tool(rng: random.Random, family: str) -> SyntheticTool:
             req_names.append(pname)
     by = f" by {_words(req_names[0])}" if req_names and rng.random() < 0.5 else ""
     template = rng.choice(_DESCRIPTIONS.get(verb, ("{verb} a {noun}{by}.",)))
-    description = template.format(noun=_words(shown), nouns=_plural(shown), by=by, verb=_words(verb).capitalize())
+    description = _articles(template.format(noun=_words(shown), nouns=_plural(shown), by=by, verb=_words(verb).capitalize()))
     schema = {
         "type": "function",
         "function": {
@@ -960,7 +968,7 @@ def request_text(rng: random.Random, tool: SyntheticTool, args: dict[str, Any]) 
         )
     )
     text = template.format(obj=obj, Obj=obj[0].upper() + obj[1:], said=said)
-    return text.replace(" .", ".").replace(" ?", "?").replace(" ,", ",")
+    return _articles(text.replace(" .", ".").replace(" ?", "?").replace(" ,", ","))
 
 
 def result_of(rng: random.Random, tool: SyntheticTool, args: dict[str, Any]) -> dict[str, Any]:
