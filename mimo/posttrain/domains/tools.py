@@ -362,10 +362,9 @@ _REQUESTS = (
 
 def _sample_call(module: str, target: str, rng: random.Random) -> tuple[dict[str, Any], str] | None:
     """Stated arguments for a standard-library tool and the text of its real result (None: no valid call in
-    20 tries). Held-out tools see the function's tool name where the value samplers expect the function's
-    own name (so their special cases never apply): kept, so the held-out split stays what it was."""
+    20 tries)."""
     schema, func, params = build_tools(module)[target]
-    fn = target if module in HELDOUT else target[len(module) + 1:]
+    fn = target[len(module.replace(".", "_")) + 1:]  # the function's own name, which the value samplers expect
     for _ in range(20):
         args: dict[str, Any] = {}
         for p in params:
@@ -397,11 +396,12 @@ def _task(description: str) -> str:
 
 
 def _generate_heldout(module: str, index: int, rng: random.Random) -> dict[str, Any] | None:
-    """A held-out example exactly as before the training split learnt to copy: the target and three other
-    tools of its module, sorted; the task is the description and every value is stated as ``k = v``."""
+    """A held-out example: the target (drawn from the family's own stream, so every tool of the module is
+    asked for) and three other tools of its module, sorted; the task is the description and every value is
+    stated as ``k = v``."""
     tools = build_tools(module)
     names = sorted(tools)
-    target = names[index % len(names)]
+    target = rng.choice(names)
     made = _sample_call(module, target, rng)
     if made is None:
         return None
