@@ -73,8 +73,8 @@ from mimo.training.checkpointing import (
 )
 from mimo.training.optim import build_optimizer, clip_gradients
 
-__all__ = ["MOPDConfig", "Rollout", "check_teachers", "draw_prompts", "route_disagreement", "rollout", "score_answer",
-           "train_mopd"]
+__all__ = ["MOPDConfig", "Rollout", "answer_batch", "answer_log_probs", "check_teachers", "draw_prompts",
+           "route_disagreement", "rollout", "score_answer", "train_mopd"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def rollout(engine: Engine, tok: Tokenizer, prompts: list[tuple[str, dict]], cfg
     return out
 
 
-def _batch(rows: list[Rollout], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+def answer_batch(rows: list[Rollout], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                          torch.Tensor]:
     """(ids [B, T] right-padded prompt + answer[:-1], answer positions [B, A] (index of the hidden state that
     predicts each answer token), answer tokens [B, A], mask [B, A])."""
@@ -343,7 +343,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             # teacher equal to the student gives exactly zero advantage.
             with torch.enable_grad():
                 for chunk in chunks:
-                    ids, where, answer, mask = _batch(chunk, pad, device)
+                    ids, where, answer, mask = answer_batch(chunk, pad, device)
                     lp = torch.zeros(where.shape, device=device)
                     for dom in {r.domain for r in chunk}:
                         sel = torch.tensor([r.domain == dom for r in chunk], device=device)
@@ -355,7 +355,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             totals = {"reverse_kl": 0.0, "advantage": 0.0, "truncated": 0.0}
             n_tokens, disagree, loss_sum = 0, [], 0.0
             for chunk, t_lp in zip(chunks, teacher_lp):
-                ids, where, answer, mask = _batch(chunk, pad, device)
+                ids, where, answer, mask = answer_batch(chunk, pad, device)
                 routes = _engine_routes(chunk, recorder, ids.shape[1])
                 replay = {layer: routes[:, :, j] for j, layer in enumerate(moe_layers)} if cfg.r3 else None
                 router_out: list = []
