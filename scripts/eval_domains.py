@@ -18,8 +18,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mimo import LLM, SamplingParams  # noqa: E402
+from mimo.chat_format.parsers import extract  # noqa: E402
 from mimo.posttrain.domains import arithmetic, code, tools  # noqa: E402
-from mimo.server.parsers import extract  # noqa: E402
 
 MAX_TOKENS = {"tools": 160, "arithmetic": 320, "code": 200}
 

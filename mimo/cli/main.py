@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "eval": ("mimo.cli.eval", "held-out loss, bits per byte vs unigram and zlib, MTP accuracy, acceptance length"),
     "bench": ("mimo.cli.bench", "prefill and decode speed, with and without MTP, as a table and JSON"),
     "sft": ("mimo.cli.sft", "supervised fine-tuning on chat examples (loss on the assistant's tokens only)"),
+    "mopd": ("mimo.cli.mopd", "multi-teacher on-policy distillation: the student samples, domain teachers score each token"),
     "quantize": ("mimo.cli.quantize", "write a model in the release's FP8 layout (e4m3, block scales)"),
     "kernels": ("mimo.cli.kernels", "state of mimo's CPU decode kernels; --build builds them ahead of time"),
 }

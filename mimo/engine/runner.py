@@ -21,6 +21,7 @@ from mimo.engine.config import EngineConfig
 from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.plan import DecodeRow, RowResult, StepPlan
 from mimo.engine.policy import DRAFT_CONFIDENCE_FLOOR
+from mimo.engine.routing import RoutingRecorder
 from mimo.engine.sampling import SamplingBatch, rejection_sample, token_logprobs
 from mimo.engine.speculative import MTPState, draft, start_chain
 from mimo.model.causal_lm import CausalLM
@@ -55,6 +56,8 @@ class ModelRunner:
                                    dynamic_capacity=config.compile, device=self.device, kv_heads=model.kv_heads())
         self.generators: list[torch.Generator | None] = [None] * config.max_num_seqs
         self.mtp: list[MTPState | None] = [None] * config.max_num_seqs
+        # set by a caller that wants each sample's expert choices (rollout routing replay); None records nothing
+        self.routing: RoutingRecorder | None = None
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -63,7 +66,11 @@ class ModelRunner:
             self.cache.move(src, dst, length)
             self.generators[dst], self.mtp[dst] = self.generators[src], self.mtp[src]
             self.generators[src] = self.mtp[src] = None
+            if self.routing is not None:
+                self.routing.move(src, dst)
         for start in plan.starts:
+            if self.routing is not None:
+                self.routing.start(start.slot, start.seed)
             self.cache.reset(start.slot)
             self.mtp[start.slot] = None
             self.generators[start.slot] = (None if start.seed is None else
@@ -93,7 +100,10 @@ class ModelRunner:
         pos = self._tensor([list(range(c.start, c.start + len(c.token_ids))) + [-1] * (width - len(c.token_ids))
                             for c in chunks])
         self.cache.ensure_capacity(max(c.start + len(c.token_ids) for c in chunks))
-        hidden = self.model.trunk(ids, pos, self.cache.bind([c.slot for c in chunks]))
+        router_out = [] if self.routing is not None else None
+        hidden = self.model.trunk(ids, pos, self.cache.bind([c.slot for c in chunks]), router_out)
+        if router_out is not None:
+            self.routing.record_forward([c.slot for c in chunks], pos, router_out)
         done, last = [], []
         for j, c in enumerate(chunks):
             n = len(c.token_ids)
@@ -147,6 +157,11 @@ class ModelRunner:
     def _forward_step(self, rows: list[DecodeRow], ids: torch.Tensor, pos: torch.Tensor, last: int) -> torch.Tensor:
         self.cache.ensure_capacity(last + 1)
         cache = self.cache.bind([r.slot for r in rows]).prepare(pos)
+        if self.routing is not None:  # eager: a compiled step does not hand out its router decisions
+            router_out: list = []
+            hidden = self.model.trunk(ids, pos, cache, router_out)
+            self.routing.record_forward([r.slot for r in rows], pos, router_out)
+            return hidden
         return self._step_trunk(ids.numel())(ids, pos, cache)
 
     def _decode(self, plan: StepPlan, rows: list[DecodeRow]) -> dict[int, RowResult]:

@@ -7,6 +7,7 @@ token ids with explicit positions and, optionally, a KV cache. Logits are a sepa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -122,8 +123,14 @@ class CausalLM(nn.Module):
         positions: torch.Tensor | None = None,  # [B, T]; default 0..T-1
         cache: KVCache | None = None,
         router_out: list | None = None,
+        replay: Mapping[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Hidden states after ``model.norm`` [B, T, D]."""
+        """Hidden states after ``model.norm`` [B, T, D].
+
+        ``router_out`` collects each MoE layer's ``(scores_TE, experts_TK)`` in layer order. ``replay`` maps a
+        decoder-layer index to the experts [B, T, K] that layer's MoE uses instead of routing: rollout routing
+        replay (R3), so a trainer's forward runs the experts the inference engine chose (layers not in it
+        route as usual). Both are arguments, not model state, so one model serves engine and trainer at once."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         if positions is None:
@@ -132,7 +139,7 @@ class CausalLM(nn.Module):
         rope = self.rotary.tables(positions, x.dtype)
         masks: dict = {}  # one attention mask per kind, built by the kind's first layer
         for layer in self.model.layers:
-            x = layer(x, positions, rope[layer.kind], cache, router_out, masks)
+            x = layer(x, positions, rope[layer.kind], cache, router_out, masks, replay)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -28,7 +30,11 @@ class DecoderLayer(nn.Module):
         cache: KVCache | None = None,
         router_out: list | None = None,
         masks: dict | None = None,
+        replay: Mapping[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``replay``: decoder-layer index -> the experts [B, T, K] its MoE must use (R3; see CausalLM.trunk)."""
         x = x + self.self_attn(self.input_layernorm(x), positions, rope, cache, self.index, masks)
         h = self.post_attention_layernorm(x)
-        return x + (self.mlp(h, router_out) if isinstance(self.mlp, MoE) else self.mlp(h))
+        if isinstance(self.mlp, MoE):
+            return x + self.mlp(h, router_out, None if replay is None else replay.get(self.index))
+        return x + self.mlp(h)

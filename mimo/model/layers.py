@@ -300,13 +300,17 @@ class MoE(nn.Module):
         self.gate = Router(config)
         self.experts = Experts(config)
 
-    def forward(self, x: torch.Tensor, router_out: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, router_out: list | None = None,
+                experts: torch.Tensor | None = None) -> torch.Tensor:
+        """``router_out`` collects ``(scores_TE, experts_TK)``; ``experts`` [..., K] (x's leading shape) replays
+        a given expert choice instead of routing (R3, :func:`mimo.ops.moe.route`)."""
         c = self.config
         shape = x.shape
         x_TD = x.reshape(-1, shape[-1])
         scores_TE, weights_TK, experts_TK = route(
             x_TD, self.gate.weight, self.gate.e_score_correction_bias, c.num_experts_per_tok,
             c.n_group, c.topk_group, c.norm_topk_prob, c.routed_scaling_factor,
+            None if experts is None else experts.reshape(-1, experts.shape[-1]).to(x.device, torch.long),
         )
         if router_out is not None:
             router_out.append((scores_TE, experts_TK))

@@ -25,10 +25,20 @@ def route(
     topk_group: int = 1,
     norm_topk_prob: bool = True,
     scaling: float = 1.0,
+    experts_TK: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (scores_TE fp32, weights_TK, experts_TK)."""
+    """-> (scores_TE fp32, weights_TK, experts_TK).
+
+    ``experts_TK`` given: those experts, not the top-k of the scores (rollout routing replay, R3: a trainer
+    replays the experts the inference engine chose). Their weights are still this forward's scores, so the
+    router keeps its gradient; only the discrete choice is replayed."""
     logits_TE = F.linear(x_TD.float(), gate_ED.float())
     scores_TE = logits_TE.sigmoid()
+    if experts_TK is not None:
+        weights_TK = scores_TE.gather(1, experts_TK)
+        if norm_topk_prob:
+            weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)
+        return scores_TE, weights_TK * scaling, experts_TK
     choice_TE = scores_TE + bias_E.float()
     n_tok, n_exp = choice_TE.shape
     if n_group > 1:

@@ -2,8 +2,8 @@
 
 * :mod:`mimo.server.protocol`: pydantic models for ``/v1/completions``, ``/v1/chat/completions`` and
   ``/v1/models``, their validation, and the OpenAI error body.
-* :mod:`mimo.server.parsers`: turns generated text into ``reasoning_content``, ``content`` and
-  ``tool_calls``, whole or streamed (built on :mod:`mimo.server.reasoning` and :mod:`mimo.server.tool_calls`).
+* :mod:`mimo.chat_format.parsers`: turns generated text into ``reasoning_content``, ``content`` and
+  ``tool_calls``, whole or streamed (built on :mod:`mimo.chat_format.reasoning` and :mod:`mimo.chat_format.tool_calls`).
 
 * :mod:`mimo.server.async_engine`: the engine's stepping thread (continuous batching, cancellation, metrics).
 * :mod:`mimo.server.app`: the FastAPI app (auth, limits, errors) over :mod:`mimo.server.chat` and

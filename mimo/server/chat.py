@@ -4,7 +4,7 @@ The conversation is rendered with the tokenizer's chat template; ``chat_template
 passed to it only when the request sets it, so the template's own default applies otherwise (off for
 MiMo-V2-Flash and mimo's template). Generation stops at EOS or ``<|im_end|>``.
 Special tokens stay in the generated text because ``<think>`` and ``<tool_call>`` are special tokens of
-mimo's tokenizer; the parsers of :mod:`mimo.server.parsers` then split it into ``reasoning_content``,
+mimo's tokenizer; the parsers of :mod:`mimo.chat_format.parsers` then split it into ``reasoning_content``,
 ``content`` and ``tool_calls`` (also calls written inside the reasoning, MiMo-V2-Flash issue #23).
 Malformed tool-call XML is returned as text, never an error.
 
@@ -29,8 +29,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from mimo.chat_format.parsers import StreamingOutputParser, extract, finish_reason, prompt_opens_reasoning
 from mimo.engine.outputs import StreamDelta, TokenLogprob
-from mimo.server.parsers import StreamingOutputParser, extract, finish_reason, prompt_opens_reasoning
 from mimo.server.protocol import (
     ChatChoiceLogprobs,
     ChatCompletionChoice,

@@ -164,7 +164,7 @@ class DeltaToolCall(_DropNone):
 
 
 class DeltaMessage(_DropNone):
-    """A streamed delta; validates the dicts :class:`mimo.server.parsers.StreamingOutputParser` returns."""
+    """A streamed delta; validates the dicts :class:`mimo.chat_format.parsers.StreamingOutputParser` returns."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None

@@ -10,6 +10,9 @@
   ``trim_blocks``/``lstrip_blocks``, transformers' ``tojson``), after validating the messages. Template
   variables the caller does not set (``enable_thinking`` among them) are left undefined, so a model's own
   template keeps its own defaults.
+* The output side, parsed back into OpenAI fields: :mod:`.reasoning` (``<think>`` split), :mod:`.tool_calls`
+  (one XML call block) and :mod:`.parsers` (both, whole or streamed). They live here, not in the server,
+  because post-training scores its rollouts with the same parser the chat API answers with.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 __all__ = ["CHAT_TEMPLATE", "ROLES", "render_chat_template"]
 
-CHAT_TEMPLATE = (Path(__file__).parent / "templates" / "chat_template.jinja").read_text(encoding="utf-8")
+CHAT_TEMPLATE = (Path(__file__).parent.parent / "templates" / "chat_template.jinja").read_text(encoding="utf-8")
 ROLES = ("system", "user", "assistant", "tool")
 # transformers passes a message's reasoning under any of these names; we alias them the same way.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")

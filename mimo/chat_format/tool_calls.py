@@ -12,7 +12,7 @@ This module owns the inside of one block: :func:`parse_tool_call_body` reads the
 ``<tool_call>`` and ``</tool_call>`` and returns ``(name, arguments_json)`` or ``None`` when the block is
 not a valid call; :func:`convert_param_value` turns a VALUE into JSON according to the tool's schema;
 :func:`make_tool_call` builds the OpenAI object. Finding blocks in a text (and in the reasoning) is
-:mod:`mimo.server.parsers`' job.
+:mod:`mimo.chat_format.parsers`' job.
 
 A block is valid when, apart from whitespace, it is exactly ``<function=NAME>``, zero or more
 ``<parameter=P>VALUE</parameter>``, and ``</function>`` (which may be missing: the block's end closes it),
