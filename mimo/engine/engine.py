@@ -116,17 +116,24 @@ class Engine:
         plan = self.scheduler.schedule()
         if plan.is_empty():
             return []
-        deltas = self.scheduler.update(plan, self.runner.execute(plan))
+        results = self.runner.execute(plan)
+        deltas = self.scheduler.update(plan, results)
         if plan.decode:  # a decode step's cost, for the speculation policy: all of it, host work included
             # (detokenising and stop checks grow with the tokens a step emits)
             rows, k = tuple(r.slot for r in plan.decode), max(r.drafts for r in plan.decode)
+            # the drafts the step verified: fewer than planned where unsure drafts were cut, and such a step
+            # is neither the cost of k drafts nor of fewer (it drafted deeper than it verified)
+            made = max((results[s].drafted for s in rows if s in results), default=0)
             # steady: every MTP block this step ran also ran in the step before, for the same rows; otherwise
-            # it had positions to catch up on, a one-off cost that is not the cost of drafting k
-            steady = not plan.prefill and not plan.starts and not plan.moves and (
-                k == 0 or (self._last_decode[0] == rows and self._last_decode[1] >= k))
+            # it had positions to catch up on, a one-off cost that is not the cost of drafting k. A plain step
+            # is steady after a plain step only: the first one after drafting is a few per cent slower, and
+            # the plain step's time is what every other cost is measured against
+            last_rows, last_k = self._last_decode
+            steady = not plan.prefill and not plan.starts and not plan.moves and last_rows == rows and made == k and (
+                last_k == 0 if k == 0 else last_k >= k)
             if steady:
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
-            self._last_decode = (rows, k)
+            self._last_decode = (rows, made)
         return deltas
 
     def speculation_stats(self) -> dict:

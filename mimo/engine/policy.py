@@ -42,7 +42,9 @@ _BONUS = 0.5  # the optimistic acceptance's bonus at a depth never tested (it fa
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
-_TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less the slowest, is the cost
+_HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
+_HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
+_TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
 
 
 @dataclass
@@ -68,8 +70,8 @@ class SpeculationPolicy:
                  prior_cost: Callable[[int, int], float] | None = None, explore_every: int = 16) -> None:
         """``prior_cost(batch, k)``: a step's cost relative to a plain step of that batch, before any is
         measured (default: k + 1 forwards' worth). ``explore_every``: every this many steps, one more draft than the
-        best is tried (two steps) or, every other time, one fewer (the wait doubles, up to 16x, while
-        explorations change nothing). A k below the best that was never
+        best is tried (two steps) or, every other time, fewer: one fewer, or every other time none (two plain
+        steps) (the wait doubles, up to 16x, while explorations change nothing). A k below the best that was never
         timed at a batch size is tried once."""
         if policy not in POLICIES:
             raise ValueError(f"speculative_policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -89,6 +91,7 @@ class SpeculationPolicy:
         self._explore_base = explore_every
         self._best_before = -1  # the best k when the last exploration began
         self._current = max_k  # the k chosen by the objective last time
+        self._cold = 0  # full-depth steps of the cold start so far
         self.stats = PolicyStats()
 
     # ------------------------------------------------------------------ estimates
@@ -129,9 +132,11 @@ class SpeculationPolicy:
         if plain is not None and (batch, k) in self.times:
             return self.times[(batch, k)] / plain
         sizes = [b for (b, o) in self.times if o == k and (b, 0) in self.times]
-        if k and sizes:  # a batch size close by has measured it: the ratio changes slowly with the batch
+        if k and sizes:  # a batch size close by has measured it: the ratio changes slowly with the batch. Taken
+            # as measured, not scaled by the prior's trend over batch sizes: where per-step overheads dominate
+            # (small models) that trend is wrong by more than the ratios differ between neighbouring sizes
             near = min(sizes, key=lambda b: (abs(b - batch), b))
-            return self.times[(near, k)] / self.times[(near, 0)] * self.prior_cost(batch, k) / self.prior_cost(near, k)
+            return self.times[(near, k)] / self.times[(near, 0)]
         measured = [o for o in range(self.max_k + 1) if (batch, o) in self.times]
         if plain is not None and measured:
             other = min(measured, key=lambda o: abs(o - k))  # the nearest: the prior's ratio is least wrong there
@@ -159,10 +164,13 @@ class SpeculationPolicy:
             return self._chose(self.max_k, request_ids, explored=False)
         b = len(request_ids)
         # The first decode steps: full depth until one is timed in the steady state (the first has blocks to
-        # catch up on), then one plain step, so that both ends are measured, not guessed (the weights-read
-        # prior overstates a verify's cost where per-step overheads dominate: small models). A new batch size
-        # later borrows the ratios of the nearest one measured, and times its plain step at once.
-        if not any(o == self.max_k for _, o in self.times):
+        # catch up on; two steps at most), then plain steps until one is timed (the second), so that both ends are measured, not
+        # guessed (the weights-read prior overstates a verify's cost where per-step overheads dominate: small
+        # models). A new batch size later borrows the ratios of the nearest one measured.
+        if self._cold < 2 and not any(o == self.max_k for _, o in self.times):
+            # (twice at most: a step whose unsure drafts were cut is not timed, and drafts that are always
+            # unsure are cut every time)
+            self._cold += 1
             return self._chose(self.max_k, request_ids, explored=True)
         if not any(o == 0 for _, o in self.times):
             return self._chose(0, request_ids, explored=True)
@@ -178,25 +186,47 @@ class SpeculationPolicy:
         if k > 0 and not any(o == k - 1 for _, o in self.times):  # one draft fewer was never timed: it may win
             return self._chose(k - 1, request_ids, explored=True)  # (its blocks ran last step: timed at once)
         # Every so often, one draft more than the best (two steps: the first has deeper blocks to catch up on,
-        # the second is timed) or, every other time, one fewer (one step, timed at once): so that a text that
-        # became predictable is noticed, and a cost measured once, on a slow step, is measured again.
+        # the second is timed) or, every other time, fewer (one draft fewer: one step, timed at once; or none:
+        # two plain steps): so that a text that became predictable is noticed, and a cost measured once, on a
+        # slow step, is measured again.
         self.since_explored += 1
         if self.since_explored >= self.explore_every:
             self.since_explored = 0
             self._explorations += 1
             up = (self._explorations % 2 == 1 or k == 0) and k < self.max_k
+            # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
+            # cost is measured against, so it must stay as fresh as the best k's own
+            down = 0 if (self._explorations // 2) % 2 == 1 else k - 1
             if up or k > 0:
                 # an exploration that changes nothing makes the next one wait twice as long (at most 16x)
                 self.explore_every = (self._explore_base if k != self._best_before
                                       else min(16 * self._explore_base, 2 * self.explore_every))
                 self._best_before = k
+                if (up and self.tries[k] >= _HOPELESS_EVIDENCE and rates[k + 1] < _HOPELESS * rates[k]
+                        and self.explore_every < 16 * self._explore_base):
+                    # even the optimistic estimate, from enough drafts, puts one draft more far below the best:
+                    # it is tried only at the longest wait, as its first step has every idle block to catch up
+                    # on (over a whole window of positions per row, which costs several plain steps)
+                    return self._chose(k, request_ids, explored=False)
                 if up:
                     self._exploring = k + 1
                     return self._chose(k + 1, request_ids, explored=True)
-                return self._chose(k - 1, request_ids, explored=True)
+                if down == 0:  # (two plain steps: the second is timed)
+                    self._exploring = 0
+                return self._chose(down, request_ids, explored=True)
         return self._chose(k, request_ids, explored=False)
 
     def _chose(self, k: int, request_ids: list[str], explored: bool) -> int:
+        if k == 0 and self.policy == "adaptive":
+            # a plain step tells nothing new about a row's drafts, but its record ages all the same, towards the
+            # engine-wide figure: else a row whose first drafts failed would keep its verdict (and stay plain)
+            # however long it ran without drafting
+            for r in request_ids:
+                own = self.rows.get(r)
+                if own is not None:
+                    for j in range(self.max_k):
+                        own[0][j] *= _DECAY
+                        own[1][j] *= _DECAY
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
         predicted = sum(self.expected_tokens(r, k) for r in request_ids)
@@ -207,11 +237,14 @@ class SpeculationPolicy:
     def observe_step(self, batch: int, k: int, seconds: float) -> None:
         """A decode step's wall time, in the steady state: the engine passes no step that also prefilled, nor
         one whose MTP blocks had positions to catch up on (a block that did not run in the step before). The
-        cost is the mean of the last few without the slowest one: throughput is a mean, so a median would hide
-        the slower steps that bigger verifies have more of, while one collection pause alone should not count."""
+        cost is the mean of the last few without those slower than twice their median: throughput is a mean, so a
+        median would hide the slower steps that bigger verifies have more of, while a collection pause or another
+        process taking the cores for a moment should not count."""
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
         window.append(seconds)
-        kept = sorted(window)[:-1] if len(window) > 2 else list(window)
+        ordered = sorted(window)
+        median = ordered[len(ordered) // 2]
+        kept = [x for x in ordered if x <= 2 * median]
         self.times[(batch, k)] = sum(kept) / len(kept)
 
     def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None,

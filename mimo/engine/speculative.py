@@ -29,36 +29,52 @@ from mimo.model.mtp import mtp_token_index
 
 @dataclass
 class ChainRows:
-    """Committed MTP chain states h^k for consecutive positions ``start .. start + len - 1``."""
+    """Committed MTP chain states h^k for consecutive positions ``start .. start + len - 1``.
+
+    Appended pieces are kept as a list and joined when read: a plain step appends one row per sequence, and
+    joining at every append would copy the whole chain each step (for as long as the blocks sit idle)."""
 
     start: int = 0
-    rows: torch.Tensor | None = None  # [n, D]
+    parts: list[torch.Tensor] = field(default_factory=list)  # [n_i, D] each, consecutive
+    count: int = 0
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        if len(self.parts) > 1:
+            self.parts = [torch.cat(self.parts, dim=0)]
+        return self.parts[0] if self.parts else None
 
     def end(self) -> int:
-        return self.start + (0 if self.rows is None else self.rows.shape[0])
+        return self.start + self.count
 
     def append(self, start: int, rows: torch.Tensor) -> None:
         """Rows for positions ``start ..``: they continue the ones kept, or start after a gap (the kept ones
         are then older than anything a block can still read: see :func:`reach`)."""
-        if self.rows is None or self.rows.shape[0] == 0 or start > self.end():
-            self.start, self.rows = start, rows
+        if self.count == 0 or start > self.end():
+            self.start, self.parts, self.count = start, [rows], rows.shape[0]
             return
         if start != self.end():
             raise AssertionError(f"chain rows must be contiguous: have up to {self.end()}, got {start}")
-        self.rows = torch.cat([self.rows, rows], dim=0)
+        self.parts.append(rows)
+        self.count += rows.shape[0]
 
     def get(self, positions: range) -> torch.Tensor:
-        assert self.rows is not None and positions.start >= self.start and positions.stop <= self.end(), (
+        assert self.count and positions.start >= self.start and positions.stop <= self.end(), (
             positions, self.start, self.end())
-        return self.rows[positions.start - self.start : positions.stop - self.start]
+        rows = self.rows
+        assert rows is not None
+        return rows[positions.start - self.start : positions.stop - self.start]
 
     def drop_through(self, position: int) -> None:
         """Forget rows at positions <= ``position``."""
-        if self.rows is None:
+        cut = max(0, min(position + 1 - self.start, self.count))
+        if not cut:
             return
-        cut = max(0, min(position + 1 - self.start, self.rows.shape[0]))
-        self.rows = self.rows[cut:]
+        rows = self.rows
+        assert rows is not None
+        self.parts = [rows[cut:]]
         self.start += cut
+        self.count -= cut
 
 
 @dataclass

@@ -147,9 +147,10 @@ def test_engine_keeps_drafting_when_every_draft_is_accepted():
     outs = llm.generate(_prompts(), GREEDY)
     assert all(o.stats.accepted == o.stats.drafted for o in outs)
     stats = llm.engine.speculation_stats()
-    # every step drafts 3 but the cold start's plain step and a few that time 2 (fewer might have been cheaper)
+    # every step drafts 3 but the cold start's two plain steps (the second is timed: the first after drafting is
+    # not steady) and a few that time 2 (fewer might have been cheaper)
     steps = sum(stats["steps_by_k"].values())
-    assert stats["steps_by_k"].get(0) == 1 and stats["steps_by_k"][3] >= steps - 3 and 1 not in stats["steps_by_k"]
+    assert stats["steps_by_k"].get(0) == 2 and stats["steps_by_k"][3] >= steps - 4 and 1 not in stats["steps_by_k"]
     assert stats["realised_tokens_per_step"] > 3.2
 
 
