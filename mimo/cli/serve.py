@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mimo.cli.engine_args import add_engine_arguments, engine_config, run_worker, worker_rank
-from mimo.utils.paths import default_model_dir
+from mimo.utils.paths import default_chat_model_dir
 
 if TYPE_CHECKING:
     from mimo.checkpoint import GenerationConfig
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory in the Hugging Face layout with tokenizer.json "
-                                   f"(default: {default_model_dir()})")
+                                   "(default: the shipped chat model models/mimo-nano-chat, else models/mimo-nano)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $MIMO_API_KEY, else no key)")
@@ -90,7 +90,7 @@ def _page_url(host: str, port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.model) if args.model else default_model_dir()
+    path = Path(args.model) if args.model else default_chat_model_dir()
     _check_model_dir(path, explicit=bool(args.model))
     if worker_rank():  # torchrun: rank 0 serves HTTP, this rank its part of the model
         return run_worker(args, str(path))
