@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "generate": ("mimo.cli.generate", "complete a prompt with a model (default: the shipped mimo-nano)"),
     "eval": ("mimo.cli.eval", "held-out loss, bits per byte vs unigram and zlib, MTP accuracy, acceptance length"),
     "bench": ("mimo.cli.bench", "prefill and decode speed, with and without MTP, as a table and JSON"),
+    "domains": ("mimo.cli.domains", "write the post-training data of the verifiable domains (tools, arithmetic, code)"),
     "sft": ("mimo.cli.sft", "supervised fine-tuning on chat examples (loss on the assistant's tokens only)"),
     "mopd": ("mimo.cli.mopd", "multi-teacher on-policy distillation: the student samples, domain teachers score each token"),
     "quantize": ("mimo.cli.quantize", "write a model in the release's FP8 layout (e4m3, block scales)"),

@@ -272,3 +272,14 @@ def test_tool_conversations_fit_the_token_budget(tool_train, tokenizer):
         for t in e["tools"]:
             d = t["function"]["description"]
             assert len(d) <= 160 and "\n" not in d
+
+
+def test_cli_writes_the_domains_once(tmp_path, capsys):
+    from mimo.cli.main import main
+
+    out = tmp_path / "data"
+    assert main(["domains", "--out", str(out), "--train", "60", "--heldout", "8"]) == 0
+    assert "tools" in capsys.readouterr().out
+    assert len((out / "tools" / "heldout.jsonl").read_text().splitlines()) == 8
+    assert main(["domains", "--out", str(out), "--train", "60", "--heldout", "8"]) == 2  # never overwritten silently
+    assert "already holds" in capsys.readouterr().err
