@@ -174,8 +174,12 @@ class SpeculationPolicy:
             return self._chose(self.max_k, request_ids, explored=True)
         if not any(o == 0 for _, o in self.times):
             return self._chose(0, request_ids, explored=True)
-        expected = [sum(col) for col in zip(*(self.expected_by_k(r, optimistic=True) for r in request_ids))]
-        rates = [expected[k] / self.cost(b, k) for k in range(self.max_k + 1)]
+        # the choice takes the acceptance as estimated; the optimistic one (a rarely tested depth given the benefit
+        # of the doubt) only decides whether exploring one draft more is worth its catch-up (below): choosing by
+        # it made deep drafts look a few per cent better than they were at every step, not only when untested
+        costs = [self.cost(b, k) for k in range(self.max_k + 1)]
+        expected = [sum(col) for col in zip(*(self.expected_by_k(r) for r in request_ids))]
+        rates = [expected[k] / costs[k] for k in range(self.max_k + 1)]
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
         if rates[k] < _SWITCH_GAIN * rates[self._current]:  # switching costs catch-up steps: only for a clear gain
             k = self._current
@@ -202,7 +206,8 @@ class SpeculationPolicy:
                 self.explore_every = (self._explore_base if k != self._best_before
                                       else min(16 * self._explore_base, 2 * self.explore_every))
                 self._best_before = k
-                if (up and self.tries[k] >= _HOPELESS_EVIDENCE and rates[k + 1] < _HOPELESS * rates[k]
+                hope = [sum(col) for col in zip(*(self.expected_by_k(r, optimistic=True) for r in request_ids))]
+                if (up and self.tries[k] >= _HOPELESS_EVIDENCE and hope[k + 1] / costs[k + 1] < _HOPELESS * rates[k]
                         and self.explore_every < 16 * self._explore_base):
                     # even the optimistic estimate, from enough drafts, puts one draft more far below the best:
                     # it is tried only at the longest wait, as its first step has every idle block to catch up
