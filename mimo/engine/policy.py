@@ -90,7 +90,10 @@ class SpeculationPolicy:
         self._exploring: int | None = None  # the k of an exploration's second step
         self._explore_base = explore_every
         self._best_before = -1  # the best k when the last exploration began
-        self._current = max_k  # the k chosen by the objective last time
+        # the k chosen by the objective last time; plain at first, so drafting must win by the switching margin
+        # before it is chosen: that margin is what pays for the costs no step time shows (a request's blocks
+        # catching up over its whole prompt, inside a prefill step; rows of one batch ending steps apart)
+        self._current = 0
         self._cold = 0  # full-depth steps of the cold start so far
         self.stats = PolicyStats()
 
@@ -248,6 +251,10 @@ class SpeculationPolicy:
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
         window.append(seconds)
         ordered = sorted(window)
+        if len(ordered) < 3:  # too few to tell an outlier: the fastest, as a cost overstated is never re-measured
+            # (that k is not chosen again) while one understated is corrected by the steps that choose it
+            self.times[(batch, k)] = ordered[0]
+            return
         median = ordered[len(ordered) // 2]
         kept = [x for x in ordered if x <= 2 * median]
         self.times[(batch, k)] = sum(kept) / len(kept)
