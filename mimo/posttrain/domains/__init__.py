@@ -42,7 +42,7 @@ DOMAINS = {"tools": tools, "arithmetic": arithmetic, "code": code}
 SPLITS = ("train", "heldout")
 DEFAULT_COUNTS = {"train": 1200, "heldout": 300}
 # 2: the tools domain's training split gained synthetic APIs, more modules, varied requests and tool lists.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def families(domain: str, split: str) -> list[str]:

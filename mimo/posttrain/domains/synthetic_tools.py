@@ -856,6 +856,20 @@ class SyntheticTool:
         return self.schema["function"]["name"]
 
 
+OPAQUE_NAMES = 0.35
+"""The fraction of synthetic tools whose name is, or starts with, a made-up word (``vomira_get_forecast``,
+``tekalu3``). A name built from the family's verbs and nouns can be guessed from the request without reading
+the tool list, and a small model learns exactly that (it then invents plausible names for held-out tools);
+a made-up name can only be copied from the list, after choosing the tool by its description."""
+
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kr", "tr", "st", "pl", "gr")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+
+
+def _made_up_word(rng: random.Random) -> str:
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(2, 3)))
+
+
 def make_tool(rng: random.Random, family: str) -> SyntheticTool:
     """A random tool of API family ``family`` (``"api.weather"``, ...)."""
     domain = family.removeprefix("api.")
@@ -869,6 +883,9 @@ def make_tool(rng: random.Random, family: str) -> SyntheticTool:
     if rng.random() < 0.3:
         base = f"{rng.choice(d.prefixes)}_{base}"
     name = _camel(base) if rng.random() < 0.12 else base
+    if rng.random() < OPAQUE_NAMES:
+        tag = _made_up_word(rng)
+        name = f"{tag}_{base}" if rng.random() < 0.5 else tag + rng.choice(("", "", str(rng.randint(2, 9))))
     n_req = rng.choice((1, 1, 1, 2, 2, 3))
     n_opt = rng.choice((0, 0, 0, 1, 1, 2))
     pool = list(d.fields)
