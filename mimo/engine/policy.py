@@ -47,6 +47,13 @@ _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
 
 
+def _age(tries: list[float], accepts: list[float]) -> None:
+    """Weigh a row's record by :data:`_DECAY`, once per step it takes part in."""
+    for j in range(len(tries)):
+        tries[j] *= _DECAY
+        accepts[j] *= _DECAY
+
+
 @dataclass
 class PolicyStats:
     """Aggregate figures of the policy's choices (engine-wide since it started)."""
@@ -230,11 +237,8 @@ class SpeculationPolicy:
             # engine-wide figure: else a row whose first drafts failed would keep its verdict (and stay plain)
             # however long it ran without drafting
             for r in request_ids:
-                own = self.rows.get(r)
-                if own is not None:
-                    for j in range(self.max_k):
-                        own[0][j] *= _DECAY
-                        own[1][j] *= _DECAY
+                if r in self.rows:
+                    _age(*self.rows[r])
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
         predicted = sum(self.expected_tokens(r, k) for r in request_ids)
@@ -267,9 +271,7 @@ class SpeculationPolicy:
         they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
         tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
         tested = min(drafted + (cut and accepted == drafted and drafted < self.max_k), accepted + 1)
-        for j in range(self.max_k):
-            tries[j] *= _DECAY
-            accepts[j] *= _DECAY
+        _age(tries, accepts)
         for j in range(tested):
             ok = j < accepted
             tries[j] += 1
