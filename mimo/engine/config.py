@@ -36,7 +36,8 @@ class EngineConfig:
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise ValueError(f"num_speculative_tokens must be an integer >= 0, got {k!r}")
         if self.speculative_policy not in POLICIES:
-            raise ValueError(f"speculative_policy must be 'adaptive' or 'fixed', got {self.speculative_policy!r}")
+            raise ValueError(f"speculative_policy must be one of {', '.join(POLICIES)}, "
+                             f"got {self.speculative_policy!r}")
         for name in ("max_num_seqs", "prefill_chunk", "tensor_parallel_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

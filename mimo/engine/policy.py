@@ -107,8 +107,9 @@ class SpeculationPolicy:
     # ------------------------------------------------------------------ estimates
     def acceptance(self, request_id: str, optimistic: bool = False) -> list[float]:
         """Row's chance, per depth j, that draft j is accepted given drafts 1..j-1 were. ``optimistic`` adds
-        an uncertainty bonus that shrinks as the engine verifies drafts at that depth (what the choice uses: a
-        depth that was rarely tested is given the benefit of the doubt, since only drafting can test it)."""
+        an uncertainty bonus that shrinks as the engine verifies drafts at that depth: a depth rarely tested is
+        given the benefit of the doubt when the policy weighs exploring it (only drafting can test it); the
+        choice itself uses the plain estimate."""
         own_t, own_a = self.rows.get(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
         out, prior = [], 0.5
         for j in range(self.max_k):
@@ -188,7 +189,7 @@ class SpeculationPolicy:
         # of the doubt) only decides whether exploring one draft more is worth its catch-up (below): choosing by
         # it made deep drafts look a few per cent better than they were at every step, not only when untested
         costs = [self.cost(b, k) for k in range(self.max_k + 1)]
-        expected = [sum(col) for col in zip(*(self.expected_by_k(r) for r in request_ids))]
+        expected = self._expected_sum(request_ids)
         rates = [expected[k] / costs[k] for k in range(self.max_k + 1)]
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
         if rates[k] < _SWITCH_GAIN * rates[self._current]:  # switching costs catch-up steps: only for a clear gain
@@ -196,9 +197,10 @@ class SpeculationPolicy:
         self._current = k
         if self._exploring is not None:  # the second step of an exploration: timed (see Engine.step)
             k, self._exploring = self._exploring, None
-            return self._chose(k, request_ids, explored=True)
+            return self._chose(k, request_ids, explored=True, predicted=expected[k])
         if k > 0 and not any(o == k - 1 for _, o in self.times):  # one draft fewer was never timed: it may win
-            return self._chose(k - 1, request_ids, explored=True)  # (its blocks ran last step: timed at once)
+            # (its blocks ran last step: timed at once)
+            return self._chose(k - 1, request_ids, explored=True, predicted=expected[k - 1])
         # Every so often, one draft more than the best (two steps: the first has deeper blocks to catch up on,
         # the second is timed) or, every other time, fewer (one draft fewer: one step, timed at once; or none:
         # two plain steps): so that a text that became predictable is noticed, and a cost measured once, on a
@@ -210,28 +212,31 @@ class SpeculationPolicy:
             up = (self._explorations % 2 == 1 or k == 0) and k < self.max_k
             # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
             # cost is measured against, so it must stay as fresh as the best k's own
-            down = 0 if (self._explorations // 2) % 2 == 1 else k - 1
-            if up or k > 0:
-                # an exploration that changes nothing makes the next one wait twice as long (at most 16x)
-                self.explore_every = (self._explore_base if k != self._best_before
-                                      else min(16 * self._explore_base, 2 * self.explore_every))
-                self._best_before = k
-                hope = [sum(col) for col in zip(*(self.expected_by_k(r, optimistic=True) for r in request_ids))]
-                if (up and self.tries[k] >= _HOPELESS_EVIDENCE and hope[k + 1] / costs[k + 1] < _HOPELESS * rates[k]
-                        and self.explore_every < 16 * self._explore_base):
-                    # even the optimistic estimate, from enough drafts, puts one draft more far below the best:
-                    # it is tried only at the longest wait, as its first step has every idle block to catch up
-                    # on (over a whole window of positions per row, which costs several plain steps)
-                    return self._chose(k, request_ids, explored=False)
-                if up:
-                    self._exploring = k + 1
-                    return self._chose(k + 1, request_ids, explored=True)
-                if down == 0:  # (two plain steps: the second is timed)
-                    self._exploring = 0
-                return self._chose(down, request_ids, explored=True)
-        return self._chose(k, request_ids, explored=False)
+            down = 0 if (self._explorations // 2) % 2 == 1 else k - 1  # (unused when up: k == 0 is always up)
+            # an exploration that changes nothing makes the next one wait twice as long (at most 16x)
+            self.explore_every = (self._explore_base if k != self._best_before
+                                  else min(16 * self._explore_base, 2 * self.explore_every))
+            self._best_before = k
+            if (up and self.tries[k] >= _HOPELESS_EVIDENCE and self.explore_every < 16 * self._explore_base
+                    and self._expected_sum(request_ids, optimistic=True)[k + 1] / costs[k + 1] < _HOPELESS * rates[k]):
+                # even the optimistic estimate, from enough drafts, puts one draft more far below the best: it is
+                # tried only at the longest wait, as its first step has every idle block to catch up on (over a
+                # whole window of positions per row, which costs several plain steps)
+                return self._chose(k, request_ids, explored=False, predicted=expected[k])
+            if up:
+                self._exploring = k + 1
+                return self._chose(k + 1, request_ids, explored=True, predicted=expected[k + 1])
+            if down == 0:  # (two plain steps: the second is timed)
+                self._exploring = 0
+            return self._chose(down, request_ids, explored=True, predicted=expected[down])
+        return self._chose(k, request_ids, explored=False, predicted=expected[k])
 
-    def _chose(self, k: int, request_ids: list[str], explored: bool) -> int:
+    def _expected_sum(self, request_ids: list[str], optimistic: bool = False) -> list[float]:
+        """Tokens a step with k = 0..K drafts is expected to give these rows together."""
+        return [sum(col) for col in zip(*(self.expected_by_k(r, optimistic) for r in request_ids))]
+
+    def _chose(self, k: int, request_ids: list[str], explored: bool, predicted: float | None = None) -> int:
+        """Record the choice; ``predicted``: the rows' expected tokens at k, where the caller computed them."""
         if k == 0 and self.policy == "adaptive":
             # a plain step tells nothing new about a row's drafts, but its record ages all the same, towards the
             # engine-wide figure: else a row whose first drafts failed would keep its verdict (and stay plain)
@@ -241,7 +246,8 @@ class SpeculationPolicy:
                     _age(*self.rows[r])
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
-        predicted = sum(self.expected_tokens(r, k) for r in request_ids)
+        if predicted is None:
+            predicted = sum(self.expected_tokens(r, k) for r in request_ids)
         self.stats.predicted_tokens += predicted / len(request_ids)
         return k
 
