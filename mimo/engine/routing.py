@@ -48,7 +48,9 @@ class RoutingRecorder:
         if not router_out:
             return
         b, t = positions.shape
-        experts = torch.stack([e for _, e in router_out], dim=1).view(b, t, len(router_out), -1)
+        # to the host once per forward, not once per row (each copy from a GPU is a sync)
+        positions = positions.cpu()
+        experts = torch.stack([e for _, e in router_out], dim=1).view(b, t, len(router_out), -1).to("cpu", torch.int32)
         for j, slot in enumerate(slots):
             valid = positions[j] >= 0
             self.record(slot, positions[j][valid], experts[j][valid])

@@ -100,10 +100,7 @@ class ModelRunner:
         pos = self._tensor([list(range(c.start, c.start + len(c.token_ids))) + [-1] * (width - len(c.token_ids))
                             for c in chunks])
         self.cache.ensure_capacity(max(c.start + len(c.token_ids) for c in chunks))
-        router_out = [] if self.routing is not None else None
-        hidden = self.model.trunk(ids, pos, self.cache.bind([c.slot for c in chunks]), router_out)
-        if router_out is not None:
-            self.routing.record_forward([c.slot for c in chunks], pos, router_out)
+        hidden = self._trunk(ids, pos, self.cache.bind([c.slot for c in chunks]), [c.slot for c in chunks])
         done, last = [], []
         for j, c in enumerate(chunks):
             n = len(c.token_ids)
@@ -158,11 +155,16 @@ class ModelRunner:
         self.cache.ensure_capacity(last + 1)
         cache = self.cache.bind([r.slot for r in rows]).prepare(pos)
         if self.routing is not None:  # eager: a compiled step does not hand out its router decisions
-            router_out: list = []
-            hidden = self.model.trunk(ids, pos, cache, router_out)
-            self.routing.record_forward([r.slot for r in rows], pos, router_out)
-            return hidden
+            return self._trunk(ids, pos, cache, [r.slot for r in rows])
         return self._step_trunk(ids.numel())(ids, pos, cache)
+
+    def _trunk(self, ids: torch.Tensor, pos: torch.Tensor, cache, slots: list[int]) -> torch.Tensor:
+        """The eager trunk, its expert choices recorded for ``slots`` where the caller asked for them (R3)."""
+        router_out: list | None = [] if self.routing is not None else None
+        hidden = self.model.trunk(ids, pos, cache, router_out)
+        if self.routing is not None:
+            self.routing.record_forward(slots, pos, router_out)
+        return hidden
 
     def _decode(self, plan: StepPlan, rows: list[DecodeRow]) -> dict[int, RowResult]:
         ids = self._tensor([[r.token] for r in rows])
