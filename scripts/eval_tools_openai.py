@@ -22,6 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mimo.posttrain import domains  # noqa: E402
 from mimo.posttrain.domains import tools  # noqa: E402
 
 
@@ -58,8 +59,7 @@ def main() -> int:
 
     import openai
 
-    with open(os.path.join(args.data, "tools", f"{args.split}.jsonl"), encoding="utf-8") as f:
-        examples = [json.loads(line) for line in f if line.strip()][: args.limit]
+    examples = domains.load(args.data, "tools", args.split)[: args.limit]
     port = free_port()
     cmd = [sys.executable, "-m", "mimo.cli.main", "serve", "--port", str(port), "--log-level", "warning"]
     if args.model:
@@ -73,9 +73,8 @@ def main() -> int:
         scores, by_family, failures = [], {}, []
         t = time.perf_counter()
         for ex in examples:
-            first = next(i for i, m in enumerate(ex["messages"]) if m["role"] == "assistant")
             reply = client.chat.completions.create(
-                model=model_id, messages=ex["messages"][:first], tools=ex["tools"], temperature=args.temperature,
+                model=model_id, messages=domains.prompt_messages(ex), tools=ex["tools"], temperature=args.temperature,
                 seed=args.seed, max_tokens=args.max_tokens)
             msg = reply.choices[0].message
             calls = [c.model_dump() for c in msg.tool_calls or []]

@@ -53,7 +53,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mimo.chat_format.parsers import extract
 from mimo.checkpoint import MiMoForCausalLM
 from mimo.engine.config import EngineConfig
 from mimo.engine.engine import Engine
@@ -74,7 +73,7 @@ from mimo.training.checkpointing import (
 from mimo.training.optim import build_optimizer, clip_gradients
 
 __all__ = ["MOPDConfig", "Rollout", "answer_batch", "answer_log_probs", "check_teachers", "draw_prompts",
-           "route_disagreement", "rollout", "score_answer", "train_mopd"]
+           "route_disagreement", "rollout", "train_mopd"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,22 +140,6 @@ def _settings(d: dict) -> dict:
     return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("resume", "progress", "device")}
 
 
-def _render(tok: Tokenizer, ex: dict) -> tuple[str, list[int]]:
-    prompt = tok.apply_chat_template(domains.prompt_messages(ex), tools=ex.get("tools"), add_generation_prompt=True,
-                                     **ex.get("chat_template_kwargs", {}))
-    return prompt, tok.encode(prompt)
-
-
-def score_answer(example: dict, text: str, **sandbox: Any) -> float:
-    """The domain's metric on one generated turn (special tokens kept, as ``scripts/eval_domains.py`` scores)."""
-    if example["domain"] == "tools":
-        thinking = bool(example.get("chat_template_kwargs", {}).get("enable_thinking"))
-        return domains.tools.score(example, extract(text, example.get("tools"), starts_in_reasoning=thinking).tool_calls)
-    if example["domain"] == "code":
-        return domains.code.score(example, text, **sandbox)
-    return domains.DOMAINS[example["domain"]].score(example, text)
-
-
 def draw_prompts(pools: dict[str, list[dict]], cfg: MOPDConfig, step: int) -> list[tuple[str, dict]]:
     """The step's prompts: domains in turn, examples drawn by a generator seeded with ``(seed, step)``."""
     rng = np.random.default_rng([cfg.seed, step])
@@ -175,7 +158,7 @@ def rollout(engine: Engine, tok: Tokenizer, prompts: list[tuple[str, dict]], cfg
     n = cfg.samples_per_prompt
     requests = []
     for p, (dom, ex) in enumerate(prompts):
-        _, ids = _render(tok, ex)
+        ids = tok.encode(domains.render_prompt(tok, ex))
         # one seed per sample (the engine gives sample i seed + i): reproducible, and how routes are named
         seed = ((cfg.seed * 1_000_003 + step) * 4096 + p) * n
         params = SamplingParams(n=n, temperature=cfg.temperature, max_tokens=cfg.max_new_tokens, seed=seed,
@@ -296,15 +279,13 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             raise ValueError(f"the {dom} teacher's vocabulary ({teachers[dom].config.vocab_size}) is not the "
                              f"student's ({model.config.vocab_size}): distillation compares token log-probs")
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay)
-    for g in opt.param_groups:
-        g["lr"] = cfg.lr
     step = 0
     if ckpt:
         load_optimizer(opt, ckpt)
         set_rng_state(state["rng"])
         step = state["step"]
         logger.info("resumed from %s at step %d", ckpt, step)
-    longest = max(len(_render(tok, ex)[1]) for pool in pools.values() for ex in pool)
+    longest = max(len(tok.encode(domains.render_prompt(tok, ex))) for pool in pools.values() for ex in pool)
     engine = Engine(model, tok, EngineConfig(max_num_seqs=cfg.max_num_seqs,
                                              max_model_len=min(model.config.max_position_embeddings,
                                                                longest + cfg.max_new_tokens)))
@@ -331,7 +312,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             rows = rollout(engine, tok, draw_prompts(pools, cfg, step), cfg, step)
             t1 = time.perf_counter()
             for r in rows:
-                r.reward = score_answer(r.example, r.text, **cfg.sandbox)
+                r.reward = domains.score_text(r.example, r.text, **cfg.sandbox)
             rewards = torch.tensor([r.reward for r in rows]).view(cfg.prompts_per_step, cfg.samples_per_prompt)
             for r, a in zip(rows, grpo_advantages(rewards).flatten().tolist()):
                 r.orm_advantage = a
@@ -341,9 +322,9 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             # Grad mode stays on (the teacher's weights are frozen, so no graph is built): the forward then runs
             # the very code the student's does (the CPU decode kernels apply only without grad mode), and a
             # teacher equal to the student gives exactly zero advantage.
+            batches = [answer_batch(chunk, pad, device) for chunk in chunks]
             with torch.enable_grad():
-                for chunk in chunks:
-                    ids, where, answer, mask = answer_batch(chunk, pad, device)
+                for chunk, (ids, where, answer, _) in zip(chunks, batches):
                     lp = torch.zeros(where.shape, device=device)
                     for dom in {r.domain for r in chunk}:
                         sel = torch.tensor([r.domain == dom for r in chunk], device=device)
@@ -354,8 +335,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             opt.zero_grad(set_to_none=True)
             totals = {"reverse_kl": 0.0, "advantage": 0.0, "truncated": 0.0}
             n_tokens, disagree, loss_sum = 0, [], 0.0
-            for chunk, t_lp in zip(chunks, teacher_lp):
-                ids, where, answer, mask = answer_batch(chunk, pad, device)
+            for chunk, (ids, where, answer, mask), t_lp in zip(chunks, batches, teacher_lp):
                 routes = _engine_routes(chunk, recorder, ids.shape[1])
                 replay = {layer: routes[:, :, j] for j, layer in enumerate(moe_layers)} if cfg.r3 else None
                 router_out: list = []

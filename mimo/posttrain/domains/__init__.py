@@ -33,10 +33,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mimo.chat_format.parsers import extract
 from mimo.posttrain.domains import arithmetic, code, tools
 from mimo.posttrain.domains.common import prompt_messages, stream
 
-__all__ = ["DOMAINS", "SPLITS", "families", "generate_split", "load", "prompt_messages", "score", "write_domains"]
+__all__ = ["DOMAINS", "SPLITS", "families", "generate_split", "load", "prompt_messages", "render_prompt", "score",
+           "score_text", "write_domains"]
 
 DOMAINS = {"tools": tools, "arithmetic": arithmetic, "code": code}
 SPLITS = ("train", "heldout")
@@ -104,6 +106,24 @@ def load(data_dir: str | os.PathLike[str], domain: str, split: str) -> list[dict
     """The examples of one written split."""
     with open(Path(data_dir) / domain / f"{split}.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def render_prompt(tokenizer: Any, example: Mapping[str, Any]) -> str:
+    """The example's conversation before its first assistant turn, rendered by ``tokenizer``'s chat template with
+    the example's tools and template settings: what a model is asked (by ``mimo mopd``'s rollouts and by the
+    evaluation scripts alike)."""
+    return tokenizer.apply_chat_template(prompt_messages(dict(example)), tools=example.get("tools"),
+                                         add_generation_prompt=True, **example.get("chat_template_kwargs", {}))
+
+
+def score_text(example: Mapping[str, Any], text: str, **kwargs: Any) -> float:
+    """The domain's metric on one generated turn (special tokens kept): a tool call is first parsed from the
+    release's XML format (the server's parser), the other domains score the text. ``kwargs`` go to the code
+    domain's sandbox."""
+    if example["domain"] == "tools":
+        thinking = bool(example.get("chat_template_kwargs", {}).get("enable_thinking"))
+        return tools.score(example, extract(text, example.get("tools"), starts_in_reasoning=thinking).tool_calls)
+    return score(example, text, **(kwargs if example["domain"] == "code" else {}))
 
 
 def score(example: Mapping[str, Any], answer: Any, **kwargs: Any) -> float:
