@@ -115,11 +115,11 @@ def compute_losses(model: CausalLM, batch: torch.Tensor, cfg: LossConfig,
     seq_len = batch.shape[1] - cfg.extra
     if seq_len < 1:
         raise ValueError(f"rows of {batch.shape[1]} tokens leave no inputs after {cfg.extra} target tokens")
+    if loss_mask is not None and loss_mask.shape != batch.shape:  # before the forward, not after it
+        raise ValueError(f"loss_mask must have the batch's shape {tuple(batch.shape)}, got {tuple(loss_mask.shape)}")
     positions = torch.arange(seq_len, device=batch.device).expand(b, -1)
     router_out: list = []
     hidden = model.trunk(batch[:, :seq_len], positions, router_out=router_out)
-    if loss_mask is not None and loss_mask.shape != batch.shape:
-        raise ValueError(f"loss_mask must have the batch's shape {tuple(batch.shape)}, got {tuple(loss_mask.shape)}")
     main_loss, main_acc = _ce_acc(model, hidden, _masked(targets(batch, seq_len, 0), loss_mask, seq_len, 0))
     out: dict = {"main_loss": float(main_loss.detach()), "acc": float(main_acc)}
     total = main_loss

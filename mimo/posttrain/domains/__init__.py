@@ -43,7 +43,8 @@ __all__ = ["DOMAINS", "SPLITS", "families", "generate_split", "load", "prompt_me
 DOMAINS = {"tools": tools, "arithmetic": arithmetic, "code": code}
 SPLITS = ("train", "heldout")
 DEFAULT_COUNTS = {"train": 1200, "heldout": 300}
-# 2: the tools domain's training split gained synthetic APIs, more modules, varied requests and tool lists.
+# 2: the tools domain's training split gained synthetic APIs, more modules, varied requests and tool lists;
+# 3: a third of synthetic tools carry a made-up word in their name, and every held-out tool is asked for.
 FORMAT_VERSION = 3
 
 
