@@ -71,6 +71,7 @@ from mimo.training.checkpointing import (
     set_rng_state,
 )
 from mimo.training.optim import build_optimizer, clip_gradients
+from mimo.training.trainer import truncate_metrics
 
 __all__ = ["MOPDConfig", "Rollout", "answer_batch", "answer_log_probs", "check_teachers", "draw_prompts",
            "route_disagreement", "rollout", "train_mopd"]
@@ -294,7 +295,9 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
     moe_layers = _moe_layers(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     metrics = os.path.join(cfg.out, "metrics.jsonl")
-    if not ckpt and os.path.exists(metrics):
+    if ckpt:  # a run killed after its last checkpoint logged steps that the resumed run logs again
+        truncate_metrics(metrics, step)
+    elif os.path.exists(metrics):
         os.remove(metrics)
 
     def checkpoint() -> None:

@@ -40,6 +40,7 @@ from mimo.training.checkpointing import (
 )
 from mimo.training.loss import LossConfig, compute_losses
 from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients
+from mimo.training.trainer import truncate_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,9 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
                 dropped, cfg.max_len, sum(r.trained_tokens for r in rows))
     schedule = WarmupCosine(cfg.lr, min(cfg.warmup_steps, max(1, cfg.steps // 10)), cfg.steps, cfg.min_lr_ratio)
     metrics = os.path.join(cfg.out, "metrics.jsonl")
-    if not ckpt and os.path.exists(metrics):
+    if ckpt:  # a run killed after its last checkpoint logged steps that the resumed run logs again
+        truncate_metrics(metrics, step)
+    elif os.path.exists(metrics):
         os.remove(metrics)
 
     def checkpoint() -> None:

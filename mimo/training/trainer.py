@@ -126,7 +126,7 @@ def read_metrics(path: str) -> list[dict]:
     return rows
 
 
-def _truncate_metrics(path: str, step: int) -> None:
+def truncate_metrics(path: str, step: int) -> None:
     """Drop records after ``step`` (written by a run killed after its last checkpoint)."""
     rows = [r for r in read_metrics(path) if r["step"] <= step]
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
         set_rng_state(state["rng"])
         step, tokens_seen = state["step"], state["tokens_seen"]
         total = cfg.steps or state["total_steps"]
-        _truncate_metrics(metrics_path, step)
+        truncate_metrics(metrics_path, step)
         logger.info("resumed from %s at step %d", ckpt, step)
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)

@@ -78,9 +78,14 @@ def test_the_command(setup, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "stopped at step 2/2" in text and "final" in text
-    # --resume takes the run's own settings: nothing to add, so it stops where it was
+    # --resume takes the run's own settings: nothing to add, so it stops where it was; a step logged after the
+    # last checkpoint (a run killed before it saved) is dropped from the metrics, as the resumed run logs it again
+    metrics = root / "cli" / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 1.0}) + "\n")
     assert main(["sft", "--out", out, "--resume", "--no-progress"]) == 0
     assert "stopped at step 2/2" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
     # another schedule cannot continue this run exactly: refused, with the reason
     assert main(["sft", "--out", out, "--resume", "--steps", "3", "--no-progress"]) != 0
     assert "settings" in capsys.readouterr().err
