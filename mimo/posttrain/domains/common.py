@@ -19,7 +19,11 @@ import re
 import zlib
 from typing import Any
 
-__all__ = ["answer_text", "prompt_messages", "stream", "strip_reasoning"]
+__all__ = ["WORDS", "answer_text", "prompt_messages", "stream", "strip_reasoning"]
+
+WORDS = ("river", "stone", "maple", "copper", "lantern", "harbor", "velvet", "orbit", "meadow", "signal", "cedar",
+         "ember", "glacier", "pixel", "summit", "willow", "falcon", "quartz", "tundra", "violet", "anchor", "breeze")
+"""Plain words for generated values (names, paths, texts) in the tool domains, real and synthetic."""
 
 
 def stream(seed: int, *names: str) -> random.Random:

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mimo.posttrain.domains.common import WORDS as _WORDS
+
 __all__ = ["DOMAINS", "FAMILIES", "Field", "SyntheticTool", "make_tool", "request_text", "result_of"]
 
 _CITIES = tuple(
@@ -70,12 +72,6 @@ _OBJ = (
 )
 _TAGS = tuple(
     ("billing urgent backend frontend mobile security design docs ops sales legal research travel family health music").split()
-)
-_WORDS = tuple(
-    (
-        "river stone maple copper lantern harbor velvet orbit meadow signal cedar ember glacier pixel summit willow "
-        "falcon quartz tundra violet anchor breeze"
-    ).split()
 )
 
 

@@ -58,6 +58,7 @@ from functools import cache
 from typing import Any
 
 from mimo.posttrain.domains import synthetic_tools
+from mimo.posttrain.domains.common import WORDS as _WORDS
 from mimo.posttrain.domains.common import one_line
 
 __all__ = ["FAMILIES", "HELDOUT", "STDLIB", "build_tools", "generate", "score", "validate"]
@@ -134,8 +135,6 @@ _SKIP_PARAMS = frozenset(("flags", "encoding", "errors", "separator", "max_num_f
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
-_WORDS = ("river", "stone", "maple", "copper", "lantern", "harbor", "velvet", "orbit", "meadow", "signal", "cedar",
-          "ember", "glacier", "pixel", "summit", "willow", "falcon", "quartz", "tundra", "violet", "anchor", "breeze")
 _EXTS = (".txt", ".py", ".csv", ".json", ".md", ".tar.gz", ".log")
 _CHARS = ("A", "z", "7", "é", "ß", "€", "中", "٣", "Ω", " ", "-", "(", "ñ", "ﬁ", "①")
 _UNICODE_NAMES = ("LATIN SMALL LETTER A", "GREEK CAPITAL LETTER OMEGA", "EURO SIGN", "DIGIT SEVEN", "SNOWMAN",
