@@ -71,7 +71,7 @@ def main() -> int:
     args = ap.parse_args()
     runtime.configure(threads=args.threads)
     info = cpu_info()
-    info["read_bandwidth_GBps"] = read_bandwidth() / 1e9
+    info["read_bandwidth_bytes_per_s"] = read_bandwidth()  # the key describe() prints, as the other benchmarks
     print(describe(info), flush=True)
     path = resolve_model_dir(args.model)
     tok = Tokenizer.from_pretrained(path)
