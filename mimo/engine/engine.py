@@ -82,7 +82,7 @@ class Engine:
             eos.add(tokenizer.eos_token_id)
         self._last_decode: tuple[tuple[int, ...], int] = ((), 0)  # the last decode step's rows and drafts
         self.policy = SpeculationPolicy(config.num_speculative_tokens, config.speculative_policy,
-                                        prior_cost=relative_step_cost(cfg))
+                                        prior_cost=relative_step_cost(cfg), window=cfg.sliding_window)
         self.scheduler = Scheduler(
             max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len, prefill_chunk=config.prefill_chunk,
             num_speculative_tokens=config.num_speculative_tokens, vocab_size=cfg.vocab_size, eos_ids=eos,
@@ -133,6 +133,8 @@ class Engine:
                 last_k == 0 if k == 0 else last_k >= k)
             if steady:
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
+            elif k and made == k and not plan.prefill and not plan.starts and not plan.moves:
+                self.policy.observe_catchup(len(rows), k, time.perf_counter() - t)  # (blocks caught up: its cost)
             self._last_decode = (rows, made)
         return deltas
 

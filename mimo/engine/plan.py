@@ -73,3 +73,4 @@ class RowResult:
     accepted: int = 0
     provenance: list[int] = field(default_factory=list)  # per token: 0 = the trunk, k = MTP draft of depth k
     unsure: list[bool] = field(default_factory=list)  # per kept draft: below the policy's confidence floor
+    catchup: tuple[int, int] = (0, 0)  # block 1's catch-up drafts scored and right (speculative.draft)

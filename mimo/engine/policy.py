@@ -17,6 +17,19 @@ only at depths where unsure drafts have been seen to fail: how a block's confide
 differs from model to model (a small model's softmax is flat even where its argmax is right), so the policy
 learns it per depth from the unsure drafts verified before it cut any.
 
+When the batch is closed (nothing waits to be admitted, as at the end of an offline batch), tokens per
+second of a step is the wrong aim: the batch ends when its last row does, and rows that accept different numbers of
+drafts finish steps apart, the last ones decoding in small, costly steps. The policy then minimises the expected
+time until the last row finishes instead:
+
+    T(k) = catch-up(k) + cost(B, k) * max over rows of (R_r / m_r(k) + z_B * s_r(k))
+
+with R_r the tokens row r may still produce, m_r and s_r^2 the mean and variance of its tokens per step at k
+(its acceptance chain), z_B the expected largest of B standard normals, and catch-up(k) the blocks' catch-up
+over every position they have not run on (a new request's whole prompt, up to :func:`mimo.engine.speculative.reach`),
+timed per position from the engine's own clock. T(0) is cost(B, 0) * max R_r. A short request whose blocks must
+catch up over a long prompt is then decoded plain; a long one drafts.
+
 Whatever the policy decides, output is what the verification makes it: greedy equals plain greedy and
 sampling stays exact (rejection sampling); the policy changes speed only. ``fixed`` always drafts K.
 """
@@ -24,7 +37,9 @@ sampling stays exact (rejection sampling); the policy changes speed only. ``fixe
 from __future__ import annotations
 
 import collections
+import functools
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,12 +54,38 @@ UNSURE_STOP_BELOW = 0.3
 
 _UNSURE_EVIDENCE = 64  # unsure drafts verified at a depth after which, if they pass, they are no longer looked at
 _BONUS = 0.5  # the optimistic acceptance's bonus at a depth never tested (it falls as 1/sqrt(1 + drafts tested))
+_RECHECK = 8  # steps a clear choice stands for before it is weighed again
+_CLEAR = 1.1  # a choice is clear when the runner-up's rate is at least this factor below it
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
+_EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
+_CATCHUP_SAMPLES = 15  # catch-up steps kept: the median of their seconds per caught-up position is its cost
+
+
+def _fit_line(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """(intercept, slope) of seconds against positions, both >= 0: least squares where the positions vary enough
+    to tell the two apart, else through the origin (the median seconds per position)."""
+    if not points:
+        return None
+    xs = [float(x) for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if len(points) >= 3 and var > 0 and max(xs) >= 2 * min(xs):
+        slope = sum((x - mx) * (y - my) for x, y in points) / var
+        if slope >= 0 and my - slope * mx >= 0:
+            return my - slope * mx, slope
+    return 0.0, statistics.median(y / x for x, y in points)
+
+
+@functools.cache
+def _expected_max_normal(n: int) -> float:
+    """The expected largest of n standard normal draws (Blom's approximation; 0 for one)."""
+    return statistics.NormalDist().inv_cdf((n - 0.375) / (n + 0.25)) if n > 1 else 0.0
 
 
 def _age(tries: list[float], accepts: list[float]) -> None:
@@ -74,9 +115,12 @@ class PolicyStats:
 
 class SpeculationPolicy:
     def __init__(self, max_k: int, policy: str = "adaptive",
-                 prior_cost: Callable[[int, int], float] | None = None, explore_every: int = 16) -> None:
+                 prior_cost: Callable[[int, int], float] | None = None, explore_every: int = 16,
+                 window: int | None = None) -> None:
         """``prior_cost(batch, k)``: a step's cost relative to a plain step of that batch, before any is
-        measured (default: k + 1 forwards' worth). ``explore_every``: every this many steps, one more draft than the
+        measured (default: k + 1 forwards' worth). ``window``: the MTP blocks' sliding window, which bounds how
+        far back a block catches up (None: catch-up is not costed). ``explore_every``: every this many steps, one
+        more draft than the
         best is tried (two steps) or, every other time, fewer: one fewer, or every other time none (two plain
         steps) (the wait doubles, up to 16x, while explorations change nothing). A k below the best that was never
         timed at a batch size is tried once."""
@@ -102,30 +146,48 @@ class SpeculationPolicy:
         # catching up over its whole prompt, inside a prefill step; rows of one batch ending steps apart)
         self._current = 0
         self._cold = 0  # full-depth steps of the cold start so far
+        self.window = window
+        self.ran: dict[str, list[int]] = {}  # request -> per block, the committed length when it last ran
+        self._positions: dict[str, int] = {}  # request -> its committed length at the step being chosen
+        self._catchup_positions = 0  # positions the chosen step's blocks catch up on beyond a steady step's
+        self._catchup: collections.deque = collections.deque(maxlen=_CATCHUP_SAMPLES)  # (batch, k, s, positions)
+        self._cb: list[int] | None = None  # catch-up positions per k of the step being chosen
+        self._cb_rows: list[str] = []
+        self._hold = 0  # steps the held choice still stands (see choose)
+        self._held: tuple[list[str], tuple[list[float], list[float], list[float]]] = ([], ([], [], []))
+        self._catchup_fit: tuple[float, float] | None | bool = False  # catchup_seconds()' line (False: to refit)
         self.stats = PolicyStats()
 
     # ------------------------------------------------------------------ estimates
-    def acceptance(self, request_id: str, optimistic: bool = False) -> list[float]:
+    def acceptance(self, request_id: str, optimistic: bool = False,
+                   overall: list[float] | None = None) -> list[float]:
         """Row's chance, per depth j, that draft j is accepted given drafts 1..j-1 were. ``optimistic`` adds
         an uncertainty bonus that shrinks as the engine verifies drafts at that depth: a depth rarely tested is
         given the benefit of the doubt when the policy weighs exploring it (only drafting can test it); the
-        choice itself uses the plain estimate."""
+        choice itself uses the plain estimate. ``overall``: :meth:`engine_acceptance`, where already computed."""
         own_t, own_a = self.rows.get(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
+        if overall is None:
+            overall = self.engine_acceptance(optimistic)
+        return [(own_a[j] + _PSEUDO * overall[j]) / (own_t[j] + _PSEUDO) for j in range(self.max_k)]
+
+    def engine_acceptance(self, optimistic: bool = False) -> list[float]:
+        """Per depth, the engine-wide acceptance every row's own record is shrunk towards."""
         out, prior = [], 0.5
         for j in range(self.max_k):
-            # engine-wide, shrunk towards the depth above (deeper drafts are rarely tested, and their acceptance
-            # is much like the previous depth's), then the row's own record shrunk towards that
+            # shrunk towards the depth above (deeper drafts are rarely tested, and their acceptance is much like
+            # the previous depth's)
             overall = (self.accepts[j] + 2.0 * prior) / (self.tries[j] + 2.0)
             prior = overall
             if optimistic:
                 overall = min(1.0, overall + _BONUS / math.sqrt(1.0 + self.tries[j]))
-            out.append((own_a[j] + _PSEUDO * overall) / (own_t[j] + _PSEUDO))
+            out.append(overall)
         return out
 
-    def expected_by_k(self, request_id: str, optimistic: bool = False) -> list[float]:
+    def expected_by_k(self, request_id: str, optimistic: bool = False,
+                      overall: list[float] | None = None) -> list[float]:
         """Tokens a step with k = 0..K drafts is expected to give this row (1 + expected accepted drafts)."""
         out, chain = [1.0], 1.0
-        for a in self.acceptance(request_id, optimistic):
+        for a in self.acceptance(request_id, optimistic, overall):
             chain *= a
             out.append(out[-1] + chain)
         return out
@@ -138,7 +200,7 @@ class SpeculationPolicy:
         """A step of ``batch`` rows drafting ``k``, relative to a plain step of ``batch`` rows (only ratios
         within one batch size are compared). Measured at this batch size where both are; else the ratio
         measured at the nearest batch size that has both; else the weights-read prior's ratio, anchored at the
-        nearest k measured at this batch size."""
+        nearest k measured with its plain step (at the nearest batch size that has one)."""
         plain = self.times.get((batch, 0))
         if plain is not None and (batch, k) in self.times:
             return self.times[(batch, k)] / plain
@@ -148,11 +210,88 @@ class SpeculationPolicy:
             # (small models) that trend is wrong by more than the ratios differ between neighbouring sizes
             near = min(sizes, key=lambda b: (abs(b - batch), b))
             return self.times[(near, k)] / self.times[(near, 0)]
-        measured = [o for o in range(self.max_k + 1) if (batch, o) in self.times]
-        if plain is not None and measured:
-            other = min(measured, key=lambda o: abs(o - k))  # the nearest: the prior's ratio is least wrong there
-            return self.times[(batch, other)] / plain * self.prior_cost(batch, k) / self.prior_cost(batch, other)
+        # k never timed beside a plain step: the prior's ratio, anchored at the nearest k that was (at the nearest
+        # batch size that has one; the prior's ratio is least wrong there)
+        anchors = [(b, o) for (b, o) in self.times if o and (b, 0) in self.times]
+        if k and anchors:
+            near, other = min(anchors, key=lambda bo: (abs(bo[0] - batch), abs(bo[1] - k), bo))
+            return (self.times[(near, other)] / self.times[(near, 0)]
+                    * self.prior_cost(near, k) / self.prior_cost(near, other))
         return self.prior_cost(batch, k)
+
+    def catchup_positions(self, request_ids: list[str], k: int) -> int:
+        """Positions blocks 1..k would catch up on over these rows (at the committed lengths :meth:`choose` was
+        given) beyond a steady step's few: each block runs over every position since it last ran for a row (a new
+        row's: its whole context), but never further back than its reach."""
+        return self._catchup_by_k(request_ids)[k] if k and self.window is not None else 0
+
+    def _catchup_now(self) -> list[int]:
+        """:meth:`_catchup_by_k` for the rows of the step being chosen (computed once, when first asked)."""
+        if self._cb is None:
+            self._cb = self._catchup_by_k(self._cb_rows)
+        return self._cb
+
+    def _catchup_by_k(self, request_ids: list[str]) -> list[int]:
+        """:meth:`catchup_positions` for k = 0..K at once."""
+        out = [0] * (self.max_k + 1)
+        if self.window is None:
+            return out
+        for r in request_ids:
+            pos = self._positions.get(r)
+            if pos is None:
+                continue
+            ran = self.ran.get(r)
+            lags = [min(pos - (ran[j] if ran is not None else 0), (self.max_k - j) * self.window + 1)
+                    for j in range(self.max_k)]  # block j + 1 reaches (K - j) windows back (speculative.reach)
+            for k in range(1, self.max_k + 1):
+                out[k] += sum(max(0, lag - (k + 1)) for lag in lags[:k])
+        return out
+
+    def catchup_seconds(self, positions: int) -> float | None:
+        """What catching up over ``positions`` adds to a step: a fixed part (a block back from idle: its cache
+        and chain bookkeeping, one more forward) and a part per position, fitted by least squares to the catch-up
+        steps timed (each less a steady step of its batch and k). None until one is timed whose steady step is
+        known too."""
+        if positions <= 0:
+            return 0.0
+        if self._catchup_fit is False:  # refitted only after a step was timed
+            points = [(n, max(0.0, sec - self.times[(b, k)])) for b, k, sec, n in self._catchup if (b, k) in self.times]
+            self._catchup_fit = _fit_line(points)
+        if self._catchup_fit is None:
+            return None
+        fixed, per = self._catchup_fit
+        return fixed + per * positions
+
+    def _plain_seconds(self, batch: int) -> float | None:
+        """A plain step's time at this batch size, or at the nearest one timed."""
+        sizes = [b for (b, o) in self.times if o == 0]
+        return self.times[(min(sizes, key=lambda b: (abs(b - batch), b)), 0)] if sizes else None
+
+    def finish_rates(self, request_ids: list[str], remaining: list[int], costs: list[float]) -> list[float]:
+        """For a closed batch, per k: the tokens the rows may still produce over the expected time until the last of
+        them finishes (in plain steps of this batch, catch-up included), so that it compares with the steady rates."""
+        z = _expected_max_normal(len(request_ids))
+        steps = [float(max(remaining))] + [0.0] * self.max_k
+        overall = self.engine_acceptance()
+        for r, rem in zip(request_ids, remaining):
+            # tokens a step gives this row at k: 1 + the drafts accepted, j + 1 with probability P(exactly j)
+            chain, reach = [1.0], 1.0
+            for a in self.acceptance(r, overall=overall):
+                reach *= a
+                chain.append(reach)  # chain[j]: P(the first j drafts are all accepted)
+            mean = second = 1.0
+            for k in range(1, self.max_k + 1):
+                mean += chain[k]  # E[tokens] = sum_j P(tokens > j) = 1 + sum_j P(>= j accepted)
+                second += (2 * k + 1) * chain[k]  # E[tokens^2] = sum_j (2j + 1) P(tokens > j)
+                var = max(0.0, second - mean * mean)
+                # (at least one step: a row with a token or two left gains nothing from deeper drafts)
+                steps[k] = max(steps[k], 1.0, rem / mean + z * math.sqrt(rem * var / mean**3))
+        plain = self._plain_seconds(len(request_ids))
+        extra = [0.0] * (self.max_k + 1)
+        if plain and self.catchup_seconds(1) is not None:
+            extra = [self.catchup_seconds(n) / plain for n in self._catchup_now()]  # type: ignore[operator]
+        total = float(sum(remaining))
+        return [total / max(1e-9, extra[k] + costs[k] * steps[k]) for k in range(self.max_k + 1)]
 
     def stop_unsure(self) -> tuple[bool | None, ...]:
         """Per depth: True, a row stops drafting at an unsure draft; False, unsure drafts are verified and
@@ -167,10 +306,18 @@ class SpeculationPolicy:
         return tuple(out)
 
     # ------------------------------------------------------------------ choosing
-    def choose(self, request_ids: list[str]) -> int:
-        """The number of drafts for a decode step over these rows."""
+    def choose(self, request_ids: list[str], positions: list[int] | None = None,
+               remaining: list[int] | None = None) -> int:
+        """The number of drafts for a decode step over these rows. ``positions``: each row's committed length
+        (what its blocks would catch up to). ``remaining``: the tokens each row may still produce, given only when
+        the batch is closed (no request waits to be admitted): the choice then minimises the time until the last row
+        finishes (module docstring) instead of maximising this step's tokens per second."""
         if self.max_k == 0 or not request_ids:
             return 0
+        if positions is not None:
+            self._positions = dict(zip(request_ids, positions))
+        self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
+        self._cb = None
         if self.policy == "fixed":
             return self._chose(self.max_k, request_ids, explored=False)
         b = len(request_ids)
@@ -188,9 +335,22 @@ class SpeculationPolicy:
         # the choice takes the acceptance as estimated; the optimistic one (a rarely tested depth given the benefit
         # of the doubt) only decides whether exploring one draft more is worth its catch-up (below): choosing by
         # it made deep drafts look a few per cent better than they were at every step, not only when untested
-        costs = [self.cost(b, k) for k in range(self.max_k + 1)]
-        expected = self._expected_sum(request_ids)
-        rates = [expected[k] / costs[k] for k in range(self.max_k + 1)]
+        # A clear choice (the runner-up at least _CLEAR below it) stands for _RECHECK steps of the same rows
+        # before it is weighed again: the estimates move slowly, and weighing costs a few per cent of a small
+        # model's step
+        if self._hold and self._held[0] == request_ids:
+            self._hold -= 1
+            costs, expected, rates = self._held[1]
+        else:
+            costs = [self.cost(b, k) for k in range(self.max_k + 1)]
+            expected = self._expected_sum(request_ids)
+            if remaining is not None and self.policy == "adaptive":
+                rates = self.finish_rates(request_ids, remaining, costs)
+            else:
+                rates = [expected[k] / costs[k] for k in range(self.max_k + 1)]
+            ranked = sorted(rates, reverse=True)
+            self._hold = _RECHECK - 1 if len(ranked) < 2 or ranked[1] * _CLEAR < ranked[0] else 0
+            self._held = (list(request_ids), (costs, expected, rates))
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
         if rates[k] < _SWITCH_GAIN * rates[self._current]:  # switching costs catch-up steps: only for a clear gain
             k = self._current
@@ -206,7 +366,9 @@ class SpeculationPolicy:
         # two plain steps): so that a text that became predictable is noticed, and a cost measured once, on a
         # slow step, is measured again.
         self.since_explored += 1
-        if self.since_explored >= self.explore_every:
+        going_up = ((self._explorations + 1) % 2 == 1 or k == 0) and k < self.max_k  # (as ``up`` below)
+        if self.since_explored >= self.explore_every and (not going_up
+                                                          or self._catchup_affordable(request_ids, k, b, costs)):
             self.since_explored = 0
             self._explorations += 1
             up = (self._explorations % 2 == 1 or k == 0) and k < self.max_k
@@ -231,9 +393,22 @@ class SpeculationPolicy:
             return self._chose(down, request_ids, explored=True, predicted=expected[down])
         return self._chose(k, request_ids, explored=False, predicted=expected[k])
 
+    def _catchup_affordable(self, request_ids: list[str], k: int, batch: int, costs: list[float]) -> bool:
+        """Whether exploring one draft more than k now keeps explorations' catch-up within
+        :data:`_EXPLORE_SHARE` of the time since the last one. Its first step catches blocks up over every
+        position they have not run on: after a long plain spell, or for new requests, a whole window or prompt
+        per row, which can cost several plain steps; the exploration then waits (a short request is never
+        explored at that price). Exploring fewer drafts catches up on nothing."""
+        seconds, plain = self.catchup_seconds(self._catchup_now()[k + 1]), self._plain_seconds(batch)
+        if seconds is None or not plain:
+            return True
+        price = seconds / plain  # in plain steps
+        return price <= _EXPLORE_SHARE * self.since_explored * costs[k]
+
     def _expected_sum(self, request_ids: list[str], optimistic: bool = False) -> list[float]:
         """Tokens a step with k = 0..K drafts is expected to give these rows together."""
-        return [sum(col) for col in zip(*(self.expected_by_k(r, optimistic) for r in request_ids))]
+        overall = self.engine_acceptance(optimistic)
+        return [sum(col) for col in zip(*(self.expected_by_k(r, optimistic, overall) for r in request_ids))]
 
     def _chose(self, k: int, request_ids: list[str], explored: bool, predicted: float | None = None) -> int:
         """Record the choice; ``predicted``: the rows' expected tokens at k, where the caller computed them."""
@@ -244,6 +419,7 @@ class SpeculationPolicy:
             for r in request_ids:
                 if r in self.rows:
                     _age(*self.rows[r])
+        self._catchup_positions = self._catchup_now()[k] if k else 0
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
         if predicted is None:
@@ -258,6 +434,7 @@ class SpeculationPolicy:
         cost is the mean of the last few without those slower than twice their median: throughput is a mean, so a
         median would hide the slower steps that bigger verifies have more of, while a collection pause or another
         process taking the cores for a moment should not count."""
+        self._catchup_fit = False
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
         window.append(seconds)
         ordered = sorted(window)
@@ -269,12 +446,24 @@ class SpeculationPolicy:
         kept = [x for x in ordered if x <= 2 * median]
         self.times[(batch, k)] = sum(kept) / len(kept)
 
+    def observe_catchup(self, batch: int, k: int, seconds: float) -> None:
+        """A decode step's wall time whose blocks had positions to catch up on (not a steady step): what it took
+        beyond a steady step of its batch and k, per position caught up, is the catch-up's cost."""
+        if self._catchup_positions > 0:
+            self._catchup.append((batch, k, seconds, self._catchup_positions))
+            self._catchup_fit = False
+
     def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None,
                     cut: bool = False) -> None:
         """What one row's verify did: ``drafted`` drafts, the first ``accepted`` of them accepted; ``unsure``
         per draft, whether it was below the confidence floor; ``cut``: the row stopped drafting at an unsure
         draft before the step's k, which counts as that depth's rejection (unsure drafts are cut only where
         they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
+        pos = self._positions.get(request_id)
+        if pos is not None:  # the blocks that ran for this row: those of its drafts, and the one whose draft was cut
+            ran = self.ran.setdefault(request_id, [0] * self.max_k)
+            for j in range(min(self.max_k, drafted + cut)):
+                ran[j] = pos
         tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
         tested = min(drafted + (cut and accepted == drafted and drafted < self.max_k), accepted + 1)
         _age(tries, accepts)
@@ -288,9 +477,24 @@ class SpeculationPolicy:
                 self.unsure_tries[j] += 1
                 self.unsure_accepts[j] += ok
 
+    def observe_unmade(self, request_id: str, scored: int, right: int) -> None:
+        """Depth-1 drafts block 1 would have made where it sat idle, scored against the tokens committed there
+        (:func:`mimo.engine.speculative.draft`'s catch-up evidence): ``right`` of ``scored`` would have been
+        accepted. They count as verified drafts, for the row and engine-wide, without ageing the row's record (they
+        are older than the step that found them, not a step of their own)."""
+        if self.max_k == 0 or scored <= 0:
+            return
+        tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
+        tries[0] += scored
+        accepts[0] += right
+        self.tries[0] += scored
+        self.accepts[0] += right
+
     def observe_tokens(self, tokens_per_row: float) -> None:
         """The tokens the last chosen step gave per row (predicted vs realised, in :attr:`stats`)."""
         self.stats.realised_tokens += tokens_per_row
 
     def forget(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
+        self.ran.pop(request_id, None)
+        self._positions.pop(request_id, None)

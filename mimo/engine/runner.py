@@ -133,7 +133,7 @@ class ModelRunner:
         first = max(lo, start)
         state = self.mtp[slot]
         if state is None:
-            state = self.mtp[slot] = MTPState()
+            state = self.mtp[slot] = MTPState(prompt_len=prompt_len)
             start_chain(state, hidden[first - start :], first, self.k)
         else:
             state.chain[0].append(first, hidden[first - start :])
@@ -188,12 +188,16 @@ class ModelRunner:
         states = [self.mtp[s] for s in slots]
         assert all(st is not None for st in states)
         floor = DRAFT_CONFIDENCE_FLOOR if self.config.speculative_policy == "adaptive" else None
-        drafts, dprobs, kept, unsure = draft(self.model, self.cache, slots, states, [r.position - 1 for r in rows],
-                                             k_max, batch, floor, plan.stop_unsure)
+        drafts, dprobs, kept, unsure, evidence = draft(self.model, self.cache, slots, states,
+                                                       [r.position - 1 for r in rows], k_max, batch, floor,
+                                                       plan.stop_unsure)
         kept = [min(n, r.drafts) for n, r in zip(kept, rows)]
         k = max(kept)
         if k == 0:  # no row kept a draft: a plain step (whose token continues the chains too)
-            return self._decode(plan, rows)
+            out = self._decode(plan, rows)
+            for j, r in enumerate(rows):
+                out[r.slot].catchup = evidence[j]
+            return out
         drafts, dprobs = drafts[:, :k], dprobs[:, :k]
         ids = torch.cat([self._tensor([[r.token] for r in rows]), drafts], dim=1)  # [B, K+1]
         # a row with fewer drafts is padded: position -1 is neither cached nor attended
@@ -210,7 +214,8 @@ class ModelRunner:
             toks = toks[: a + 1]
             lps = token_logprobs(logits[j, : a + 1], out_ids[j, : a + 1], [batch.top_logprobs[j]] * (a + 1))
             out[r.slot] = RowResult(toks, lps, drafted=kept[j], accepted=a,
-                                    provenance=list(range(1, a + 1)) + [0], unsure=unsure[j][: kept[j]])
+                                    provenance=list(range(1, a + 1)) + [0], unsure=unsure[j][: kept[j]],
+                                    catchup=evidence[j])
             self.cache.truncate(r.slot, r.position + 1 + a)
             self._advance(r, hidden[j, : a + 1], toks)
         return out

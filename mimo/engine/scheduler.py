@@ -144,13 +144,25 @@ class Scheduler:
             if last:
                 self._sampling(plan, seq)
         decoding = [s for s in self.running if s.prefilled and s.output_ids and not s.finished]
-        k = self.policy.choose([_key(s) for s in decoding]) if decoding else 0
+        k = 0
+        if decoding:
+            # closed: no request waits, so these rows (and any still prefilling, which join them) are all the batch
+            # will hold until it ends
+            closed = not self.waiting
+            k = self.policy.choose([_key(s) for s in decoding], [s.num_computed for s in decoding],
+                                   [self._remaining(s) for s in decoding] if closed else None)
         if k:
             plan.stop_unsure = self.policy.stop_unsure()
         for seq in decoding:
             plan.decode.append(DecodeRow(seq.slot, seq.output_ids[-1], seq.num_computed, k))
             self._sampling(plan, seq)
         return plan
+
+    def _remaining(self, s: Sequence) -> int:
+        """The most tokens a sequence may still produce (a stop may end it sooner)."""
+        room = self.max_model_len - len(s.prompt_ids) - len(s.output_ids)
+        return max(1, min(room, s.params.max_tokens - len(s.output_ids)) if s.params.max_tokens is not None
+                   else room)
 
     @staticmethod
     def _sampling(plan: StepPlan, seq: Sequence) -> None:
@@ -177,6 +189,8 @@ class Scheduler:
             seq.stats.drafts_per_step[r.drafted] = seq.stats.drafts_per_step.get(r.drafted, 0) + 1
             if row.drafts:
                 self.policy.observe_row(_key(seq), r.drafted, r.accepted, r.unsure, cut=r.drafted < row.drafts)
+                if r.catchup[0]:
+                    self.policy.observe_unmade(_key(seq), *r.catchup)
                 self.policy.stats.rows_cut_short += r.drafted < row.drafts
             seq.num_computed += 1 + r.accepted  # the fed token and the accepted drafts are now cached
             n_before = len(seq.output_ids)

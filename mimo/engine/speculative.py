@@ -87,6 +87,7 @@ class MTPState:
     frontier: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     tokens_start: int = 0
+    prompt_len: int = 0  # committed tokens from here on were generated (block 1's catch-up scores itself there)
 
     def add_tokens(self, start: int, ids: list[int]) -> None:
         """Committed tokens at positions ``start ..``; they must continue the ones kept."""
@@ -126,9 +127,16 @@ def start_chain(state: MTPState, hidden: torch.Tensor, first_pos: int, k_max: in
 def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[MTPState], last_pos: list[int],
           k_max: int, sampling: SamplingBatch, floor: float | None = None,
           stop_unsure: tuple[bool | None, ...] = ()
-          ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[list[bool]]]:
+          ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[list[bool]], list[tuple[int, int]]]:
     """Draft up to ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V], drafts kept per row,
-    per row whether each kept draft was unsure).
+    per row whether each kept draft was unsure, per row (drafts scored, right) of block 1's catch-up).
+
+    Catch-up evidence: where block 1 catches up after sitting idle (over more positions than a drafting step
+    commits), its output at each position whose target token is committed and was generated is a draft that
+    was never made; for a greedy row the verify would have accepted it exactly when it equals the committed
+    token (the target's argmax), so block 1's argmax there is scored against it. The policy learns a row's
+    depth-1 acceptance from these while it decodes plain, not only from the drafts it pays for. (A sampled
+    row's acceptance depends on the target's probabilities there, which are gone: it is not scored.)
 
     Row j is cache slot ``slots[j]`` whose trunk has processed positions up to ``last_pos[j]`` (q); each
     state's chain and frontiers advance over what became committed. A draft is *unsure* when its token has less
@@ -148,6 +156,8 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     kept = [0] * b  # drafts each row keeps
     unsure: list[list[bool]] = [[] for _ in range(b)]
     alive = [True] * b
+    evidence = [(0, 0)] * b
+    greedy = [prm.temperature == 0 for prm in sampling.params]  # their p is one-hot
     for k in range(1, k_max + 1):
         if not any(alive):
             break
@@ -173,6 +183,8 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
         for j in range(b):
             chain_t[j, : len(ids[j])] = chains[j]
         out = model.mtp_block(k, ids_t, chain_t, pos_t, cache.bind(slots))  # [B, W, D]
+        if k == 1:
+            evidence = _catchup_evidence(model, out, states, spans, q, greedy, k_max)
         last = []
         for j, st in enumerate(states):
             lo, hi, commit_end = spans[j]
@@ -195,7 +207,6 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
         rule = stop_unsure[k - 1] if k <= len(stop_unsure) else None
         if floor is not None and rule is not None:
             conf = p.gather(1, d[:, None]).squeeze(1)
-            greedy = [prm.temperature == 0 for prm in sampling.params]  # their p is one-hot
             if any(greedy):
                 raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
                 conf = raw if all(greedy) else torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
@@ -212,4 +223,22 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     for st, qj in zip(states, q):  # tokens below every block's next input can no longer be read
         nxt = [max(st.frontier[i] + 1, qj - reach(i + 1, len(st.chain), window)) for i in range(len(st.chain))]
         st.forget_tokens_before(min(nxt) + 1)
-    return drafts, probs, kept, unsure
+    return drafts, probs, kept, unsure, evidence
+
+
+def _catchup_evidence(model: CausalLM, out: torch.Tensor, states: list[MTPState], spans: list[tuple[int, int, int]],
+                      q: list[int], greedy: list[bool], k_max: int) -> list[tuple[int, int]]:
+    """Per row, (positions scored, block 1's argmax right) over its catch-up (see :func:`draft`): positions
+    i in lo..q-1 (block 1 at i predicts t[i+2], committed up to t[q+1]) whose target was generated, for greedy rows
+    whose span is longer than a drafting step's (a steady step's few positions follow accepted drafts: an easier
+    stretch of text, and already counted by the verify)."""
+    res = [(0, 0)] * len(states)
+    for j, (st, (lo, _, _)) in enumerate(zip(states, spans)):
+        first = max(lo, st.prompt_len - 2)  # t[i+2] generated: i + 2 >= prompt_len
+        last = q[j] - 1
+        if not greedy[j] or q[j] - lo <= k_max + 1 or last < first:
+            continue
+        guess = model.compute_logits(out[j, first - lo : last - lo + 1]).argmax(-1).tolist()
+        right = sum(g == st.token(i + 2) for g, i in zip(guess, range(first, last + 1)))
+        res[j] = (len(guess), right)
+    return res

@@ -257,7 +257,7 @@ def test_idle_mtp_blocks_catch_up_only_what_can_still_be_read(model, monkeypatch
     params = SamplingParams(temperature=0, max_tokens=300, ignore_eos=True)
     prompts = _prompts(lengths=(3, 17))
     plain = [o.outputs[0].token_ids for o in LLM(model).generate(prompts, params)]
-    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows: next(steps))
+    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows, *_: next(steps))
     llm = LLM(model, num_speculative_tokens=3)
     largest = {"chain": 0, "tokens": 0}
     runner = llm.engine.runner

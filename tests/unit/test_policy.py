@@ -114,11 +114,14 @@ def _prompts(lengths=(2, 11, 30)):
 
 
 def _steady_clock(llm):
-    """Step times as the prior predicts them (1 ms per plain step), not the wall clock: the choices are then
-    reproducible on a busy machine (the wall clock is used everywhere else)."""
+    """Step times as the prior predicts them (1 ms per plain step; catch-up 20 us a position), not the wall clock:
+    the choices are then reproducible on a busy machine (the wall clock is used everywhere else)."""
     pol = llm.engine.policy
     pol.observe_step = lambda batch, k, seconds: SpeculationPolicy.observe_step(pol, batch, k,
                                                                                 1e-3 * pol.prior_cost(batch, k))
+    # a catch-up step: the steady step and 0.02 plain steps per position caught up
+    pol.observe_catchup = lambda batch, k, seconds: SpeculationPolicy.observe_catchup(
+        pol, batch, k, 1e-3 * pol.prior_cost(batch, k) + 2e-5 * pol._catchup_positions)
 
 
 def test_engine_stops_drafting_when_every_draft_is_rejected():
@@ -199,7 +202,7 @@ def test_unsure_rows_stop_only_together(monkeypatch):
     plain = [o.outputs[0].token_ids for o in LLM(m).generate(_prompts(), GREEDY)]
     monkeypatch.setattr(runner, "DRAFT_CONFIDENCE_FLOOR", 0.45)
     monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
-    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows: self.max_k)
+    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows, *_: self.max_k)
     widths = []
     real = runner.rejection_sample
     monkeypatch.setattr(runner, "rejection_sample", lambda d, q, p, g=None, n=None: (
@@ -229,3 +232,87 @@ def test_engine_speculation_stats_without_drafts():
     llm = LLM(random_model(tiny_config()))
     llm.generate([1, 2, 3], SamplingParams(max_tokens=4, temperature=0))
     assert llm.engine.speculation_stats()["steps_by_k"] == {}
+
+
+def _warm(p, batch, seconds):
+    """Step times as if measured: ``seconds[k]`` for a steady step of ``batch`` rows drafting k."""
+    for k, s in seconds.items():
+        for _ in range(3):
+            p.observe_step(batch, k, s)
+
+
+def test_a_closed_batch_is_not_drafted_for_its_fastest_rows():
+    """Half the rows accept every draft, half none. Per step, one draft gives 12 tokens for 1.45 plain steps' time
+    (8.3 against 8: drafting wins); but a closed batch ends with its slowest rows, which one draft does not speed
+    up, so it takes 1.45x as long: the policy decodes it plain, and drafts it while requests wait."""
+    rows = [f"r{i}" for i in range(8)]
+    p = SpeculationPolicy(1)
+    p._cold = 2
+    _warm(p, 8, {0: 1.0, 1: 1.45})
+    for _ in range(30):
+        for r in rows:
+            p.observe_row(r, 1, 1 if r < "r4" else 0)
+    assert p.choose(rows) == 1  # an open batch: this step's tokens per second
+    p._current = 0
+    assert p.choose(rows, remaining=[64] * 8) == 0  # a closed one: the time until its last row ends
+    # where every row accepts, the closed batch drafts too
+    q = SpeculationPolicy(1)
+    q._cold = 2
+    _warm(q, 8, {0: 1.0, 1: 1.45})
+    for _ in range(30):
+        for r in rows:
+            q.observe_row(r, 1, 1)
+    assert q.choose(rows, remaining=[64] * 8) == 1
+
+
+def test_catch_up_over_a_long_prompt_is_paid_only_by_a_long_request():
+    """A new row's blocks first catch up over its whole context (up to their reach): 0.05 plain steps per
+    position here. For 16 tokens left that costs more than drafting saves; for 512 it does not."""
+    p = SpeculationPolicy(1, window=128)
+    p._cold = 2
+    _warm(p, 1, {0: 1.0, 1: 1.3})
+    for _ in range(40):
+        p.observe_row("seen", 1, 1)  # acceptance near 1: a 1-draft step gives ~2 tokens for 1.3
+    p._catchup.append((1, 1, 1.3 + 0.05 * 100, 100))  # a catch-up step timed: 100 positions for 5 plain steps
+    assert p.catchup_seconds(100) == pytest.approx(5.0)
+    assert p.catchup_positions(["new"], 1) == 0  # no position known yet
+    short = p.choose(["new"], positions=[128], remaining=[16])
+    p._current = 0
+    long = p.choose(["new"], positions=[128], remaining=[512])
+    assert (short, long) == (0, 1)
+    # once its blocks ran, the catch-up is a steady step's few positions
+    p.observe_row("new", 1, 1)
+    assert p.catchup_positions(["new"], 1) == 0
+    p.forget("new")
+    assert "new" not in p.ran
+
+
+@pytest.mark.parametrize("always_right", [True, False])
+def test_an_idle_block_scores_the_drafts_it_did_not_make(monkeypatch, always_right):
+    """After plain steps, block 1 catches up over the tokens they generated; its argmax there is scored against
+    them (greedy), once, as drafts it would have made: all right for an oracle's blocks, all wrong for blocks
+    that draft the least likely token. Steady drafting steps add no such evidence."""
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=5) if always_right \
+        else _always_rejected_model()
+    prompt = _prompts((5,))[0]
+    plain = LLM(m).generate([prompt], GREEDY)[0].outputs[0].token_ids
+    steps = iter([0] * 12 + [1] * 100)
+    monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows, *_: next(steps))
+    seen = []
+    monkeypatch.setattr(SpeculationPolicy, "observe_unmade", lambda self, r, n, right: seen.append((n, right)))
+    out = LLM(m, num_speculative_tokens=1).generate([prompt], GREEDY)[0]
+    assert out.outputs[0].token_ids == plain
+    assert len(seen) == 1 and seen[0][0] >= 4, seen  # (a window back at most: speculative.reach)
+    assert seen[0][1] == (seen[0][0] if always_right else 0)
+
+
+def test_catch_up_has_a_fixed_part_and_a_part_per_position():
+    """A block back from idle costs something however few positions it catches up on: fitted from catch-up steps
+    of different sizes, a short catch-up is not priced as a long one's cost per position."""
+    p = SpeculationPolicy(1, window=128)
+    _warm(p, 4, {0: 1e-3, 1: 2e-3})
+    for n in (50, 200, 800):
+        p._catchup.append((4, 1, 2e-3 + 2e-3 + 1e-5 * n, n))
+    assert p.catchup_seconds(0) == 0.0
+    assert p.catchup_seconds(100) == pytest.approx(2e-3 + 1e-3)
+    assert p.catchup_seconds(1000) == pytest.approx(2e-3 + 1e-2)
