@@ -49,8 +49,13 @@ class ModelRunner:
             # choice is fixed before a compiled step is traced, and a build's notice comes before any output.
             kernels.load()
         # Decode and verify steps through torch.compile (inductor); prefill and MTP drafting stay eager. The
-        # C++ wrapper calls a step's kernels without Python in between (benchmarks/README.md has the gain).
-        self._compiled_trunk = torch.compile(model.trunk, options={"cpp_wrapper": True}) if config.compile else None
+        # C++ wrapper calls a step's kernels without Python in between (benchmarks/README.md has the gain). No
+        # guards on the modules' attributes: checking them every step costs a tenth of a small model's decode,
+        # and nothing sets a module attribute after the model is prepared for inference (weights are the
+        # graph's inputs, not guarded constants: changing their values in place is seen; tests/unit/test_compile)
+        self._compiled_trunk = torch.compile(model.trunk, options={
+            "cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
+        }) if config.compile else None
         self._has_moe = any(cfg.is_moe(i) for i in range(cfg.num_hidden_layers))
         self.cache = HybridKVCache(cfg, config.max_num_seqs, max_model_len + k + 1, lookahead=k + 1, dtype=self.dtype,
                                    dynamic_capacity=config.compile, device=self.device, kv_heads=model.kv_heads())

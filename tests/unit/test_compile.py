@@ -27,3 +27,19 @@ def test_compiled_decode_equals_eager_and_survives_cache_growth():
     spec = LLM(model, num_speculative_tokens=2, compile=True).generate(
         prompts, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
     assert [o.outputs[0].token_ids for o in spec] == [e[:40] for e in eager]
+
+
+def test_compiled_decode_sees_weights_changed_in_place():
+    """The compiled step keeps no guard on module attributes (runner.py): weights are its inputs, so new values
+    written into them in place (as a trainer's rollouts do) are what the next step computes with."""
+    model = random_model(tiny_config(sliding_window=5, num_hidden_layers=2), seed=4)
+    prompts = [[5, 6, 7, 8]]
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    llm = LLM(model, compile=True)
+    before = llm.generate(prompts, params)[0].outputs[0].token_ids
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)
+    eager = LLM(model).generate(prompts, params)[0].outputs[0].token_ids
+    assert eager != before  # the change matters
+    assert llm.generate(prompts, params)[0].outputs[0].token_ids == eager
