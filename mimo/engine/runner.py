@@ -14,6 +14,9 @@ drafting between depths, and the rejection sampling of a verify step.
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+
 import torch
 
 from mimo.config import MiMoConfig
@@ -50,10 +53,11 @@ class ModelRunner:
             kernels.load()
         # Decode and verify steps through torch.compile (inductor); prefill and MTP drafting stay eager. The
         # C++ wrapper calls a step's kernels without Python in between (benchmarks/README.md has the gain). No
-        # guards on the modules' attributes: checking them every step costs a tenth of a small model's decode,
-        # and nothing sets a module attribute after the model is prepared for inference (weights are the
-        # graph's inputs, not guarded constants: changing their values in place is seen; tests/unit/test_compile)
-        self._compiled_trunk = torch.compile(model.trunk, options={
+        # guards on the modules: checking them every step costs a tenth of a small model's decode, and nothing
+        # changes a module after the model is prepared for inference (weights are the graph's inputs, so values
+        # written into them in place are seen). Without them a graph would also serve any other model of the same
+        # class (dynamo keeps graphs per code object), so each runner compiles its own copy of the code.
+        self._compiled_trunk = torch.compile(_own_code(model.trunk), options={
             "cpp_wrapper": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
         }) if config.compile else None
         self._has_moe = any(cfg.is_moe(i) for i in range(cfg.num_hidden_layers))
@@ -236,3 +240,12 @@ class ModelRunner:
     # ------------------------------------------------------------------ accounting
     def sequence_bytes(self, length: int) -> int:
         return self.cache.sequence_bytes(length)
+
+
+def _own_code(method: Callable) -> Callable:
+    """A bound method whose function has a code object of its own (equal to the original): torch.compile keeps
+    its graphs, and their guards, per code object."""
+    f = method.__func__  # type: ignore[attr-defined]
+    g = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    g.__kwdefaults__, g.__qualname__, g.__doc__ = f.__kwdefaults__, f.__qualname__, f.__doc__
+    return types.MethodType(g, method.__self__)  # type: ignore[attr-defined]

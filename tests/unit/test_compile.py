@@ -43,3 +43,17 @@ def test_compiled_decode_sees_weights_changed_in_place():
     eager = LLM(model).generate(prompts, params)[0].outputs[0].token_ids
     assert eager != before  # the change matters
     assert llm.generate(prompts, params)[0].outputs[0].token_ids == eager
+
+
+def test_two_compiled_models_in_one_process_keep_their_own_graphs():
+    """Without guards on the modules, one model's graph would serve another of the same class: each runner
+    compiles its own copy of the code. Two models of different shapes and dtypes, compiled one after the other
+    (as a benchmark of several formats does), each decode what their eager selves do."""
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    models = [random_model(tiny_config(num_hidden_layers=2), seed=5),
+              random_model(tiny_config(num_hidden_layers=2), seed=6).to(torch.bfloat16),
+              random_model(tiny_config(num_hidden_layers=3, hidden_size=48), seed=7)]
+    compiled = [LLM(m, compile=True) for m in models]
+    for m, llm in zip(models, compiled):
+        eager = LLM(m).generate([[3, 4, 5]], params)[0].outputs[0].token_ids
+        assert llm.generate([[3, 4, 5]], params)[0].outputs[0].token_ids == eager
