@@ -58,6 +58,9 @@ _RECHECK = 8  # steps a clear choice stands for before it is weighed again
 _CLEAR = 1.1  # a choice is clear when the runner-up's rate is at least this factor below it
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
+_PSEUDO_FINISH = 16.0  # the same, where the slowest row's estimate sets a closed batch's end: the largest of
+# several rows' estimates from a few drafts each is mostly their noise (a new request's first drafts, on text
+# like its prompt, are often rejected), so a row must show more before it is taken to be slower than the rest
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
@@ -160,7 +163,7 @@ class SpeculationPolicy:
 
     # ------------------------------------------------------------------ estimates
     def acceptance(self, request_id: str, optimistic: bool = False,
-                   overall: list[float] | None = None) -> list[float]:
+                   overall: list[float] | None = None, pseudo: float = _PSEUDO) -> list[float]:
         """Row's chance, per depth j, that draft j is accepted given drafts 1..j-1 were. ``optimistic`` adds
         an uncertainty bonus that shrinks as the engine verifies drafts at that depth: a depth rarely tested is
         given the benefit of the doubt when the policy weighs exploring it (only drafting can test it); the
@@ -168,7 +171,7 @@ class SpeculationPolicy:
         own_t, own_a = self.rows.get(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
         if overall is None:
             overall = self.engine_acceptance(optimistic)
-        return [(own_a[j] + _PSEUDO * overall[j]) / (own_t[j] + _PSEUDO) for j in range(self.max_k)]
+        return [(own_a[j] + pseudo * overall[j]) / (own_t[j] + pseudo) for j in range(self.max_k)]
 
     def engine_acceptance(self, optimistic: bool = False) -> list[float]:
         """Per depth, the engine-wide acceptance every row's own record is shrunk towards."""
@@ -276,7 +279,7 @@ class SpeculationPolicy:
         for r, rem in zip(request_ids, remaining):
             # tokens a step gives this row at k: 1 + the drafts accepted, j + 1 with probability P(exactly j)
             chain, reach = [1.0], 1.0
-            for a in self.acceptance(r, overall=overall):
+            for a in self.acceptance(r, overall=overall, pseudo=_PSEUDO_FINISH):
                 reach *= a
                 chain.append(reach)  # chain[j]: P(the first j drafts are all accepted)
             mean = second = 1.0
