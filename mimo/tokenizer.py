@@ -50,19 +50,26 @@ __all__ = [
 ]
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> tokenizers.Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
+              split_digits: bool = False) -> tokenizers.Tokenizer:
     """Train a byte-level BPE on ``texts``; :data:`SPECIAL_TOKENS` get ids ``0..8``.
 
     The 256 byte symbols are always in the vocabulary, so any text round-trips. The result is a
     function of the multiset of texts only: the trainer breaks count ties by pair ids, which
     are fixed by the sorted byte alphabet.
+
+    ``split_digits``: every digit is a token of its own (as the release family's tokenizer does). Without it a
+    number is one pre-token with the space before it, so ``year = 2013`` and ``>2013<`` spell 2013 with
+    different tokens, and copying a value from a request into a call is not copying tokens.
     """
     minimum = len(SPECIAL_TOKENS) + 256
     if vocab_size < minimum:
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least {minimum} "
                          f"({len(SPECIAL_TOKENS)} special tokens + 256 bytes)")
     tok = tokenizers.Tokenizer(models.BPE())  # no unk token: every byte is in the alphabet
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 # Fields that decide the data stream and the model: a resume with other values would not continue the run.
 RESUME_FIXED = ("preset", "seq_len", "batch_size", "grad_accum", "mtp_weights", "seed", "vocab_size", "data_root",
-                "heldout_percent")
+                "heldout_percent", "split_digits")
 
 
 @dataclass
@@ -89,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     vocab_size: int | None = None  # None: the preset's
     data_root: str | None = None  # None: the running Python's standard library
+    split_digits: bool = False  # the BPE gives every digit its own token (tokenizer.train_bpe)
     heldout_percent: int = 2
     resume: bool = False
     progress: bool = True
@@ -196,7 +197,7 @@ def _tokenizer(cfg: TrainConfig, vocab_size: int, max_length: int, train_files: 
     for _, path in train_files:
         with open(path, encoding="utf-8") as f:
             texts.append(f.read())
-    tok = Tokenizer(train_bpe(texts, vocab_size), model_max_length=max_length)
+    tok = Tokenizer(train_bpe(texts, vocab_size, split_digits=cfg.split_digits), model_max_length=max_length)
     tmp = directory + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tok.save_pretrained(tmp)
@@ -234,8 +235,9 @@ def evaluate(model: MiMoForCausalLM, data: PackedDataset, batch_size: int, n_bat
 
 def _check_resume(cfg: TrainConfig, saved: dict) -> None:
     now = json.loads(json.dumps(asdict(cfg)))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # a setting newer than the checkpoint: its default
     for name in RESUME_FIXED:
-        if saved.get(name) != now[name]:
+        if saved.get(name, defaults[name]) != now[name]:
             raise ValueError(f"cannot resume: the checkpoint was trained with {name}={saved.get(name)!r}, "
                              f"this run asks for {now[name]!r}")
 

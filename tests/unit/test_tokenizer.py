@@ -222,3 +222,22 @@ def test_incremental_detokenizer(tok: Tokenizer) -> None:
     cut = IncrementalDetokenizer(tok)
     assert cut.add_many(emoji[:-1]) == "" and cut.text == ""
     assert cut.flush() == "\ufffd"
+
+
+def test_split_digits_spells_a_number_the_same_everywhere(tmp_path):
+    """Without split_digits a number is one pre-token with the space before it, so a value in a sentence and the
+    same value in a tool call's XML are different tokens; with it every digit is its own token in both, the text
+    still round-trips, and a saved tokenizer keeps the rule."""
+    texts = _texts() + ["year = 2013\nx = 2048 + 17\n<parameter=year>2013</parameter>\n"] * 50
+    plain = Tokenizer(train_bpe(texts, 400))
+    split = Tokenizer(train_bpe(texts, 400, split_digits=True))
+
+    def digits(tok: Tokenizer, s: str) -> list[str]:
+        return [tok.decode([i]) for i in tok.encode(s) if any(c.isdigit() for c in tok.decode([i]))]
+
+    assert digits(plain, "year = 2013") != digits(plain, ">2013<")  # the problem
+    assert digits(split, "year = 2013") == digits(split, ">2013<") == ["2", "0", "1", "3"]
+    assert split.decode(split.encode(_SOURCE + " 2013 x9")) == _SOURCE + " 2013 x9"
+    split.save_pretrained(str(tmp_path))
+    again = Tokenizer.from_pretrained(str(tmp_path))
+    assert again.encode("year = 2013; >2013<") == split.encode("year = 2013; >2013<")

@@ -234,3 +234,18 @@ def test_cli_train_writes_metrics_plot_and_a_loadable_model(tmp_path, corpus, ca
     ids = torch.tensor([tok.encode("def f(x):\n    return")])
     assert torch.isfinite(model(ids).logits).all()
     assert model.config.eos_token_id == tok.eos_token_id == 0
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(tmp_path):
+    """A run saved before a data setting existed (split_digits) resumes when the setting is at its default, and
+    refuses when asked for another value: the data stream would differ."""
+    from dataclasses import asdict
+
+    from mimo.training.trainer import TrainConfig, _check_resume
+
+    cfg = TrainConfig(out=str(tmp_path), steps=10)
+    saved = json.loads(json.dumps(asdict(cfg)))
+    del saved["split_digits"]
+    _check_resume(cfg, saved)
+    with pytest.raises(ValueError, match="split_digits"):
+        _check_resume(TrainConfig(out=str(tmp_path), steps=10, split_digits=True), saved)
