@@ -176,8 +176,9 @@ def _atomic_write(path: str, write: Any) -> None:
 
 
 def build_token_cache(tokenizer: Tokenizer | tokenizers.Tokenizer, files: Sequence[tuple[str, str]],
-                      cache_dir: str | os.PathLike[str]) -> np.ndarray:
-    """The token stream of ``files``: loaded from ``cache_dir`` when cached, else built and saved.
+                      cache_dir: str | os.PathLike[str], progress: bool = True) -> np.ndarray:
+    """The token stream of ``files``: loaded from ``cache_dir`` when cached, else built (with a progress bar
+    unless ``progress`` is False) and saved.
 
     The cached array is memory-mapped read-only; a freshly built one is returned in memory.
     """
@@ -196,7 +197,7 @@ def build_token_cache(tokenizer: Tokenizer | tokenizers.Tokenizer, files: Sequen
         except (ValueError, OSError) as e:  # unreadable (e.g. a different numpy wrote junk): rebuild
             logger.warning("token cache %s is unreadable (%s); rebuilding", path, e)
     texts = [data.decode("utf-8") for data in contents]
-    tokens = tokenize_documents(tok, texts)
+    tokens = tokenize_documents(tok, texts, progress=progress)
     _atomic_write(path, lambda f: np.save(f, tokens, allow_pickle=False))
     meta = {"key": key, "pipeline_version": PIPELINE_VERSION, "num_files": len(files),
             "num_tokens": int(tokens.shape[0]), "dtype": str(tokens.dtype), "vocab_size": tok.vocab_size}

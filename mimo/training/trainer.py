@@ -267,8 +267,10 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     tok = _tokenizer(cfg, cfg.vocab_size or base.vocab_size, base.max_position_embeddings, train_files)
     loss_cfg = LossConfig(mtp_weights=cfg.mtp_weights, aux_coef=cfg.aux_coef)
     cache = os.path.join(cfg.out, "cache")
-    data = PackedDataset(build_token_cache(tok, train_files, cache), cfg.seq_len, loss_cfg.extra, cfg.seed)
-    held = _heldout(build_token_cache(tok, held_files, cache), cfg, loss_cfg.extra) if held_files else None
+    data = PackedDataset(build_token_cache(tok, train_files, cache, cfg.progress), cfg.seq_len, loss_cfg.extra,
+                         cfg.seed)
+    held = (_heldout(build_token_cache(tok, held_files, cache, cfg.progress), cfg, loss_cfg.extra)
+            if held_files else None)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

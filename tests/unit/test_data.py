@@ -177,3 +177,11 @@ def test_resume_gives_identical_batches() -> None:
             assert torch.equal(b_ds.next_batch(b), exp)
     with pytest.raises(ValueError, match="seq_len"):
         PackedDataset(_stream(), seq_len=12, extra=3).load_state_dict(ref.state_dict())
+
+
+def test_token_cache_without_progress_prints_no_bar(tok: Tokenizer, corpus, tmp_path, capsys) -> None:
+    """``mimo train --no-progress`` means no bar at all, the tokenizing one included."""
+    build_token_cache(tok, corpus, tmp_path / "cache", progress=False)
+    assert "tokenizing" not in capsys.readouterr().err
+    build_token_cache(tok, corpus, tmp_path / "cache2")
+    assert "tokenizing" in capsys.readouterr().err
