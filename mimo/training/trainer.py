@@ -55,12 +55,13 @@ from mimo.training.checkpointing import (
 from mimo.training.data import PackedDataset, build_token_cache, split_files, stdlib_files
 from mimo.training.loss import LossConfig, compute_losses
 from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients
+from mimo.training.synthetic import write_synthetic_corpus
 
 logger = logging.getLogger(__name__)
 
 # Fields that decide the data stream and the model: a resume with other values would not continue the run.
 RESUME_FIXED = ("preset", "seq_len", "batch_size", "grad_accum", "mtp_weights", "seed", "vocab_size", "data_root",
-                "heldout_percent", "split_digits")
+                "heldout_percent", "split_digits", "synthetic_files")
 
 
 @dataclass
@@ -90,6 +91,7 @@ class TrainConfig:
     vocab_size: int | None = None  # None: the preset's
     data_root: str | None = None  # None: the running Python's standard library
     split_digits: bool = False  # the BPE gives every digit its own token (tokenizer.train_bpe)
+    synthetic_files: int = 0  # copy-only synthetic Python files added to the corpus (training.synthetic)
     heldout_percent: int = 2
     resume: bool = False
     progress: bool = True
@@ -233,6 +235,23 @@ def evaluate(model: MiMoForCausalLM, data: PackedDataset, batch_size: int, n_bat
     return {"heldout_loss" if k == "main_loss" else f"heldout_{k}": v / max(n, 1) for k, v in sums.items()}
 
 
+def _synthetic_files(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """``cfg.synthetic_files`` files of :mod:`mimo.training.synthetic` (copy-only Python), written once into
+    ``out/synthetic`` from the run's seed, as ``(relpath, path)`` beside the corpus's."""
+    if not cfg.synthetic_files:
+        return []
+    directory = os.path.join(cfg.out, "synthetic")
+    names = [f"synth_{i:05d}.py" for i in range(cfg.synthetic_files)]
+    if not all(os.path.exists(os.path.join(directory, n)) for n in names):
+        tmp = directory + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        size = write_synthetic_corpus(tmp, cfg.synthetic_files, seed=cfg.seed)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+        logger.info("wrote %d synthetic copy-only files (%.1f MB) to %s", cfg.synthetic_files, size / 1e6, directory)
+    return [(f"synthetic/{n}", os.path.join(directory, n)) for n in names]
+
+
 def _check_resume(cfg: TrainConfig, saved: dict) -> None:
     now = json.loads(json.dumps(asdict(cfg)))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # a setting newer than the checkpoint: its default
@@ -262,7 +281,7 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
         logger.warning("no checkpoint in %s: starting from scratch", cfg.out)
 
     base = model_config or preset(cfg.preset)
-    files = stdlib_files(cfg.data_root)
+    files = stdlib_files(cfg.data_root) + _synthetic_files(cfg)
     train_files, held_files = split_files(files, cfg.heldout_percent)
     tok = _tokenizer(cfg, cfg.vocab_size or base.vocab_size, base.max_position_embeddings, train_files)
     loss_cfg = LossConfig(mtp_weights=cfg.mtp_weights, aux_coef=cfg.aux_coef)

@@ -249,3 +249,16 @@ def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(tmp_path):
     _check_resume(cfg, saved)
     with pytest.raises(ValueError, match="split_digits"):
         _check_resume(TrainConfig(out=str(tmp_path), steps=10, split_digits=True), saved)
+
+
+def test_synthetic_files_join_the_corpus_once(tmp_path):
+    """``--synthetic-files N`` writes N copy-only files into the run directory once (a resume reuses them) and
+    lists them beside the corpus's files."""
+    from mimo.training.trainer import TrainConfig, _synthetic_files
+
+    cfg = TrainConfig(out=str(tmp_path), steps=10, synthetic_files=3)
+    got = _synthetic_files(cfg)
+    assert [r for r, _ in got] == [f"synthetic/synth_{i:05d}.py" for i in range(3)]
+    first = os.path.getmtime(got[0][1])
+    assert _synthetic_files(cfg) == got and os.path.getmtime(got[0][1]) == first
+    assert _synthetic_files(TrainConfig(out=str(tmp_path), steps=10)) == []
