@@ -283,7 +283,9 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     base = model_config or preset(cfg.preset)
     files = stdlib_files(cfg.data_root) + _synthetic_files(cfg)
     train_files, held_files = split_files(files, cfg.heldout_percent)
-    tok = _tokenizer(cfg, cfg.vocab_size or base.vocab_size, base.max_position_embeddings, train_files)
+    # the BPE learns from the real corpus only: random syllables would spend its merges on made-up words
+    tok = _tokenizer(cfg, cfg.vocab_size or base.vocab_size, base.max_position_embeddings,
+                     [f for f in train_files if not f[0].startswith("synthetic/")])
     loss_cfg = LossConfig(mtp_weights=cfg.mtp_weights, aux_coef=cfg.aux_coef)
     cache = os.path.join(cfg.out, "cache")
     data = PackedDataset(build_token_cache(tok, train_files, cache, cfg.progress), cfg.seq_len, loss_cfg.extra,
