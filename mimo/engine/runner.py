@@ -26,7 +26,7 @@ from mimo.engine.plan import DecodeRow, RowResult, StepPlan
 from mimo.engine.policy import DRAFT_CONFIDENCE_FLOOR
 from mimo.engine.routing import RoutingRecorder
 from mimo.engine.sampling import SamplingBatch, rejection_sample, token_logprobs
-from mimo.engine.speculative import MTPState, draft, start_chain
+from mimo.engine.speculative import MTPState, draft, reach, start_chain
 from mimo.model.causal_lm import CausalLM
 from mimo.ops import kernels
 
@@ -236,6 +236,13 @@ class ModelRunner:
         assert state is not None
         state.chain[0].append(row.position, hidden)
         state.add_tokens(row.position + 1, tokens)
+        # While the blocks sit idle (plain steps) the chain and the tokens would grow for as long as the request
+        # runs, each row holding on to its step's hidden states; nothing further back than block 1 reaches is ever
+        # read (speculative.reach). Trimmed once they are twice that long, so the copy that trims is rare.
+        keep = reach(1, len(state.chain), self.cache.window) + len(tokens) + 2
+        if state.chain[0].count > 2 * keep:
+            state.chain[0].drop_through(row.position - keep)
+            state.forget_tokens_before(row.position - keep)
 
     # ------------------------------------------------------------------ accounting
     def sequence_bytes(self, length: int) -> int:

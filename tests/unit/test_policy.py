@@ -316,3 +316,30 @@ def test_catch_up_has_a_fixed_part_and_a_part_per_position():
     assert p.catchup_seconds(0) == 0.0
     assert p.catchup_seconds(100) == pytest.approx(2e-3 + 1e-3)
     assert p.catchup_seconds(1000) == pytest.approx(2e-3 + 1e-2)
+
+
+def test_a_long_plain_spell_keeps_the_mtp_state_bounded():
+    """Plain steps of a speculative engine keep each row's chain states and tokens only as far back as a block can
+    reach, not for the whole request; drafting afterwards still gives plain greedy output."""
+    from mimo.engine.speculative import reach
+
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=4), seed=5)
+    prompt = _prompts((7,))[0]
+    params = SamplingParams(temperature=0, max_tokens=260, ignore_eos=True)
+    plain = LLM(m).generate([prompt], params)[0].outputs[0].token_ids
+    llm = LLM(m, num_speculative_tokens=2)
+    pol = llm.engine.policy
+    steps = iter(range(10**6))
+    pol.choose = lambda rows, *_: pol._chose(0 if next(steps) < 200 else 2, rows, explored=False)
+    sizes = []
+    execute = llm.engine.runner.execute
+
+    def watch(plan):
+        out = execute(plan)
+        sizes.extend((st.chain[0].count, len(st.tokens)) for st in llm.engine.runner.mtp if st is not None)
+        return out
+
+    llm.engine.runner.execute = watch
+    assert llm.generate([prompt], params)[0].outputs[0].token_ids == plain
+    bound = 2 * (reach(1, 2, llm.engine.runner.cache.window) + 3) + 1
+    assert max(c for c, _ in sizes) <= bound and max(t for _, t in sizes) <= bound + 3, (bound, max(sizes))
