@@ -134,7 +134,8 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     Catch-up evidence: where block 1 catches up after sitting idle (over more positions than a drafting step
     commits), its output at each position whose target token is committed and was generated is a draft that
     was never made; for a greedy row the verify would have accepted it exactly when it equals the committed
-    token (the target's argmax), so block 1's argmax there is scored against it. The policy learns a row's
+    token (the target's argmax), so block 1's argmax there is scored against it (at the last
+    :data:`EVIDENCE_POSITIONS` such positions). The policy learns a row's
     depth-1 acceptance from these while it decodes plain, not only from the drafts it pays for. (A sampled
     row's acceptance depends on the target's probabilities there, which are gone: it is not scored.)
 
@@ -226,6 +227,10 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     return drafts, probs, kept, unsure, evidence
 
 
+EVIDENCE_POSITIONS = 16
+"""The most positions of one row's catch-up that block 1's unmade drafts are scored at (see :func:`draft`)."""
+
+
 def _catchup_evidence(model: CausalLM, out: torch.Tensor, states: list[MTPState], spans: list[tuple[int, int, int]],
                       q: list[int], greedy: list[bool], k_max: int) -> list[tuple[int, int]]:
     """Per row, (positions scored, block 1's argmax right) over its catch-up (see :func:`draft`): positions
@@ -234,8 +239,10 @@ def _catchup_evidence(model: CausalLM, out: torch.Tensor, states: list[MTPState]
     stretch of text, and already counted by the verify)."""
     res = [(0, 0)] * len(states)
     for j, (st, (lo, _, _)) in enumerate(zip(states, spans)):
-        first = max(lo, st.prompt_len - 2)  # t[i+2] generated: i + 2 >= prompt_len
         last = q[j] - 1
+        # t[i+2] generated (i + 2 >= prompt_len), and the last EVIDENCE_POSITIONS only: on a large model on a CPU
+        # the head's compute over 16 positions (152k x 4096 each) is already most of a batch-1 decode step
+        first = max(lo, st.prompt_len - 2, last - EVIDENCE_POSITIONS + 1)
         if not greedy[j] or q[j] - lo <= k_max + 1 or last < first:
             continue
         guess = model.compute_logits(out[j, first - lo : last - lo + 1]).argmax(-1).tolist()
