@@ -65,6 +65,7 @@ class ModelRunner:
                                    dynamic_capacity=config.compile, device=self.device, kv_heads=model.kv_heads())
         self.generators: list[torch.Generator | None] = [None] * config.max_num_seqs
         self.mtp: list[MTPState | None] = [None] * config.max_num_seqs
+        self._reach = reach(1, k, self.cache.window) if k else 0  # how far back block 1 ever reads
         # set by a caller that wants each sample's expert choices (rollout routing replay); None records nothing
         self.routing: RoutingRecorder | None = None
 
@@ -184,10 +185,11 @@ class ModelRunner:
         tokens = batch.sample(logits)
         lps = batch.logprobs(logits, tokens)
         out = {}
+        states = hidden[:, :1].unbind(0) if self.k else ()  # each row's [1, D], in one call
         for j, (r, t, lp) in enumerate(zip(rows, tokens.tolist(), lps)):
             out[r.slot] = RowResult([t], [lp], provenance=[0])
             if self.k:  # a plain step on a speculative engine (no row drafts): keep the chain going
-                self._advance(r, hidden[j, :1], [t])
+                self._advance(r, states[j], [t])
         return out
 
     def _speculative(self, plan: StepPlan, rows: list[DecodeRow]) -> dict[int, RowResult]:
@@ -239,7 +241,7 @@ class ModelRunner:
         # While the blocks sit idle (plain steps) the chain and the tokens would grow for as long as the request
         # runs, each row holding on to its step's hidden states; nothing further back than block 1 reaches is ever
         # read (speculative.reach). Trimmed once they are twice that long, so the copy that trims is rare.
-        keep = reach(1, len(state.chain), self.cache.window) + len(tokens) + 2
+        keep = self._reach + len(tokens) + 2
         if state.chain[0].count > 2 * keep:
             state.chain[0].drop_through(row.position - keep)
             state.forget_tokens_before(row.position - keep)
