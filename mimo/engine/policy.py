@@ -58,7 +58,7 @@ _RECHECK = 8  # steps a clear choice stands for before it is weighed again
 _CLEAR = 1.1  # a choice is clear when the runner-up's rate is at least this factor below it
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
-_PSEUDO_FINISH = 16.0  # the same, where the slowest row's estimate sets a closed batch's end: the largest of
+_PSEUDO_FINISH = 32.0  # the same, where the slowest row's estimate sets a closed batch's end: the largest of
 # several rows' estimates from a few drafts each is mostly their noise (a new request's first drafts, on text
 # like its prompt, are often rejected), so a row must show more before it is taken to be slower than the rest
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
