@@ -26,9 +26,10 @@ time until the last row finishes instead:
 
 with R_r the tokens row r may still produce, m_r and s_r^2 the mean and variance of its tokens per step at k
 (its acceptance chain), z_B the expected largest of B standard normals, and catch-up(k) the blocks' catch-up
-over every position they have not run on (a new request's whole prompt, up to :func:`mimo.engine.speculative.reach`),
-timed per position from the engine's own clock. T(0) is cost(B, 0) * max R_r. A short request whose blocks must
-catch up over a long prompt is then decoded plain; a long one drafts.
+over every position they have not run on (a new request's whole prompt, up to :func:`mimo.engine.speculative.reach`):
+a fixed part plus a part per position, fitted to catch-up steps timed by the engine's own clock. T(0) is
+cost(B, 0) * max R_r. A short request whose blocks must catch up over a long prompt is then decoded plain; a long
+one drafts.
 
 Whatever the policy decides, output is what the verification makes it: greedy equals plain greedy and
 sampling stays exact (rejection sampling); the policy changes speed only. ``fixed`` always drafts K.
@@ -66,7 +67,7 @@ _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fr
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
 _EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
-_CATCHUP_SAMPLES = 15  # catch-up steps kept: the median of their seconds per caught-up position is its cost
+_CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
 
 
 def _fit_line(points: list[tuple[int, float]]) -> tuple[float, float] | None:
@@ -290,9 +291,9 @@ class SpeculationPolicy:
                 # (at least one step: a row with a token or two left gains nothing from deeper drafts)
                 steps[k] = max(steps[k], 1.0, rem / mean + z * math.sqrt(rem * var / mean**3))
         plain = self._plain_seconds(len(request_ids))
-        extra = [0.0] * (self.max_k + 1)
-        if plain and self.catchup_seconds(1) is not None:
-            extra = [self.catchup_seconds(n) / plain for n in self._catchup_now()]  # type: ignore[operator]
+        seconds = [self.catchup_seconds(n) for n in self._catchup_now()]
+        extra = ([x / plain for x in seconds] if plain and None not in seconds  # type: ignore[operator]
+                 else [0.0] * (self.max_k + 1))
         total = float(sum(remaining))
         return [total / max(1e-9, extra[k] + costs[k] * steps[k]) for k in range(self.max_k + 1)]
 
@@ -317,12 +318,12 @@ class SpeculationPolicy:
         finishes (module docstring) instead of maximising this step's tokens per second."""
         if self.max_k == 0 or not request_ids:
             return 0
+        if self.policy == "fixed":
+            return self._chose(self.max_k, request_ids, explored=False)
         if positions is not None:
             self._positions = dict(zip(request_ids, positions))
         self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
         self._cb = None
-        if self.policy == "fixed":
-            return self._chose(self.max_k, request_ids, explored=False)
         b = len(request_ids)
         # The first decode steps: full depth until one is timed in the steady state (the first has blocks to
         # catch up on; two steps at most), then plain steps until one is timed (the second), so that both ends are measured, not
@@ -335,12 +336,11 @@ class SpeculationPolicy:
             return self._chose(self.max_k, request_ids, explored=True)
         if not any(o == 0 for _, o in self.times):
             return self._chose(0, request_ids, explored=True)
-        # the choice takes the acceptance as estimated; the optimistic one (a rarely tested depth given the benefit
-        # of the doubt) only decides whether exploring one draft more is worth its catch-up (below): choosing by
-        # it made deep drafts look a few per cent better than they were at every step, not only when untested
         # A clear choice (the runner-up at least _CLEAR below it) stands for _RECHECK steps of the same rows
         # before it is weighed again: the estimates move slowly, and weighing costs a few per cent of a small
-        # model's step
+        # model's step. The choice takes the acceptance as estimated; the optimistic one (a rarely tested depth
+        # given the benefit of the doubt) only decides whether exploring one draft more is worth its catch-up
+        # (below): choosing by it made deep drafts look a few per cent better than they were at every step
         if self._hold and self._held[0] == request_ids:
             self._hold -= 1
             costs, expected, rates = self._held[1]
@@ -422,7 +422,7 @@ class SpeculationPolicy:
             for r in request_ids:
                 if r in self.rows:
                     _age(*self.rows[r])
-        self._catchup_positions = self._catchup_now()[k] if k else 0
+        self._catchup_positions = self._catchup_now()[k] if k and self.policy == "adaptive" else 0
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
         if predicted is None:

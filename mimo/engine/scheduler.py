@@ -145,7 +145,7 @@ class Scheduler:
                 self._sampling(plan, seq)
         decoding = [s for s in self.running if s.prefilled and s.output_ids and not s.finished]
         k = 0
-        if decoding:
+        if decoding and self.policy.max_k:
             # closed: no request waits, so these rows (and any still prefilling, which join them) are all the batch
             # will hold until it ends
             closed = not self.waiting
@@ -160,9 +160,10 @@ class Scheduler:
 
     def _remaining(self, s: Sequence) -> int:
         """The most tokens a sequence may still produce (a stop may end it sooner)."""
-        room = self.max_model_len - len(s.prompt_ids) - len(s.output_ids)
-        return max(1, min(room, s.params.max_tokens - len(s.output_ids)) if s.params.max_tokens is not None
-                   else room)
+        left = self.max_model_len - len(s.prompt_ids) - len(s.output_ids)
+        if s.params.max_tokens is not None:
+            left = min(left, s.params.max_tokens - len(s.output_ids))
+        return max(1, left)
 
     @staticmethod
     def _sampling(plan: StepPlan, seq: Sequence) -> None:
