@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mimo.utils.machine import cpu_description, cpu_info, matvec_bandwidth, read_bandwidth
 
-__all__ = ["cpu_info", "describe", "matvec_bandwidth", "read_bandwidth"]
+__all__ = ["cpu_info", "describe", "matvec_bandwidth", "measured", "read_bandwidth"]
 
 
 def describe(info: dict) -> str:
@@ -13,3 +13,10 @@ def describe(info: dict) -> str:
     if "read_bandwidth_bytes_per_s" in info:
         text += f", read bandwidth {info['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
     return text
+
+
+def measured() -> dict:
+    """:func:`cpu_info` with the read bandwidth measured now, under the key :func:`describe` prints."""
+    info = cpu_info()
+    info["read_bandwidth_bytes_per_s"] = read_bandwidth()
+    return info

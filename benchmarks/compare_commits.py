@@ -131,11 +131,10 @@ def main() -> int:
     if not metrics or any(m not in METRICS for m in metrics):
         p.error(f"--metrics must name some of {', '.join(METRICS)}")
     sys.path.insert(0, HERE)
-    from _machine import cpu_info, describe, read_bandwidth
+    from _machine import describe, measured
     from _results import write_json
 
-    machine = cpu_info()
-    machine["read_bandwidth_bytes_per_s"] = read_bandwidth()
+    machine = measured()
     print(describe(machine), flush=True)
     root = tempfile.mkdtemp(prefix="mimo-commits-")
     trees = {}

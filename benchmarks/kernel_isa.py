@@ -34,7 +34,7 @@ from functools import partial
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from _machine import cpu_info, describe  # noqa: E402
+from _machine import describe, measured  # noqa: E402
 from _results import write_json  # noqa: E402
 
 LINEAR = (4096, 4096)  # N, K
@@ -221,10 +221,7 @@ def main() -> int:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return 0
 
-    from _machine import read_bandwidth
-
-    info = cpu_info()
-    info["read_bandwidth_bytes_per_s"] = read_bandwidth()
+    info = measured()
     print(describe(info))
     result = {"machine": info, "threads": args.threads, "repeats": args.repeats, "builds": []}
     for isa in args.isa:

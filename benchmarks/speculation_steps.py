@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _machine import cpu_info, describe, read_bandwidth  # noqa: E402
+from _machine import describe, measured  # noqa: E402
 from _results import write_json  # noqa: E402
 from compare_speculation import third_party_code  # noqa: E402
 
@@ -70,8 +70,7 @@ def main() -> int:
     ap.add_argument("--json-out")
     args = ap.parse_args()
     runtime.configure(threads=args.threads)
-    info = cpu_info()
-    info["read_bandwidth_bytes_per_s"] = read_bandwidth()  # the key describe() prints, as the other benchmarks
+    info = measured()
     print(describe(info), flush=True)
     path = resolve_model_dir(args.model)
     tok = Tokenizer.from_pretrained(path)

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heldout-percent", type=int, help="percent of files held out (default 2)")
     p.add_argument("--synthetic-files", type=int,
                    help="add this many synthetic Python files that can only be predicted by copying earlier text "
-                        "(made-up names defined and reused, table lookups; about 1,000 tokens each; default 0)")
+                        "(made-up names defined and reused, table lookups; about 2,000 tokens each; default 0)")
     p.add_argument("--split-digits", action="store_true", default=None,
                    help="train the BPE with every digit a token of its own (numbers then copy token for token)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")

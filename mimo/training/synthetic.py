@@ -5,8 +5,8 @@ on 5.3M tokens of the standard library, cannot even finish a made-up function na
 (``scripts/copy_probe.py``: 0/12). Real code repeats identifiers too, but rarely ones the model could not
 guess; these files are made of names built from random syllables, so every later mention must be copied:
 
-- **definitions and uses**: made-up functions, constants and classes, defined, then called and read further
-  down, between unrelated statements;
+- **definitions and uses**: made-up functions and constants, defined, then called and read further down,
+  between unrelated statements;
 - **lookups**: a table of made-up keys with values, then ``assert TABLE["key"] == value`` lines (find the key,
   copy what follows it);
 - **reverse lookups**: a registry of names with one-line descriptions, then comments that quote a description
