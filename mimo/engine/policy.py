@@ -66,7 +66,7 @@ _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
-_EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
+_EXPLORE_SHARE = 0.02  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
 
 
@@ -92,11 +92,23 @@ def _expected_max_normal(n: int) -> float:
     return statistics.NormalDist().inv_cdf((n - 0.375) / (n + 0.25)) if n > 1 else 0.0
 
 
-def _age(tries: list[float], accepts: list[float]) -> None:
-    """Weigh a row's record by :data:`_DECAY`, once per step it takes part in."""
-    for j in range(len(tries)):
-        tries[j] *= _DECAY
-        accepts[j] *= _DECAY
+@dataclass
+class _Record:
+    """A row's drafts verified and accepted per depth, weighed by :data:`_DECAY` once per decode step since: every
+    decode step takes every decoding row, so the weight is applied when the record is next read or added to
+    (``step``: the decode steps it has been weighed for), not row by row at every step."""
+
+    tries: list[float]
+    accepts: list[float]
+    step: int
+
+    def aged(self, step: int) -> _Record:
+        if step > self.step:
+            w = _DECAY ** (step - self.step)
+            self.tries = [t * w for t in self.tries]
+            self.accepts = [a * w for a in self.accepts]
+            self.step = step
+        return self
 
 
 @dataclass
@@ -137,10 +149,12 @@ class SpeculationPolicy:
         self._samples: dict[tuple[int, int], collections.deque] = {}
         self.tries = [0.0] * max_k  # engine-wide, per depth: drafts verified at that depth
         self.accepts = [0.0] * max_k
-        self.rows: dict[str, tuple[list[float], list[float]]] = {}  # request -> (tries, accepts) per depth
+        self.rows: dict[str, _Record] = {}  # request -> its drafts verified and accepted per depth
+        self._steps = 0  # decode steps chosen so far (each ages every row's record once: _Record)
         self.unsure_tries = [0] * max_k  # engine-wide, per depth: unsure drafts verified, and accepted
         self.unsure_accepts = [0] * max_k
         self.since_explored = 0
+        self._afford_at = 0  # since_explored at which an exploration upwards found too dear is priced again
         self._explorations = 0
         self._exploring: int | None = None  # the k of an exploration's second step
         self._explore_base = explore_every
@@ -153,6 +167,7 @@ class SpeculationPolicy:
         self.window = window
         self.ran: dict[str, list[int]] = {}  # request -> per block, the committed length when it last ran
         self._positions: dict[str, int] = {}  # request -> its committed length at the step being chosen
+        self._given: tuple[list[str], list[int]] | None = None  # choose()'s positions, not yet in _positions
         self._catchup_positions = 0  # positions the chosen step's blocks catch up on beyond a steady step's
         self._catchup: collections.deque = collections.deque(maxlen=_CATCHUP_SAMPLES)  # (batch, k, s, positions)
         self._cb: list[int] | None = None  # catch-up positions per k of the step being chosen
@@ -169,7 +184,11 @@ class SpeculationPolicy:
         an uncertainty bonus that shrinks as the engine verifies drafts at that depth: a depth rarely tested is
         given the benefit of the doubt when the policy weighs exploring it (only drafting can test it); the
         choice itself uses the plain estimate. ``overall``: :meth:`engine_acceptance`, where already computed."""
-        own_t, own_a = self.rows.get(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
+        rec = self.rows.get(request_id)
+        if rec is None:
+            own_t = own_a = [0.0] * self.max_k
+        else:
+            own_t, own_a = rec.aged(self._steps).tries, rec.accepts
         if overall is None:
             overall = self.engine_acceptance(optimistic)
         return [(own_a[j] + pseudo * overall[j]) / (own_t[j] + pseudo) for j in range(self.max_k)]
@@ -240,8 +259,9 @@ class SpeculationPolicy:
         out = [0] * (self.max_k + 1)
         if self.window is None:
             return out
+        positions = self._known_positions()
         for r in request_ids:
-            pos = self._positions.get(r)
+            pos = positions.get(r)
             if pos is None:
                 continue
             ran = self.ran.get(r)
@@ -320,8 +340,8 @@ class SpeculationPolicy:
             return 0
         if self.policy == "fixed":
             return self._chose(self.max_k, request_ids, explored=False)
-        if positions is not None:
-            self._positions = dict(zip(request_ids, positions))
+        if positions is not None:  # (put in _positions when first read: a held plain choice never reads them)
+            self._given = (request_ids, positions)
         self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
         self._cb = None
         b = len(request_ids)
@@ -370,9 +390,9 @@ class SpeculationPolicy:
         # slow step, is measured again.
         self.since_explored += 1
         going_up = ((self._explorations + 1) % 2 == 1 or k == 0) and k < self.max_k  # (as ``up`` below)
-        if self.since_explored >= self.explore_every and (not going_up
-                                                          or self._catchup_affordable(request_ids, k, b, costs)):
-            self.since_explored = 0
+        if self.since_explored >= max(self.explore_every, self._afford_at) and (
+                not going_up or self._catchup_affordable(request_ids, k, b, costs)):
+            self.since_explored = self._afford_at = 0
             self._explorations += 1
             up = (self._explorations % 2 == 1 or k == 0) and k < self.max_k
             # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
@@ -401,12 +421,18 @@ class SpeculationPolicy:
         :data:`_EXPLORE_SHARE` of the time since the last one. Its first step catches blocks up over every
         position they have not run on: after a long plain spell, or for new requests, a whole window or prompt
         per row, which can cost several plain steps; the exploration then waits (a short request is never
-        explored at that price). Exploring fewer drafts catches up on nothing."""
+        explored at that price). Exploring fewer drafts catches up on nothing. Where it is too dear, it is not
+        priced again until enough steps have passed to afford it at today's price (pricing reads every row's lag:
+        at every step that would cost more than the policy's whole choice)."""
         seconds, plain = self.catchup_seconds(self._catchup_now()[k + 1]), self._plain_seconds(batch)
         if seconds is None or not plain:
             return True
         price = seconds / plain  # in plain steps
-        return price <= _EXPLORE_SHARE * self.since_explored * costs[k]
+        affordable_at = price / (_EXPLORE_SHARE * costs[k])
+        if self.since_explored >= affordable_at:
+            return True
+        self._afford_at = math.ceil(affordable_at)
+        return False
 
     def _expected_sum(self, request_ids: list[str], optimistic: bool = False) -> list[float]:
         """Tokens a step with k = 0..K drafts is expected to give these rows together."""
@@ -415,13 +441,10 @@ class SpeculationPolicy:
 
     def _chose(self, k: int, request_ids: list[str], explored: bool, predicted: float | None = None) -> int:
         """Record the choice; ``predicted``: the rows' expected tokens at k, where the caller computed them."""
-        if k == 0 and self.policy == "adaptive":
-            # a plain step tells nothing new about a row's drafts, but its record ages all the same, towards the
-            # engine-wide figure: else a row whose first drafts failed would keep its verdict (and stay plain)
-            # however long it ran without drafting
-            for r in request_ids:
-                if r in self.rows:
-                    _age(*self.rows[r])
+        # every decode step ages the rows' records (_Record), a plain one too: it tells nothing new about a row's
+        # drafts, but without ageing a row whose first drafts failed would keep its verdict (and stay plain)
+        # however long it ran without drafting
+        self._steps += 1
         self._catchup_positions = self._catchup_now()[k] if k and self.policy == "adaptive" else 0
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
@@ -462,14 +485,14 @@ class SpeculationPolicy:
         per draft, whether it was below the confidence floor; ``cut``: the row stopped drafting at an unsure
         draft before the step's k, which counts as that depth's rejection (unsure drafts are cut only where
         they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
-        pos = self._positions.get(request_id)
+        pos = self._known_positions().get(request_id)
         if pos is not None:  # the blocks that ran for this row: those of its drafts, and the one whose draft was cut
             ran = self.ran.setdefault(request_id, [0] * self.max_k)
             for j in range(min(self.max_k, drafted + cut)):
                 ran[j] = pos
-        tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
+        rec = self._record(request_id)  # (aged for this step too: it was chosen before the rows report)
+        tries, accepts = rec.tries, rec.accepts
         tested = min(drafted + (cut and accepted == drafted and drafted < self.max_k), accepted + 1)
-        _age(tries, accepts)
         for j in range(tested):
             ok = j < accepted
             tries[j] += 1
@@ -487,9 +510,9 @@ class SpeculationPolicy:
         are older than the step that found them, not a step of their own)."""
         if self.max_k == 0 or scored <= 0:
             return
-        tries, accepts = self.rows.setdefault(request_id, ([0.0] * self.max_k, [0.0] * self.max_k))
-        tries[0] += scored
-        accepts[0] += right
+        rec = self._record(request_id)
+        rec.tries[0] += scored
+        rec.accepts[0] += right
         self.tries[0] += scored
         self.accepts[0] += right
 
@@ -497,7 +520,21 @@ class SpeculationPolicy:
         """The tokens the last chosen step gave per row (predicted vs realised, in :attr:`stats`)."""
         self.stats.realised_tokens += tokens_per_row
 
+    def _record(self, request_id: str) -> _Record:
+        """The row's record, aged to now (a new one if it has none)."""
+        rec = self.rows.get(request_id)
+        if rec is None:
+            rec = self.rows[request_id] = _Record([0.0] * self.max_k, [0.0] * self.max_k, self._steps)
+        return rec.aged(self._steps)
+
+    def _known_positions(self) -> dict[str, int]:
+        """Each row's committed length as last given to :meth:`choose` (rows given before keep theirs)."""
+        if self._given is not None:
+            self._positions.update(zip(*self._given))
+            self._given = None
+        return self._positions
+
     def forget(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
         self.ran.pop(request_id, None)
-        self._positions.pop(request_id, None)
+        self._known_positions().pop(request_id, None)

@@ -149,7 +149,7 @@ class Scheduler:
             # closed: no request waits, so these rows (and any still prefilling, which join them) are all the batch
             # will hold until it ends
             closed = not self.waiting
-            k = self.policy.choose([_key(s) for s in decoding], [s.num_computed for s in decoding],
+            k = self.policy.choose([s.key for s in decoding], [s.num_computed for s in decoding],
                                    [self._remaining(s) for s in decoding] if closed else None)
         if k:
             plan.stop_unsure = self.policy.stop_unsure()
@@ -189,9 +189,9 @@ class Scheduler:
             seq.stats.drafted += r.drafted
             seq.stats.drafts_per_step[r.drafted] = seq.stats.drafts_per_step.get(r.drafted, 0) + 1
             if row.drafts:
-                self.policy.observe_row(_key(seq), r.drafted, r.accepted, r.unsure, cut=r.drafted < row.drafts)
+                self.policy.observe_row(seq.key, r.drafted, r.accepted, r.unsure, cut=r.drafted < row.drafts)
                 if r.catchup[0]:
-                    self.policy.observe_unmade(_key(seq), *r.catchup)
+                    self.policy.observe_unmade(seq.key, *r.catchup)
                 self.policy.stats.rows_cut_short += r.drafted < row.drafts
             seq.num_computed += 1 + r.accepted  # the fed token and the accepted drafts are now cached
             n_before = len(seq.output_ids)
@@ -263,7 +263,7 @@ class Scheduler:
         return StreamDelta(s.request_id, text, toks, s.index, s.finish_reason, s.stop_reason, lps, s.error, prov)
 
     def _free(self, seq: Sequence) -> None:
-        self.policy.forget(_key(seq))
+        self.policy.forget(seq.key)
         slot = seq.slot
         self.running.remove(seq)
         seq.slot = -1
@@ -301,7 +301,3 @@ def to_output(seqs: list[Sequence]) -> RequestOutput:
     return RequestOutput(first.request_id, first.prompt, first.prompt_ids, outs, all(s.finished for s in seqs), stats,
                          max(s.peak_cache_bytes for s in seqs))
 
-
-def _key(seq: Sequence) -> str:
-    """A sample's name for the speculation policy (a request's n samples are separate rows)."""
-    return f"{seq.request_id}/{seq.index}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from mimo.engine.outputs import SpecStats, TokenLogprob
@@ -34,6 +35,11 @@ class Sequence:
     def seed(self) -> int | None:
         """The random seed of this sample: the request's seed plus its index (the n samples differ)."""
         return None if self.params.seed is None else self.params.seed + self.index
+
+    @functools.cached_property
+    def key(self) -> str:
+        """This sample's name for the speculation policy (a request's n samples are separate rows)."""
+        return f"{self.request_id}/{self.index}"
 
     @property
     def prefilled(self) -> bool:

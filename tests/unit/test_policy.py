@@ -343,3 +343,37 @@ def test_a_long_plain_spell_keeps_the_mtp_state_bounded():
     assert llm.generate([prompt], params)[0].outputs[0].token_ids == plain
     bound = 2 * (reach(1, 2, llm.engine.runner.cache.window) + 3) + 1
     assert max(c for c, _ in sizes) <= bound and max(t for _, t in sizes) <= bound + 3, (bound, max(sizes))
+
+
+def test_a_rows_record_ages_once_per_decode_step_read_late_or_not():
+    """Every decode step weighs each row's record by the decay (plain steps too, else a row whose first drafts
+    failed would keep its verdict): applied when the record is read, it is the same as applied step by step."""
+    from mimo.engine.policy import _DECAY
+
+    p = SpeculationPolicy(2)
+    p._cold = 2
+    _warm(p, 1, {0: 1.0, 1: 10.0, 2: 20.0})  # drafting is far too dear: the steps below are plain
+    p.choose(["a"])
+    p.observe_row("a", 2, 0)  # one rejection at depth 1
+    for _ in range(7):
+        assert p.choose(["a"]) == 0
+    rec = p.rows["a"].aged(p._steps)
+    assert rec.tries == pytest.approx([_DECAY**7, 0.0]) and rec.accepts == [0.0, 0.0]
+    p.observe_unmade("a", 4, 4)  # evidence is added to the record as aged to now, not aged itself
+    assert p.rows["a"].tries[0] == pytest.approx(_DECAY**7 + 4) and p.rows["a"].accepts[0] == pytest.approx(4)
+
+
+def test_an_exploration_too_dear_is_not_priced_again_at_every_step():
+    """Pricing an exploration's catch-up reads every row's lag; while it is too dear the policy waits until it can
+    afford it at that price instead of pricing it again at every step."""
+    rows = [f"r{i}" for i in range(8)]
+    p = SpeculationPolicy(1, window=128, explore_every=4)
+    p._cold = 2
+    _warm(p, 8, {0: 1.0, 1: 1.6})
+    p._catchup.append((8, 1, 1.6 + 10.0, 1000))  # catching up 1000 positions: 10 plain steps
+    priced = []
+    p._catchup_by_k = lambda ids, f=p._catchup_by_k: priced.append(1) or f(ids)
+    chosen = [p.choose(rows, positions=[300] * 8) for _ in range(200)]
+    # 8 rows x 128 + 1 positions each, at 0.01 plain steps a position: ~10 plain steps, affordable after ~516
+    assert chosen == [0] * 200
+    assert len(priced) <= 3, len(priced)
