@@ -66,6 +66,7 @@ _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
+_STALE_STEPS = 64  # a step time older than this many decode steps is dropped when a new one of its kind comes
 _EXPLORE_SHARE = 0.02  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
 
@@ -146,7 +147,7 @@ class SpeculationPolicy:
         self.prior_cost = prior_cost or (lambda b, k: 1.0 + k)
         self.explore_every = explore_every
         self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> mean of recent steady step seconds
-        self._samples: dict[tuple[int, int], collections.deque] = {}
+        self._samples: dict[tuple[int, int], collections.deque] = {}  # (batch, k) -> (decode step, seconds)
         self.tries = [0.0] * max_k  # engine-wide, per depth: drafts verified at that depth
         self.accepts = [0.0] * max_k
         self.rows: dict[str, _Record] = {}  # request -> its drafts verified and accepted per depth
@@ -459,11 +460,17 @@ class SpeculationPolicy:
         one whose MTP blocks had positions to catch up on (a block that did not run in the step before). The
         cost is the mean of the last few without those slower than twice their median: throughput is a mean, so a
         median would hide the slower steps that bigger verifies have more of, while a collection pause or another
-        process taking the cores for a moment should not count."""
+        process taking the cores for a moment should not count. Times older than :data:`_STALE_STEPS` decode
+        steps are dropped when a new one comes: a k the policy left is timed again only by explorations, one step
+        at a time, and its fresh time must not be outvoted by ones from before the machine got faster or slower
+        (another process sharing the cores for a while slowed every step by a third; the k then left kept its old
+        time, and compared with the slowed one, a verify that loses looked like a win for the rest of the run)."""
         self._catchup_fit = False
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
-        window.append(seconds)
-        ordered = sorted(window)
+        while window and window[0][0] < self._steps - _STALE_STEPS:
+            window.popleft()
+        window.append((self._steps, seconds))
+        ordered = sorted(sec for _, sec in window)
         if len(ordered) < 3:  # too few to tell an outlier: the fastest, as a cost overstated is never re-measured
             # (that k is not chosen again) while one understated is corrected by the steps that choose it
             self.times[(batch, k)] = ordered[0]

@@ -377,3 +377,27 @@ def test_an_exploration_too_dear_is_not_priced_again_at_every_step():
     # 8 rows x 128 + 1 positions each, at 0.01 plain steps a position: ~10 plain steps, affordable after ~516
     assert chosen == [0] * 200
     assert len(priced) <= 3, len(priced)
+
+
+def test_a_spell_of_slow_steps_does_not_keep_a_losing_verify_chosen():
+    """One draft, accepted half the time, gives 1.5 tokens for 1.6 plain steps' time: plain wins. For 20 steps
+    another process slows every step by half; the plain steps timed then make a verify timed before look cheap,
+    and the policy drafts. Once the machine is quiet again, the fresh times must win over the slow ones: the policy
+    is back to plain after a few explorations, not drafting for as long as the plain step's slow times outnumber
+    the fresh ones (each exploration adds one: before times went stale, it drafted to the end)."""
+    p = SpeculationPolicy(1, explore_every=16)
+    chosen, flip = [], [0]
+
+    def accept():
+        flip[0] ^= 1
+        return flip[0]
+
+    for step in range(600):
+        k = p.choose(["a"])
+        chosen.append(k)
+        if k:
+            p.observe_row("a", k, accept())
+        slow = 1.5 if 100 <= step < 120 else 1.0
+        p.observe_step(1, k, slow * (1.6 if k else 1.0))
+    assert 1 in chosen[100:140]  # (the trap is set)
+    assert chosen[300:].count(0) >= 0.9 * 300, chosen[300:].count(0)
