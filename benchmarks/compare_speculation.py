@@ -4,7 +4,8 @@ Two models: the shipped mimo-nano, and a copy whose MTP blocks are re-initialise
 rejected: where a fixed k loses most). For each, greedy decode of third-party Python code (files of the
 packages installed beside mimo, which mimo-nano never trained on) at batch 1, 4 and 8, and the README's own
 command (``def fibonacci(n):``, batch 1): k = 0, 1, 2, 3 fixed and adaptive (at most 3). Each setting keeps its
-engine across repeats (the adaptive policy's step timings warm up in an untimed first run, as a server's do);
+engine across repeats, after ``--warmup`` untimed runs (3: the adaptive policy times its steps and learns the
+drafts' acceptance over its first few hundred decode steps, as a server's does once);
 the settings run interleaved in a rotating order; the best fixed setting is the one with the best median, and
 each repeat's adaptive rate is divided by that setting's rate in the same repeat (the median of these paired
 ratios is reported).
@@ -85,7 +86,8 @@ def measure(model, prompts_by_case: dict[str, list[list[int]]], args) -> list[di
         engines = {name: Engine(model, num_speculative_tokens=k, speculative_policy=policy, max_num_seqs=b)
                    for name, k, policy in SETTINGS}
         for eng in engines.values():  # untimed: warm-up, and the adaptive policy's first step timings
-            decode_run(eng, prompts, args.new_tokens)
+            for _ in range(args.warmup):
+                decode_run(eng, prompts, args.new_tokens)
         rates: dict[str, list[float]] = {name: [] for name, _, _ in SETTINGS}
         last = {}
         for rep in range(args.repeats):
@@ -130,6 +132,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=96)
     ap.add_argument("--repeats", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs per setting before the timed ones")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json-out")
     args = ap.parse_args()
@@ -143,7 +146,7 @@ def main() -> int:
     cases = {f"third-party code, batch {b}": [code[i % len(code)] for i in range(b)] for b in batches}
     cases["README: def fibonacci(n):"] = [tok.encode("def fibonacci(n):")]
     result = {"machine": info, "threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
-              "repeats": args.repeats, "models": {}}
+              "repeats": args.repeats, "warmup": args.warmup, "models": {}}
     for label, fix in (("mimo-nano", None), ("mimo-nano, MTP re-initialised", reinitialised_mtp)):
         model = MiMoForCausalLM.from_pretrained(path)
         if fix is not None:
