@@ -69,7 +69,7 @@ _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outl
 _COLD_TIMED = 3  # steady steps timed at full depth, then plain, before the policy first chooses
 _COLD_STEPS = 5  # the most steps the cold start spends at either
 _STALE_STEPS = 64  # a step time older than this many decode steps is dropped when a new one of its kind comes
-_EXPLORE_SHARE = 0.02  # the most of the time since the last exploration that an exploration's catch-up may cost
+_EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
 
 
