@@ -409,13 +409,8 @@ class SpeculationPolicy:
             # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
             # cost is measured against, so it must stay as fresh as the best k's own
             down = 0 if (self._explorations // 2) % 2 == 1 else k - 1  # (unused when up: k == 0 is always up)
-            # an exploration that changes nothing makes the next one wait twice as long (at most 16x), but for a
-            # close call while drafting (the runner-up within _CLEAR; the blocks are warm, so exploring costs little):
-            # there the choice rests on the deepest depth's acceptance, which only explorations test (at batch 1 on
-            # mimo-nano k = 3 gives 5% more than k = 2, and with explorations ever rarer the few depth-3 drafts
-            # tested kept k = 2 chosen for hundreds of steps)
-            close = k > 0 and max(r for i, r in enumerate(rates) if i != k) * _CLEAR >= rates[k]
-            self.explore_every = (self._explore_base if k != self._best_before or close
+            # an exploration that changes nothing makes the next one wait twice as long (at most 16x)
+            self.explore_every = (self._explore_base if k != self._best_before
                                   else min(16 * self._explore_base, 2 * self.explore_every))
             self._best_before = k
             if (up and self.tries[k] >= _HOPELESS_EVIDENCE and self.explore_every < 16 * self._explore_base
