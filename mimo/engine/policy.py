@@ -66,8 +66,8 @@ _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
-_COLD_TIMED = 3  # steady steps timed at full depth, then plain, before the policy first chooses
-_COLD_STEPS = 5  # the most steps the cold start spends at either
+_COLD_TIMED = 1  # steady steps timed at full depth, then plain, before the policy first chooses
+_COLD_STEPS = 2  # the most steps the cold start spends at full depth
 _STALE_STEPS = 64  # a step time older than this many decode steps is dropped when a new one of its kind comes
 _EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
@@ -166,6 +166,7 @@ class SpeculationPolicy:
         # before it is chosen: that margin is what pays for the costs no step time shows (a request's blocks
         # catching up over its whole prompt, inside a prefill step; rows of one batch ending steps apart)
         self._current = 0
+        self._current_rows: list[str] = []  # the rows _current was chosen for
         self._cold = [0, 0]  # full-depth and plain steps of the cold start so far
         self._cold_done = False
         self.window = window
@@ -349,17 +350,19 @@ class SpeculationPolicy:
         self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
         self._cb = None
         b = len(request_ids)
-        # The first decode steps: full depth until it is timed in the steady state :data:`_COLD_TIMED` times (the
-        # first has blocks to catch up on), then plain steps until they are, so that both ends are measured, not
-        # guessed (the weights-read prior overstates a verify's cost where per-step overheads dominate: small
-        # models), and not from one step: an engine's first steps are often slow (one at 1.5x kept k = 3 from
-        # being chosen for hundreds of steps). A new batch size later borrows the ratios of the nearest one measured.
+        # The first decode steps: full depth until it is timed in the steady state (the first has blocks to catch up
+        # on), then plain steps until one is timed, so that both ends are measured, not guessed (the weights-read
+        # prior overstates a verify's cost where per-step overheads dominate: small models). One step each: a
+        # one-off request (`mimo generate`) pays for every step of it, and three at each end made the README's
+        # command 10% slower with drafts than without. An engine's first steps often run slow, so a cost timed once
+        # is not enough to judge drafting deeper hopeless (below). A new batch size later borrows the ratios of the
+        # nearest one measured.
         if not self._cold_done:
             for depth in (self.max_k, 0):
                 timed = max((len(w) for (_, o), w in self._samples.items() if o == depth), default=0)
-                # (at most _COLD_STEPS: a step whose unsure drafts were cut is not timed, and drafts that are always
-                # unsure are cut every time; plain steps until one is timed, whatever it takes: every cost is
-                # relative to a plain step's)
+                # (full depth at most _COLD_STEPS: a step whose unsure drafts were cut is not timed, and drafts that
+                # are always unsure are cut every time; plain steps until one is timed, whatever it takes: every cost
+                # is relative to a plain step's)
                 if timed < _COLD_TIMED and (self._cold[depth > 0] < _COLD_STEPS or timed == 0 == depth):
                     self._cold[depth > 0] += 1
                     return self._chose(depth, request_ids, explored=True)
@@ -383,12 +386,14 @@ class SpeculationPolicy:
             self._hold = _RECHECK - 1 if len(ranked) < 2 or ranked[1] * _CLEAR < ranked[0] else 0
             self._held = (list(request_ids), (costs, expected, rates))
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
-        if remaining is None and rates[k] < _SWITCH_GAIN * rates[self._current]:
-            # switching costs catch-up steps, which the steady rates leave out: only for a clear gain (a closed
-            # batch's objective prices them: a margin on top kept a new batch at the k its predecessor ended
-            # with, often plain, where drafting from the start was 10% faster)
+        # Switching costs catch-up steps, which the steady rates leave out, and flipping between two close k's on
+        # noise pays them again and again: k changes only for a clear gain. Not for the first choice of a closed
+        # batch of new rows: it prices the catch-up itself, and the margin kept a new batch at the k its
+        # predecessor's last rows ended with (often plain), where drafting from the start was 10% faster.
+        fresh = remaining is not None and request_ids != self._current_rows
+        if not fresh and rates[k] < _SWITCH_GAIN * rates[self._current]:
             k = self._current
-        self._current = k
+        self._current, self._current_rows = k, request_ids
         if self._exploring is not None:  # the second step of an exploration: timed (see Engine.step)
             k, self._exploring = self._exploring, None
             return self._chose(k, request_ids, explored=True, predicted=expected[k])
@@ -414,8 +419,9 @@ class SpeculationPolicy:
                                   else min(16 * self._explore_base, 2 * self.explore_every))
             self._best_before = k
             if (up and self.tries[k] >= _HOPELESS_EVIDENCE and self.explore_every < 16 * self._explore_base
+                    and len(self._samples.get((b, k + 1), ())) >= 3  # (a cost timed once may be a slow first step)
                     and self._expected_sum(request_ids, optimistic=True)[k + 1] / costs[k + 1] < _HOPELESS * rates[k]):
-                # even the optimistic estimate, from enough drafts, puts one draft more far below the best: it is
+                # even the optimistic estimate, from enough drafts and times, puts one draft more far below the best: it is
                 # tried only at the longest wait, as its first step has every idle block to catch up on (over a
                 # whole window of positions per row, which costs several plain steps)
                 return self._chose(k, request_ids, explored=False, predicted=expected[k])
@@ -524,15 +530,20 @@ class SpeculationPolicy:
         """Depth-1 drafts block 1 would have made where it sat idle, scored against the tokens committed there
         (:func:`mimo.engine.speculative.draft`'s catch-up evidence): ``right`` of ``scored`` would have been
         accepted. They count as verified drafts of the row's own record, without ageing it (they are older than
-        the step that found them, not a step of their own), but not engine-wide: they come from where a row sat
-        plain, most often the first tokens after its prompt, which block 1 drafts worse than the rest (54% of
-        them right against 89% of the verified drafts, on mimo-nano at batch 1): counted engine-wide, they made
-        every new row's prior low and deep drafts look worse than they are."""
+        the step that found them, not a step of their own). Engine-wide they count only while fewer than
+        :data:`_HOPELESS_EVIDENCE` drafts have been verified at depth 1: they come from where a row sat plain, most
+        often the first tokens after its prompt, which block 1 drafts worse than the rest (54% of them right
+        against 89% of verified drafts, on mimo-nano at batch 1), so a long-running engine's figure is better
+        without them; but a new engine's (`mimo generate`: one request, a closed batch, whose rows lean on the
+        engine-wide figure) has nothing else to learn from while it decodes plain."""
         if self.max_k == 0 or scored <= 0:
             return
         rec = self._record(request_id)
         rec.tries[0] += scored
         rec.accepts[0] += right
+        if self.tries[0] < _HOPELESS_EVIDENCE:
+            self.tries[0] += scored
+            self.accepts[0] += right
 
     def observe_tokens(self, tokens_per_row: float) -> None:
         """The tokens the last chosen step gave per row (predicted vs realised, in :attr:`stats`)."""

@@ -1,5 +1,7 @@
 """The speculation policy: drafts per step from measured cost and predicted acceptance (host only, then engine)."""
 
+import random
+
 import pytest
 import torch
 
@@ -43,9 +45,9 @@ def test_drafts_that_are_always_rejected_stop_within_a_few_steps():
 def test_drafts_that_are_always_accepted_keep_the_most():
     p = SpeculationPolicy(3, prior_cost=lambda b, k: 1.0 + 0.5 * k)
     chosen = _run(p, ["a"], 30, lambda k: k, lambda k: 1.0 + 0.5 * k)
-    assert chosen[:6] == [3, 3, 3, 0, 0, 0], chosen  # the cold start times both ends, three steps each
-    # then 3 but for an exploration one draft below (1 step)
-    assert chosen[6:].count(3) >= 22 and min(chosen[6:]) >= 2, chosen
+    assert chosen[:2] == [3, 0], chosen  # the cold start times both ends
+    # trust in one row's record takes a few steps; then 3 but for an exploration one draft below (1 step)
+    assert chosen[5:].count(3) >= 24 and min(chosen[5:]) >= 2, chosen
 
 
 def test_expensive_drafts_lose_to_cheap_steps():
@@ -136,10 +138,10 @@ def test_engine_stops_drafting_when_every_draft_is_rejected():
     stats = llm.engine.speculation_stats()
     steps = sum(stats["steps_by_k"].values())
     assert stats["policy"] == "adaptive" and steps == 47  # the 3 rows decode together
-    # full-depth steps until three are timed (a step that is not steady is not: five at most), then plain steps
-    # but for an exploration (two 1-draft steps) every 16 or more
-    assert 4 <= stats["steps_by_k"].get(3, 0) <= 5 and stats["steps_by_k"].get(2, 0) == 0
-    assert stats["steps_by_k"][0] >= steps - 5 - 2 * (steps // 16 + 1)
+    # two full-depth steps (the second is timed), then plain steps but for an exploration (two 1-draft steps)
+    # every 16 or more
+    assert stats["steps_by_k"].get(3, 0) == 2 and stats["steps_by_k"].get(2, 0) == 0
+    assert stats["steps_by_k"][0] >= steps - 2 - 2 * (steps // 16 + 1)
     assert stats["realised_tokens_per_step"] == pytest.approx(1.0)
 
 
@@ -153,12 +155,11 @@ def test_engine_keeps_drafting_when_every_draft_is_accepted():
     # (a request's counts leave out the accepted drafts past its max_tokens, on its last step only)
     assert all(o.stats.drafted - 2 <= o.stats.accepted <= o.stats.drafted for o in outs)
     stats = llm.engine.speculation_stats()
-    # every step drafts 3 but the cold start's four plain steps (the last three are timed: the first after drafting
-    # is not steady) and a few that time 2 (fewer might have been cheaper)
+    # every step drafts 3 but the cold start's two plain steps (the second is timed: the first after drafting is
+    # not steady) and a few that time 2 (fewer might have been cheaper)
     steps = sum(stats["steps_by_k"].values())
-    assert stats["steps_by_k"].get(0) == 4 and stats["steps_by_k"][3] >= steps - 6 and 1 not in stats["steps_by_k"]
-    drafting = steps - 4  # (the plain steps gave a token each)
-    assert (stats["realised_tokens_per_step"] * steps - 4) / drafting > 3.4
+    assert stats["steps_by_k"].get(0) == 2 and stats["steps_by_k"][3] >= steps - 4 and 1 not in stats["steps_by_k"]
+    assert stats["realised_tokens_per_step"] > 3.2
 
 
 def test_rows_of_one_step_can_draft_different_numbers(monkeypatch):
@@ -405,3 +406,19 @@ def test_a_spell_of_slow_steps_does_not_keep_a_losing_verify_chosen():
         p.observe_step(1, k, slow * (1.6 if k else 1.0))
     assert 1 in chosen[100:140]  # (the trap is set)
     assert chosen[300:].count(0) >= 0.9 * 300, chosen[300:].count(0)
+
+
+def test_a_cost_timed_once_cannot_make_drafting_look_hopeless():
+    """A verify timed once, slowly (an engine's first steps often are), must not shut drafting out until the
+    longest wait between explorations: with one draft accepted 4 times in 5 and really costing 1.3 plain steps,
+    the next exploration re-times it and the policy drafts."""
+    p = SpeculationPolicy(1, explore_every=16)
+    p._cold_done = True
+    _warm(p, 1, {0: 1.0})
+    p.observe_step(1, 1, 3.0)  # timed once, at its worst
+    for i in range(40):
+        p.observe_row("old", 1, int(i % 5 != 0))  # acceptance 0.8, from enough drafts to judge
+    rng = random.Random(0)
+    chosen = _run(p, ["a"], 64, lambda k: k * int(rng.random() < 0.8), lambda k: 1.0 + 0.3 * k)
+    assert chosen[:10] == [0] * 10
+    assert chosen[40:].count(1) >= 20, chosen
