@@ -66,8 +66,6 @@ _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
-_COLD_TIMED = 1  # steady steps timed at full depth, then plain, before the policy first chooses
-_COLD_STEPS = 2  # the most steps the cold start spends at full depth
 _STALE_STEPS = 64  # a step time older than this many decode steps is dropped when a new one of its kind comes
 _EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
@@ -167,8 +165,7 @@ class SpeculationPolicy:
         # catching up over its whole prompt, inside a prefill step; rows of one batch ending steps apart)
         self._current = 0
         self._current_rows: list[str] = []  # the rows _current was chosen for
-        self._cold = [0, 0]  # full-depth and plain steps of the cold start so far
-        self._cold_done = False
+        self._cold = 0  # full-depth steps of the cold start so far
         self.window = window
         self.ran: dict[str, list[int]] = {}  # request -> per block, the committed length when it last ran
         self._positions: dict[str, int] = {}  # request -> its committed length at the step being chosen
@@ -350,23 +347,20 @@ class SpeculationPolicy:
         self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
         self._cb = None
         b = len(request_ids)
-        # The first decode steps: full depth until it is timed in the steady state (the first has blocks to catch up
-        # on), then plain steps until one is timed, so that both ends are measured, not guessed (the weights-read
-        # prior overstates a verify's cost where per-step overheads dominate: small models). One step each: a
-        # one-off request (`mimo generate`) pays for every step of it, and three at each end made the README's
-        # command 10% slower with drafts than without. An engine's first steps often run slow, so a cost timed once
-        # is not enough to judge drafting deeper hopeless (below). A new batch size later borrows the ratios of the
-        # nearest one measured.
-        if not self._cold_done:
-            for depth in (self.max_k, 0):
-                timed = max((len(w) for (_, o), w in self._samples.items() if o == depth), default=0)
-                # (full depth at most _COLD_STEPS: a step whose unsure drafts were cut is not timed, and drafts that
-                # are always unsure are cut every time; plain steps until one is timed, whatever it takes: every cost
-                # is relative to a plain step's)
-                if timed < _COLD_TIMED and (self._cold[depth > 0] < _COLD_STEPS or timed == 0 == depth):
-                    self._cold[depth > 0] += 1
-                    return self._chose(depth, request_ids, explored=True)
-            self._cold_done = True
+        # The first decode steps: full depth until one is timed in the steady state (the first has blocks to
+        # catch up on; two steps at most), then plain steps until one is timed (the second), so that both ends are
+        # measured, not guessed (the weights-read prior overstates a verify's cost where per-step overheads
+        # dominate: small models). One step each: a one-off request (`mimo generate`) pays for every step of it,
+        # and three at each end made the README's command 10% slower with drafts than without. An engine's first
+        # steps often run slow, so a cost timed once is not enough to judge drafting deeper hopeless (below). A new
+        # batch size later borrows the ratios of the nearest one measured.
+        if self._cold < 2 and not any(o == self.max_k for _, o in self.times):
+            # (twice at most: a step whose unsure drafts were cut is not timed, and drafts that are always
+            # unsure are cut every time)
+            self._cold += 1
+            return self._chose(self.max_k, request_ids, explored=True)
+        if not any(o == 0 for _, o in self.times):
+            return self._chose(0, request_ids, explored=True)
         # A clear choice (the runner-up at least _CLEAR below it) stands for _RECHECK steps of the same rows
         # before it is weighed again: the estimates move slowly, and weighing costs a few per cent of a small
         # model's step. The choice takes the acceptance as estimated; the optimistic one (a rarely tested depth

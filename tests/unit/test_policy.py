@@ -252,7 +252,7 @@ def test_a_closed_batch_is_not_drafted_for_its_fastest_rows():
     up, so it takes 1.45x as long: the policy decodes it plain, and drafts it while requests wait."""
     rows = [f"r{i}" for i in range(8)]
     p = SpeculationPolicy(1)
-    p._cold_done = True
+    p._cold = 2
     _warm(p, 8, {0: 1.0, 1: 1.45})
     for _ in range(30):
         for r in rows:
@@ -262,7 +262,7 @@ def test_a_closed_batch_is_not_drafted_for_its_fastest_rows():
     assert p.choose(rows, remaining=[64] * 8) == 0  # a closed one: the time until its last row ends
     # where every row accepts, the closed batch drafts too
     q = SpeculationPolicy(1)
-    q._cold_done = True
+    q._cold = 2
     _warm(q, 8, {0: 1.0, 1: 1.45})
     for _ in range(30):
         for r in rows:
@@ -274,7 +274,7 @@ def test_catch_up_over_a_long_prompt_is_paid_only_by_a_long_request():
     """A new row's blocks first catch up over its whole context (up to their reach): 0.05 plain steps per
     position here. For 16 tokens left that costs more than drafting saves; for 512 it does not."""
     p = SpeculationPolicy(1, window=128)
-    p._cold_done = True
+    p._cold = 2
     _warm(p, 1, {0: 1.0, 1: 1.3})
     for _ in range(40):
         p.observe_row("seen", 1, 1)  # acceptance near 1: a 1-draft step gives ~2 tokens for 1.3
@@ -356,7 +356,7 @@ def test_a_rows_record_ages_once_per_decode_step_read_late_or_not():
     from mimo.engine.policy import _DECAY
 
     p = SpeculationPolicy(2)
-    p._cold_done = True
+    p._cold = 2
     _warm(p, 1, {0: 1.0, 1: 10.0, 2: 20.0})  # drafting is far too dear: the steps below are plain
     p.choose(["a"])
     p.observe_row("a", 2, 0)  # one rejection at depth 1
@@ -373,7 +373,7 @@ def test_an_exploration_too_dear_is_not_priced_again_at_every_step():
     afford it at that price instead of pricing it again at every step."""
     rows = [f"r{i}" for i in range(8)]
     p = SpeculationPolicy(1, window=128, explore_every=4)
-    p._cold_done = True
+    p._cold = 2
     _warm(p, 8, {0: 1.0, 1: 1.6})
     p._catchup.append((8, 1, 1.6 + 10.0, 1000))  # catching up 1000 positions: 10 plain steps
     priced = []
@@ -413,7 +413,7 @@ def test_a_cost_timed_once_cannot_make_drafting_look_hopeless():
     longest wait between explorations: with one draft accepted 4 times in 5 and really costing 1.3 plain steps,
     the next exploration re-times it and the policy drafts."""
     p = SpeculationPolicy(1, explore_every=16)
-    p._cold_done = True
+    p._cold = 2
     _warm(p, 1, {0: 1.0})
     p.observe_step(1, 1, 3.0)  # timed once, at its worst
     for i in range(40):
