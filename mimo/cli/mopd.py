@@ -4,7 +4,9 @@
 ``code``); prompts are drawn from the train splits of those domains only, under ``--prompts`` (what
 ``mimo.posttrain.domains.write_domains`` wrote). Options left out take
 :class:`mimo.posttrain.mopd_train.MOPDConfig`'s defaults or, with ``--resume``, the values the run was started
-with (teachers included, unless given again).
+with (teachers included, unless given again). ``--kl-weight 0 --domains arithmetic,code`` drops the teachers'
+term: the same loop with the outcome reward alone (GRPO with truncated importance weights), the baseline the
+paper's Fig. 6 compares MOPD with.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate, constant (default 2e-5)")
     p.add_argument("--alpha", type=float, help="weight of the outcome-reward (GRPO) advantage (default 1.0; 0: "
                    "distillation only)")
+    p.add_argument("--kl-weight", type=float, help="weight of the distillation (teacher) term (default 1.0; 0: "
+                   "outcome reward only, GRPO with the same truncated importance weights, no teacher needed)")
+    p.add_argument("--domains", type=lambda v: [d.strip() for d in v.split(",") if d.strip()],
+                   help="comma-separated domains to draw prompts from (default: the teachers'; needed with "
+                   "--kl-weight 0 and no teacher)")
     p.add_argument("--eps-low", type=float, help="IS ratio below which a token is dropped (default 0.5)")
     p.add_argument("--eps-high", type=float, help="IS ratio above which a token is dropped (default 2.0)")
     p.add_argument("--r3", action="store_true", default=None, help="rollout routing replay: the trainer's forward "
@@ -78,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     settings.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if args.teacher:
         settings["teachers"] = parse_teachers(args.teacher)
-    if not settings.get("teachers"):
-        raise ValueError("at least one --teacher DOMAIN=DIR is required (domains: tools, arithmetic, code)")
+    settings.setdefault("teachers", {})
+    if settings.get("kl_weight", 1.0) and not settings["teachers"]:
+        raise ValueError("at least one --teacher DOMAIN=DIR is required (domains: tools, arithmetic, code), unless "
+                         "--kl-weight 0 with --domains")
     if "prompts" not in settings:
         raise ValueError("--prompts is required (the directory mimo.posttrain.domains.write_domains wrote)")
     settings.setdefault("student", str(resolve_model_dir(None)))
@@ -91,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         summary = train_mopd(cfg)
     last = summary["last"]
     print(f"stopped at step {summary['step']}/{summary['steps']} in {summary['elapsed_s'] / 60:.1f} min"
-          + (f"; last reverse KL {last['reverse_kl']:.4f}, rewards {last['reward']}" if last else ""))
+          + (f"; last reverse KL {last['reverse_kl']:.4f}" if last and last["reverse_kl"] is not None else "")
+          + (f"; rewards {last['reward']}" if last else ""))
     print(f"model:   {summary['final']}  (hub layout, bf16, with tokenizer and chat template)")
     print(f"metrics: {os.path.join(cfg.out, 'metrics.jsonl')}")
     return 0

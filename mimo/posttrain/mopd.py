@@ -10,6 +10,10 @@ and a sampled answer ``y ~ μ_θ``::
     w_t    = sg[π_θ(y_t)/μ_θ(y_t)]  if ε_low <= ratio <= ε_high, else 0                   (Eq. 8)
     Â_t    = sg[log π_dom(y_t) - log π_θ(y_t)] + α · Â_ORM                               (Eq. 9)
 
+``beta`` weighs the distillation term (1 in the paper; 0 leaves the outcome reward alone: GRPO with the same
+truncated importance weights, the "RL with outcome rewards only" baseline of the paper's Fig. 6, which needs no
+teacher).
+
 Decisions, where the paper leaves a choice:
 
 * ``|y|`` is the number of answer tokens of the sequence (its mask's sum), *including* tokens whose
@@ -78,10 +82,16 @@ def truncated_is_weights(logp_student: torch.Tensor, logp_inference: torch.Tenso
     return torch.where(kept, ratio, torch.zeros_like(ratio)), kept
 
 
-def mopd_advantages(logp_teacher: torch.Tensor, logp_student: torch.Tensor, orm_advantages: torch.Tensor | None = None,
-                    *, alpha: float = 0.0) -> torch.Tensor:
-    """Eq. 9: ``sg[log π_dom - log π_θ] + α · Â_ORM`` per token; ``orm_advantages`` is ``[B]`` (per sequence)."""
-    adv = logp_teacher.detach().float() - logp_student.detach().float()
+def mopd_advantages(logp_teacher: torch.Tensor | None, logp_student: torch.Tensor,
+                    orm_advantages: torch.Tensor | None = None, *, alpha: float = 0.0, beta: float = 1.0) -> torch.Tensor:
+    """Eq. 9: ``β · sg[log π_dom - log π_θ] + α · Â_ORM`` per token (β = 1 in the paper); ``orm_advantages`` is
+    ``[B]`` (per sequence). ``logp_teacher`` may be None where β is 0."""
+    if beta:
+        if logp_teacher is None:
+            raise ValueError("a teacher's log-probs are needed unless beta (the distillation weight) is 0")
+        adv = beta * (logp_teacher.detach().float() - logp_student.detach().float())
+    else:
+        adv = torch.zeros_like(logp_student, dtype=torch.float32)
     if orm_advantages is not None and alpha:
         if orm_advantages.shape != adv.shape[:1]:
             raise ValueError(f"orm_advantages must be one per sequence {tuple(adv.shape[:1])}, "
@@ -94,28 +104,31 @@ def mopd_advantages(logp_teacher: torch.Tensor, logp_student: torch.Tensor, orm_
 class MOPDStats:
     """Detached diagnostics of one loss evaluation (means over answer tokens)."""
 
-    reverse_kl: float  # mean of log π_θ - log π_dom on the sampled tokens (a reverse-KL estimate)
+    reverse_kl: float | None  # mean of log π_θ - log π_dom on the sampled tokens (a reverse-KL estimate); None
+    # without a teacher
     advantage: float  # mean Â_t
     truncated: float  # fraction of answer tokens whose IS weight was zeroed
     weight: float  # mean w_t over kept tokens
 
 
-def mopd_loss(logp_student: torch.Tensor, logp_teacher: torch.Tensor, logp_inference: torch.Tensor,
+def mopd_loss(logp_student: torch.Tensor, logp_teacher: torch.Tensor | None, logp_inference: torch.Tensor,
               mask: torch.Tensor, orm_advantages: torch.Tensor | None = None, *, alpha: float = 0.0,
-              eps_low: float = 0.5, eps_high: float = 2.0) -> tuple[torch.Tensor, MOPDStats]:
+              beta: float = 1.0, eps_low: float = 0.5, eps_high: float = 2.0) -> tuple[torch.Tensor, MOPDStats]:
     """Eq. 7: the MOPD surrogate loss (a scalar to minimise) and its diagnostics.
 
     ``logp_student`` ``[B, T]`` carries the graph (the trainer's forward on the sampled tokens);
     ``logp_teacher`` and ``logp_inference`` are constants (the domain teacher's forward, the engine's
     recorded log-probs); ``mask`` ``[B, T]`` marks answer tokens. A sequence with no answer tokens
-    contributes 0 (and still counts in the mean over sequences).
+    contributes 0 (and still counts in the mean over sequences). ``beta``: the distillation term's weight (0: no
+    teacher; ``logp_teacher`` may then be None).
     """
-    if not (logp_student.shape == logp_teacher.shape == logp_inference.shape == mask.shape):
+    given = [t for t in (logp_student, logp_teacher, logp_inference, mask) if t is not None]
+    if any(t.shape != mask.shape for t in given):
         raise ValueError("logp_student, logp_teacher, logp_inference and mask must have one shape [B, T], got "
-                         f"{[tuple(t.shape) for t in (logp_student, logp_teacher, logp_inference, mask)]}")
+                         f"{[tuple(t.shape) for t in given]}")
     m = mask.to(torch.float32)
     weights, kept = truncated_is_weights(logp_student, logp_inference, eps_low=eps_low, eps_high=eps_high)
-    adv = mopd_advantages(logp_teacher, logp_student, orm_advantages, alpha=alpha)
+    adv = mopd_advantages(logp_teacher, logp_student, orm_advantages, alpha=alpha, beta=beta)
     per_token = weights * adv * logp_student.float() * m
     lengths = m.sum(dim=1)
     per_seq = per_token.sum(dim=1) / lengths.clamp(min=1)
@@ -124,7 +137,8 @@ def mopd_loss(logp_student: torch.Tensor, logp_teacher: torch.Tensor, logp_infer
         n = m.sum().clamp(min=1)
         kept_m = kept.float() * m
         stats = MOPDStats(
-            reverse_kl=float(((logp_student.float() - logp_teacher.float()) * m).sum() / n),
+            reverse_kl=(float(((logp_student.float() - logp_teacher.float()) * m).sum() / n)
+                        if logp_teacher is not None else None),
             advantage=float((adv * m).sum() / n),
             truncated=float(1 - kept_m.sum() / n) if m.sum() > 0 else 0.0,
             weight=float((weights * m).sum() / kept_m.sum().clamp(min=1)),

@@ -74,7 +74,7 @@ from mimo.training.optim import build_optimizer, clip_gradients
 from mimo.training.trainer import truncate_metrics
 
 __all__ = ["MOPDConfig", "Rollout", "answer_batch", "answer_log_probs", "check_teachers", "draw_prompts",
-           "route_disagreement", "rollout", "train_mopd"]
+           "prompt_domains", "route_disagreement", "rollout", "train_mopd"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class MOPDConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     alpha: float = 1.0  # weight of the GRPO outcome advantage in Eq. 9 (0: pure distillation); the paper gives none
+    kl_weight: float = 1.0  # weight of Eq. 9's distillation term (0: outcome reward only, no teacher: Fig. 6's RL)
+    domains: list[str] | None = None  # the prompts' domains (None: the teachers')
     eps_low: float = 0.5  # Eq. 8's truncation bounds on pi_theta / mu_theta
     eps_high: float = 2.0
     r3: bool = False  # rollout routing replay: the trainer's forward uses the engine's expert choices
@@ -136,9 +138,28 @@ def check_teachers(teachers: dict[str, str]) -> None:
             raise ValueError(f"the {dom} teacher {path!r} is not a directory")
 
 
+def prompt_domains(cfg: MOPDConfig) -> list[str]:
+    """The domains prompts come from (``cfg.domains``, else the teachers'), each with a teacher unless the
+    distillation term is off (``kl_weight`` 0)."""
+    doms = list(cfg.domains) if cfg.domains else list(cfg.teachers)
+    if not doms:
+        raise ValueError(f"no domains: name teachers, or domains with kl_weight 0 ({', '.join(domains.DOMAINS)})")
+    for dom in doms:
+        if dom not in domains.DOMAINS:
+            raise ValueError(f"unknown domain {dom!r}; domains are {', '.join(domains.DOMAINS)}")
+    if cfg.kl_weight:
+        check_teachers(cfg.teachers)
+        missing = [d for d in doms if d not in cfg.teachers]
+        if missing:
+            raise ValueError(f"no teacher for {', '.join(missing)}: every domain needs one unless kl_weight is 0")
+    return doms
+
+
 def _settings(d: dict) -> dict:
-    """What must match for a resume to be exact (JSON's view)."""
-    return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("resume", "progress", "device")}
+    """What must match for a resume to be exact (JSON's view; settings added since a checkpoint was written take
+    their defaults, which is what that run used)."""
+    full = {**asdict(MOPDConfig(student="", teachers={}, prompts="", out="")), **d}
+    return {k: v for k, v in json.loads(json.dumps(full)).items() if k not in ("resume", "progress", "device")}
 
 
 def draw_prompts(pools: dict[str, list[dict]], cfg: MOPDConfig, step: int) -> list[tuple[str, dict]]:
@@ -248,7 +269,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
     """Run (or resume) MOPD as configured; returns a summary. ``should_stop(step)`` ends it after that step
     (with a checkpoint), as an interruption would."""
     start = time.perf_counter()
-    check_teachers(cfg.teachers)
+    doms = prompt_domains(cfg)
     for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "micro_batch"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -263,7 +284,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
     tok = Tokenizer.from_pretrained(cfg.student)
     if not tok.chat_template:
         raise ValueError(f"{cfg.student} has no chat template: MOPD renders chat prompts (train with mimo sft first)")
-    pools = {dom: domains.load(cfg.prompts, dom, "train") for dom in cfg.teachers}
+    pools = {dom: domains.load(cfg.prompts, dom, "train") for dom in doms}
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -271,7 +292,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
                                             dtype=torch.float32).to(device)
     loaded: dict[str, MiMoForCausalLM] = {}  # a directory serving several domains is loaded once
     teachers = {}
-    for dom, path in cfg.teachers.items():
+    for dom, path in (cfg.teachers.items() if cfg.kl_weight else ()):
         if path not in loaded:
             loaded[path] = MiMoForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
             loaded[path].requires_grad_(False)
@@ -327,7 +348,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             # teacher equal to the student gives exactly zero advantage.
             batches = [answer_batch(chunk, pad, device) for chunk in chunks]
             with torch.enable_grad():
-                for chunk, (ids, where, answer, _) in zip(chunks, batches):
+                for chunk, (ids, where, answer, _) in zip(chunks, batches) if cfg.kl_weight else ():
                     lp = torch.zeros(where.shape, device=device)
                     for dom in {r.domain for r in chunk}:
                         sel = torch.tensor([r.domain == dom for r in chunk], device=device)
@@ -338,23 +359,24 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             opt.zero_grad(set_to_none=True)
             totals = {"reverse_kl": 0.0, "advantage": 0.0, "truncated": 0.0}
             n_tokens, disagree, loss_sum = 0, [], 0.0
-            for chunk, (ids, where, answer, mask), t_lp in zip(chunks, batches, teacher_lp):
+            for j, (chunk, (ids, where, answer, mask)) in enumerate(zip(chunks, batches)):
+                t_lp = teacher_lp[j] if teacher_lp else None
                 routes = _engine_routes(chunk, recorder, ids.shape[1])
                 replay = {layer: routes[:, :, j] for j, layer in enumerate(moe_layers)} if cfg.r3 else None
                 router_out: list = []
                 lp = answer_log_probs(model, ids, where, answer, router_out, replay)
-                mu = torch.zeros_like(t_lp)
+                mu = torch.zeros(mask.shape, device=device)
                 for i, r in enumerate(chunk):
                     mu[i, : len(r.logp_inference)] = torch.tensor(r.logp_inference, device=device)
                 orm = torch.tensor([r.orm_advantage for r in chunk], device=device)
-                loss, stats = mopd_loss(lp, t_lp, mu, mask, orm, alpha=cfg.alpha, eps_low=cfg.eps_low,
-                                        eps_high=cfg.eps_high)
+                loss, stats = mopd_loss(lp, t_lp, mu, mask, orm, alpha=cfg.alpha, beta=cfg.kl_weight,
+                                        eps_low=cfg.eps_low, eps_high=cfg.eps_high)
                 (loss * len(chunk) / len(rows)).backward()  # the sum over micro-batches is Eq. 7's mean
                 loss_sum += float(loss.detach()) * len(chunk) / len(rows)
                 k = int(mask.sum())
                 n_tokens += k
                 for name in totals:
-                    totals[name] += getattr(stats, name) * k
+                    totals[name] += (getattr(stats, name) or 0.0) * k
                 if router_out and routes is not None:
                     lengths = torch.tensor([len(r.prompt_ids) + len(r.answer_ids) - 1 for r in chunk])
                     valid = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).to(device)
@@ -372,6 +394,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
                 per_domain.setdefault(r.domain, []).append(r.reward)
             dec = sum(w for _, w in disagree)
             last = {"step": step, "loss": loss_sum, **{k: v / max(1, n_tokens) for k, v in totals.items()},
+                    **({} if cfg.kl_weight else {"reverse_kl": None}),
                     "reward": {d: sum(v) / len(v) for d, v in sorted(per_domain.items())},
                     "route_disagreement": sum(f * w for f, w in disagree) / dec if dec else None, "r3": cfg.r3,
                     "tokens": n_tokens, "samples": len(rows), "grad_norm": gnorm, "lr": cfg.lr,
@@ -380,7 +403,8 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             log.write(json.dumps(last) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix(kl=f"{last['reverse_kl']:.3f}", trunc=f"{last['truncated']:.2f}")
+            bar.set_postfix(kl="-" if last["reverse_kl"] is None else f"{last['reverse_kl']:.3f}",
+                            trunc=f"{last['truncated']:.2f}")
             stop = should_stop is not None and should_stop(step)
             if step % cfg.checkpoint_interval == 0 or stop or step == cfg.steps:
                 checkpoint()

@@ -146,3 +146,19 @@ def test_one_step_moves_student_towards_teacher_on_sampled_tokens():
     assert gap_after < gap_before
     # First order: each token's log-prob moved in the direction of its advantage, on the whole.
     assert ((lt - before) * (after - before)).sum() > 0
+
+
+def test_without_the_distillation_term_the_loss_is_grpo_with_truncated_weights():
+    """beta = 0: Â_t = α · Â_ORM alone (no teacher needed), with the same Eq. 8 weights and per-sequence means."""
+    torch.manual_seed(0)
+    lp = torch.randn(2, 3, requires_grad=True)
+    mu = lp.detach() + torch.tensor([[0.1, -0.2, 1.5], [0.0, 0.3, -0.1]])  # one token's ratio outside [0.5, 2]
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    orm = torch.tensor([0.7, -1.2])
+    loss, stats = mopd_loss(lp, None, mu, mask, orm, alpha=2.0, beta=0.0)
+    w = torch.exp(lp.detach() - mu)
+    w = torch.where((w >= 0.5) & (w <= 2.0), w, torch.zeros_like(w))
+    by_hand = -(((w * (2.0 * orm[:, None]) * lp * mask).sum(1) / mask.sum(1)).mean())
+    assert torch.allclose(loss, by_hand) and stats.reverse_kl is None
+    with pytest.raises(ValueError, match="teacher"):
+        mopd_loss(lp, None, mu, mask, orm, alpha=2.0)  # beta defaults to 1: a teacher is needed

@@ -148,6 +148,10 @@ def test_teacher_arguments(setup, tmp_path, capsys):
     assert "unknown domain 'math'" in capsys.readouterr().err
     assert main(args) == 2
     assert "--teacher" in capsys.readouterr().err
+    assert main(args + ["--kl-weight", "0"]) == 2  # no teacher and no domains: nothing to draw prompts from
+    assert "no domains" in capsys.readouterr().err
+    assert main(args + ["--kl-weight", "0", "--domains", "arithmetic,maths"]) == 2
+    assert "unknown domain 'maths'" in capsys.readouterr().err
 
 
 def test_the_command(setup, capsys):
@@ -159,3 +163,15 @@ def test_the_command(setup, capsys):
             "--max-new-tokens", "4", "--alpha", "0.5", "--device", "cpu", "--no-progress"]
     assert main(args) == 0
     assert "stopped at step 1/1" in capsys.readouterr().out
+
+
+def test_outcome_reward_alone_needs_no_teacher(setup):
+    """kl_weight 0: the loop with the GRPO advantage alone (Fig. 6's RL baseline): no teacher is loaded or asked
+    for, the step trains and logs no reverse KL; with the distillation term on, a domain without a teacher is an
+    error that names it."""
+    cfg = _cfg(setup, "orm", teachers={}, domains=["arithmetic"], kl_weight=0.0, alpha=1.0)
+    assert train_mopd(cfg)["step"] == 1
+    (row,) = _metrics(cfg)
+    assert row["reverse_kl"] is None and row["tokens"] > 0 and "arithmetic" in row["reward"]
+    with pytest.raises(ValueError, match="no teacher for arithmetic"):
+        train_mopd(_cfg(setup, "orm2", teachers={"code": setup[1]}, domains=["arithmetic"]))
