@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The chat model's post-training end to end (issue #15), as one rerunnable sequence: the verifiable domains'
+# data, a general SFT of the base on all three domains (the student), one teacher per domain (the student
+# fine-tuned further on that domain alone), MOPD from the student with the three teachers, the two Fig.-6
+# baselines (the outcome reward alone; distillation alone), held-out evaluation of every model, and the report
+# (scripts/posttrain_report.py: Table-7-style table, Fig.-6-style plot). Every stage resumes where it stopped
+# (rerun the script after an interruption); a stage whose final/ exists is skipped. Wall time per stage goes to
+# $OUT/stage_seconds.json.
+#
+#   BASE=runs/nano-v2/final OUT=runs/post bash scripts/posttrain.sh
+#
+# Settings (environment, defaults in brackets): BASE [models/mimo-nano], OUT [runs/post], TRAIN [6000] and
+# HELDOUT [300] examples per domain, SFT_STEPS [1000], TEACHER_STEPS [300], MOPD_STEPS [50], EVAL_N [50]
+# held-out examples per domain, SFT_ARGS [--batch-size 8 --max-len 1536 --lr 5e-4], TEACHER_ARGS [same],
+# MOPD_ARGS [empty], MIMO [.venv/bin/mimo], PY [.venv/bin/python].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE=${BASE:-models/mimo-nano}
+OUT=${OUT:-runs/post}
+MIMO=${MIMO:-.venv/bin/mimo}
+PY=${PY:-.venv/bin/python}
+TRAIN=${TRAIN:-6000}
+HELDOUT=${HELDOUT:-300}
+SFT_STEPS=${SFT_STEPS:-1000}
+TEACHER_STEPS=${TEACHER_STEPS:-300}
+MOPD_STEPS=${MOPD_STEPS:-50}
+EVAL_N=${EVAL_N:-50}
+SFT_ARGS=${SFT_ARGS:---batch-size 8 --max-len 1536 --lr 5e-4}
+TEACHER_ARGS=${TEACHER_ARGS:-$SFT_ARGS}
+MOPD_ARGS=${MOPD_ARGS:-}
+DOMAINS=(tools arithmetic code)
+
+[ -d "$BASE" ] || { echo "posttrain.sh: BASE=$BASE is not a model directory" >&2; exit 2; }
+mkdir -p "$OUT/eval"
+TIMES="$OUT/stage_seconds.json"
+[ -f "$TIMES" ] || echo "{}" > "$TIMES"
+
+stage() {  # stage NAME DONE_PATH COMMAND...: run COMMAND unless DONE_PATH exists; record its wall time
+  local name=$1 done=$2
+  shift 2
+  if [ -e "$done" ]; then
+    echo "== $name: done ($done)"
+    return
+  fi
+  echo "== $name"
+  local start=$SECONDS
+  "$@"
+  "$PY" - "$TIMES" "$name" "$((SECONDS - start))" <<'EOF'
+import json, sys
+path, name, secs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+times = json.load(open(path))
+times[name] = times.get(name, 0) + secs
+json.dump(times, open(path, "w"), indent=1)
+EOF
+}
+
+stage data "$OUT/data/manifest.json" "$MIMO" domains --out "$OUT/data" --train "$TRAIN" --heldout "$HELDOUT"
+# shellcheck disable=SC2086  # the *_ARGS are word lists
+stage sft "$OUT/sft/final" "$MIMO" sft --data "$OUT/data" --from "$BASE" --out "$OUT/sft" --resume \
+  --steps "$SFT_STEPS" --no-progress $SFT_ARGS
+teachers=()
+for d in "${DOMAINS[@]}"; do
+  # shellcheck disable=SC2086
+  stage "teacher-$d" "$OUT/teacher-$d/final" "$MIMO" sft --data "$OUT/data/$d" --from "$OUT/sft/final" \
+    --out "$OUT/teacher-$d" --resume --steps "$TEACHER_STEPS" --no-progress $TEACHER_ARGS
+  teachers+=(--teacher "$d=$OUT/teacher-$d/final")
+done
+common=(--student "$OUT/sft/final" --prompts "$OUT/data" --resume --steps "$MOPD_STEPS" --no-progress)
+# shellcheck disable=SC2086
+stage mopd "$OUT/mopd/final" "$MIMO" mopd "${common[@]}" "${teachers[@]}" --out "$OUT/mopd" $MOPD_ARGS
+# shellcheck disable=SC2086
+stage orm-only "$OUT/orm/final" "$MIMO" mopd "${common[@]}" --kl-weight 0 --domains tools,arithmetic,code \
+  --out "$OUT/orm" $MOPD_ARGS
+# shellcheck disable=SC2086
+stage mopd-no-orm "$OUT/mopd-noorm/final" "$MIMO" mopd "${common[@]}" "${teachers[@]}" --alpha 0 \
+  --out "$OUT/mopd-noorm" $MOPD_ARGS
+
+evaluate() {  # evaluate NAME MODEL
+  stage "eval-$1" "$OUT/eval/$1.json" "$PY" scripts/eval_domains.py --model "$2" --data "$OUT/data" \
+    --per-domain "$EVAL_N" --json-out "$OUT/eval/$1.json"
+}
+evaluate sft "$OUT/sft/final"
+for d in "${DOMAINS[@]}"; do evaluate "teacher-$d" "$OUT/teacher-$d/final"; done
+evaluate mopd "$OUT/mopd/final"
+
+"$PY" scripts/posttrain_report.py --before "$OUT/eval/sft.json" --after "$OUT/eval/mopd.json" \
+  --teacher "tools=$OUT/eval/teacher-tools.json" --teacher "arithmetic=$OUT/eval/teacher-arithmetic.json" \
+  --teacher "code=$OUT/eval/teacher-code.json" \
+  --run "MOPD=$OUT/mopd" --run "outcome reward only=$OUT/orm" --run "MOPD without ORM=$OUT/mopd-noorm" \
+  --out "$OUT/report"
+echo "stage seconds: $(cat "$TIMES")"
