@@ -26,7 +26,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,18 +72,21 @@ def main() -> int:
     sources = [] if args.no_stdlib else [("stdlib", stdlib_root())]
     sources += [(f"pkgs/{n}", package_dir(n)) for n in names]  # every name checked before anything is copied
     listed = [(dest, rel, path) for dest, root in sources for rel, path in stdlib_files(root)]
-    entries = []
+    entries, total = [], 0
     for dest, rel, path in tqdm(listed, desc="copying", unit="file"):
         target = os.path.join(args.out, dest, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(path, target)
-        with open(target, "rb") as f:
-            entries.append((f"{dest}/{rel}", hashlib.sha1(f.read()).hexdigest()))
+        with open(path, "rb") as f:  # read once: written as it is, and hashed
+            data = f.read()
+        with open(target, "wb") as f:
+            f.write(data)
+        entries.append((f"{dest}/{rel}", hashlib.sha1(data).hexdigest()))
+        total += len(data)
     entries.sort()
     fingerprint = hashlib.sha256("".join(f"{p}\0{h}\n" for p, h in entries).encode()).hexdigest()
     manifest = {"python": sys.version.split()[0], "stdlib": not args.no_stdlib,
                 "packages": {n: version(n) for n in names}, "files": len(entries),
-                "bytes": sum(os.path.getsize(os.path.join(args.out, p)) for p, _ in entries),
+                "bytes": total,
                 "fingerprint": fingerprint}
     with open(os.path.join(args.out, "MANIFEST.json"), "w") as f:
         json.dump({**manifest, "file_sha1": dict(entries)}, f, indent=1)

@@ -31,14 +31,12 @@ def main() -> int:
     ap.add_argument("--tokenizer", help="tokenizer directory (a training checkpoint's model has none: the run's)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
-    import json as json_module
-
     from mimo import LLM, SamplingParams
     from mimo.tokenizer import Tokenizer
 
     llm = LLM(args.model, tokenizer=Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None)
     tok = llm.tokenizer
-    with open(os.path.join(os.path.dirname(json_module.__file__), "decoder.py"), encoding="utf-8") as f:
+    with open(os.path.join(os.path.dirname(json.__file__), "decoder.py"), encoding="utf-8") as f:
         filler = tok.encode(f.read())
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     result: dict[str, float] = {}

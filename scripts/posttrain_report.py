@@ -43,10 +43,9 @@ def _curves(run_dir: str, window: int) -> dict[str, tuple[list[int], list[float]
     for dom in DOMAINS:
         pts = [(r["step"], r["reward"][dom]) for r in rows if dom in r.get("reward", {})]
         if pts:
-            steps = [s for s, _ in pts]
             vals = [v for _, v in pts]
-            out[dom] = (steps, [sum(vals[max(0, i - window + 1) : i + 1]) / len(vals[max(0, i - window + 1) : i + 1])
-                                for i in range(len(vals))])
+            spans = [vals[max(0, i - window + 1) : i + 1] for i in range(len(vals))]
+            out[dom] = ([s for s, _ in pts], [sum(w) / len(w) for w in spans])
     return out
 
 

@@ -129,11 +129,10 @@ class Engine:
             # is steady after a plain step only: the first one after drafting is a few per cent slower, and
             # the plain step's time is what every other cost is measured against
             last_rows, last_k = self._last_decode
-            steady = not plan.prefill and not plan.starts and not plan.moves and last_rows == rows and made == k and (
-                last_k == 0 if k == 0 else last_k >= k)
-            if steady:
+            decode_only = made == k and not plan.prefill and not plan.starts and not plan.moves
+            if decode_only and last_rows == rows and (last_k == 0 if k == 0 else last_k >= k):  # steady
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
-            elif k and made == k and not plan.prefill and not plan.starts and not plan.moves:
+            elif decode_only and k:
                 self.policy.observe_catchup(len(rows), k, time.perf_counter() - t)  # (blocks caught up: its cost)
             self._last_decode = (rows, made)
         return deltas

@@ -169,7 +169,6 @@ class SpeculationPolicy:
         self.window = window
         self.ran: dict[str, list[int]] = {}  # request -> per block, the committed length when it last ran
         self._positions: dict[str, int] = {}  # request -> its committed length at the step being chosen
-        self._given: tuple[list[str], list[int]] | None = None  # choose()'s positions, not yet in _positions
         self._catchup_positions = 0  # positions the chosen step's blocks catch up on beyond a steady step's
         self._catchup: collections.deque = collections.deque(maxlen=_CATCHUP_SAMPLES)  # (batch, k, s, positions)
         self._cb: list[int] | None = None  # catch-up positions per k of the step being chosen
@@ -261,9 +260,8 @@ class SpeculationPolicy:
         out = [0] * (self.max_k + 1)
         if self.window is None:
             return out
-        positions = self._known_positions()
         for r in request_ids:
-            pos = positions.get(r)
+            pos = self._positions.get(r)
             if pos is None:
                 continue
             ran = self.ran.get(r)
@@ -342,8 +340,8 @@ class SpeculationPolicy:
             return 0
         if self.policy == "fixed":
             return self._chose(self.max_k, request_ids, explored=False)
-        if positions is not None:  # (put in _positions when first read: a held plain choice never reads them)
-            self._given = (request_ids, positions)
+        if positions is not None:
+            self._positions.update(zip(request_ids, positions))
         self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
         self._cb = None
         b = len(request_ids)
@@ -399,12 +397,11 @@ class SpeculationPolicy:
         # two plain steps): so that a text that became predictable is noticed, and a cost measured once, on a
         # slow step, is measured again.
         self.since_explored += 1
-        going_up = ((self._explorations + 1) % 2 == 1 or k == 0) and k < self.max_k  # (as ``up`` below)
+        up = ((self._explorations + 1) % 2 == 1 or k == 0) and k < self.max_k  # this exploration's direction
         if self.since_explored >= max(self.explore_every, self._afford_at) and (
-                not going_up or self._catchup_affordable(request_ids, k, b, costs)):
+                not up or self._catchup_affordable(request_ids, k, b, costs)):
             self.since_explored = self._afford_at = 0
             self._explorations += 1
-            up = (self._explorations % 2 == 1 or k == 0) and k < self.max_k
             # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
             # cost is measured against, so it must stay as fresh as the best k's own
             down = 0 if (self._explorations // 2) % 2 == 1 else k - 1  # (unused when up: k == 0 is always up)
@@ -502,7 +499,7 @@ class SpeculationPolicy:
         per draft, whether it was below the confidence floor; ``cut``: the row stopped drafting at an unsure
         draft before the step's k, which counts as that depth's rejection (unsure drafts are cut only where
         they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
-        pos = self._known_positions().get(request_id)
+        pos = self._positions.get(request_id)
         if pos is not None:  # the blocks that ran for this row: those of its drafts, and the one whose draft was cut
             ran = self.ran.setdefault(request_id, [0] * self.max_k)
             for j in range(min(self.max_k, drafted + cut)):
@@ -550,14 +547,7 @@ class SpeculationPolicy:
             rec = self.rows[request_id] = _Record([0.0] * self.max_k, [0.0] * self.max_k, self._steps)
         return rec.aged(self._steps)
 
-    def _known_positions(self) -> dict[str, int]:
-        """Each row's committed length as last given to :meth:`choose` (rows given before keep theirs)."""
-        if self._given is not None:
-            self._positions.update(zip(*self._given))
-            self._given = None
-        return self._positions
-
     def forget(self, request_id: str) -> None:
         self.rows.pop(request_id, None)
         self.ran.pop(request_id, None)
-        self._known_positions().pop(request_id, None)
+        self._positions.pop(request_id, None)
