@@ -4,7 +4,7 @@ tools: exact-call accuracy (the server's own parser reads the reply); arithmetic
 in the sandbox. Prompts are the held-out conversations up to their first assistant turn, rendered by the
 model's chat template with the example's tools and template settings.
 
-    .venv/bin/python scripts/eval_domains.py --model DIR --data DIR [--per-domain 50] [--json-out F]
+    .venv/bin/python scripts/eval_domains.py --model DIR --data DIR [--per-domain 50] [--domains tools,...] [--json-out F]
 """
 
 from __future__ import annotations
@@ -29,12 +29,17 @@ def main() -> int:
     ap.add_argument("--data", required=True, help="what write_domains wrote (has tools/heldout.jsonl, ...)")
     ap.add_argument("--per-domain", type=int, default=50)
     ap.add_argument("--split", default="heldout")
+    ap.add_argument("--domains", default="tools,arithmetic,code", help="comma-separated (default all three)")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     llm = LLM(args.model, max_num_seqs=16)
     tok = llm.tokenizer
     result = {"model": args.model, "split": args.split, "domains": {}}
-    for domain in ("tools", "arithmetic", "code"):
+    wanted = [d.strip() for d in args.domains.split(",") if d.strip()]
+    unknown = sorted(set(wanted) - set(MAX_TOKENS))
+    if unknown or not wanted:
+        ap.error(f"--domains: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(MAX_TOKENS)}")
+    for domain in wanted:
         examples = domains.load(args.data, domain, args.split)[: args.per_domain]
         prompts = [domains.render_prompt(tok, ex) for ex in examples]
         t = time.perf_counter()

@@ -11,7 +11,7 @@
 #
 # Settings (environment, defaults in brackets): BASE [models/mimo-nano], OUT [runs/post], TRAIN [6000] and
 # HELDOUT [300] examples per domain, SFT_STEPS [1000], TEACHER_STEPS [300], MOPD_STEPS [50], EVAL_N [50]
-# held-out examples per domain, SFT_ARGS [--batch-size 8 --max-len 1536 --lr 5e-4], TEACHER_ARGS [same],
+# held-out examples per domain, SFT_ARGS [--batch-size 8 --max-len 1536 --lr 5e-4 --dtype bf16], TEACHER_ARGS [same],
 # MOPD_ARGS [empty], MIMO [.venv/bin/mimo], PY [.venv/bin/python].
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ SFT_STEPS=${SFT_STEPS:-1000}
 TEACHER_STEPS=${TEACHER_STEPS:-300}
 MOPD_STEPS=${MOPD_STEPS:-50}
 EVAL_N=${EVAL_N:-50}
-SFT_ARGS=${SFT_ARGS:---batch-size 8 --max-len 1536 --lr 5e-4}
+SFT_ARGS=${SFT_ARGS:---batch-size 8 --max-len 1536 --lr 5e-4 --dtype bf16}
 TEACHER_ARGS=${TEACHER_ARGS:-$SFT_ARGS}
 MOPD_ARGS=${MOPD_ARGS:-}
 DOMAINS=(tools arithmetic code)

@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -65,8 +65,13 @@ class SFTConfig:
     seed: int = 0
     checkpoint_interval: int = 50
     keep_checkpoints: int = 2
+    dtype: str = "fp32"  # fp32 | bf16 (autocast over fp32 master weights, as pre-training's --dtype bf16)
     resume: bool = False
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
 
 
 def example_files(data: str) -> list[str]:
@@ -156,7 +161,9 @@ class SFTData:
 
 
 def _settings(d: dict) -> dict:
-    """What must match for a resume to be exact (JSON's view: tuples are lists)."""
+    """What must match for a resume to be exact (JSON's view: tuples are lists); a setting newer than the
+    checkpoint counts with its default, which is what that run trained with."""
+    d = {**{f.name: f.default for f in fields(SFTConfig) if f.default is not MISSING}, **d}
     return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("resume", "progress")}
 
 
@@ -181,6 +188,7 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
     torch.manual_seed(cfg.seed)
     model = MiMoForCausalLM.from_pretrained(os.path.join(ckpt, "model") if ckpt else cfg.init, dtype=torch.float32)
     model.train()
+    model.set_attention_backend("sdpa")  # rows are right-padded, so plain causal attention is exact for them
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, eps=cfg.eps)
     step = 0
     if ckpt:
@@ -210,7 +218,8 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
             lr = schedule.apply(opt, step)
             opt.zero_grad(set_to_none=True)
             ids, mask = data.next_batch()
-            out = compute_losses(model, ids, loss_cfg, loss_mask=mask)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+                out = compute_losses(model, ids, loss_cfg, loss_mask=mask)
             out["loss"].backward()
             gnorm = clip_gradients(model, cfg.grad_clip)
             if np.isfinite(gnorm):

@@ -25,8 +25,8 @@ def setup(tmp_path_factory):
 
 def _cfg(setup, out, **kw):
     model, data, root = setup
-    return SFTConfig(data=data, init=model, out=str(root / out), steps=6, batch_size=3, max_len=1024,
-                     checkpoint_interval=2, progress=False, **kw)
+    return SFTConfig(**{"data": data, "init": model, "out": str(root / out), "steps": 6, "batch_size": 3,
+                        "max_len": 1024, "checkpoint_interval": 2, "progress": False, **kw})
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(setup):
@@ -45,6 +45,23 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(setup):
         assert torch.equal(x, y), name
     with pytest.raises(ValueError, match="settings"):
         train_sft(SFTConfig(**{**cfg.__dict__, "resume": True, "lr": 1e-3}))
+
+
+def test_bf16_autocast_trains_and_an_older_run_resumes(setup):
+    fp32 = train_sft(_cfg(setup, "f32", steps=2))
+    bf16 = train_sft(_cfg(setup, "b16", steps=2, dtype="bf16"))
+    a, b = fp32["last"]["main_loss"], bf16["last"]["main_loss"]
+    assert b == pytest.approx(a, rel=0.05) and b != a  # the same run at bf16's precision, not a copy of it
+    with pytest.raises(ValueError, match="dtype"):
+        _cfg(setup, "bad", dtype="fp16")
+    # a run written before --dtype existed resumes: its settings lack the field, which then means fp32
+    cfg = _cfg(setup, "old", steps=4)
+    train_sft(cfg, should_stop=lambda step: step == 2)
+    ckpt = f"{setup[2]}/old/checkpoints/step-00000002/state.json"
+    state = json.load(open(ckpt))
+    del state["sft_config"]["dtype"]
+    json.dump(state, open(ckpt, "w"))
+    assert train_sft(SFTConfig(**{**cfg.__dict__, "resume": True}))["step"] == 4
 
 
 def test_metrics_and_the_shipped_model(setup):
