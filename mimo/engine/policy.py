@@ -436,7 +436,11 @@ class SpeculationPolicy:
         if seconds is None or not plain:
             return True
         price = seconds / plain  # in plain steps
-        affordable_at = price / (_EXPLORE_SHARE * costs[k])
+        # Explorations that changed nothing have made the wait longer (explore_every); they also shrink the
+        # share, to a quarter at most: at batch 8 on mimo-nano, where plain wins, each exploration's catch-up
+        # (every row's context through block 1) costs ~6 plain steps and at the full share took 3-4% of the time.
+        share = _EXPLORE_SHARE * max(0.25, self._explore_base / self.explore_every)
+        affordable_at = price / (share * costs[k])
         if self.since_explored >= affordable_at:
             return True
         self._afford_at = math.ceil(affordable_at)

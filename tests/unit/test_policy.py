@@ -384,6 +384,28 @@ def test_an_exploration_too_dear_is_not_priced_again_at_every_step():
     assert len(priced) <= 3, len(priced)
 
 
+def test_explorations_that_change_nothing_spend_a_shrinking_share_on_catch_up():
+    """Batch 8, plain the best, every draft rejected, each exploration's first step catching 8 rows up over a window
+    (~10 plain steps). At the full share (5%) that is one exploration per ~200 steps however often they changed
+    nothing (3-4% of the time at batch 8 on mimo-nano); once the wait has grown, the share shrinks to a quarter."""
+    rows = [f"r{i}" for i in range(8)]
+    p = SpeculationPolicy(1, window=128, explore_every=4)
+    p._cold = 2
+    _warm(p, 8, {0: 1.0, 1: 1.6})
+    explored = []
+    for step in range(4000):
+        k = p.choose(rows, positions=[300 + step] * 8)
+        if k:
+            explored.append(step)
+            for r in rows:
+                p.observe_row(r, 1, 0)
+        catching_up = p._catchup_positions
+        p.observe_catchup(8, k, 1.6 + 0.01 * catching_up) if catching_up else p.observe_step(8, k, 1.6 if k else 1.0)
+    gaps = [b - a for a, b in zip(explored, explored[1:]) if b - a > 1]
+    assert gaps[-1] >= 600, gaps  # (at the full share: every 204 steps)
+    assert len(explored) <= 20, explored  # (38)
+
+
 def test_a_spell_of_slow_steps_does_not_keep_a_losing_verify_chosen():
     """One draft, accepted half the time, gives 1.5 tokens for 1.6 plain steps' time: plain wins. For 20 steps
     another process slows every step by half; the plain steps timed then make a verify timed before look cheap,
