@@ -12,7 +12,10 @@
 # Settings (environment, defaults in brackets): BASE [models/mimo-nano], OUT [runs/post], TRAIN [6000] and
 # HELDOUT [300] examples per domain, SFT_STEPS [1000], TEACHER_STEPS [300], MOPD_STEPS [50], EVAL_N [50]
 # held-out examples per domain, SFT_ARGS [--batch-size 8 --max-len 1536 --lr 5e-4 --dtype bf16], TEACHER_ARGS [same],
-# MOPD_ARGS [empty], MIMO [.venv/bin/mimo], PY [.venv/bin/python].
+# MOPD_ARGS [empty], TOOLS_N [100] held-out tool requests scored through `mimo serve` and the openai client,
+# SHIP [empty: ship nothing; a directory, e.g. models/mimo-nano-chat: the MOPD model is shipped there with its card
+# by scripts/ship_chat_model.py, if its tool calls reach 80%], CORPUS_MANIFEST [empty: the base corpus's
+# MANIFEST.json, named in the card], MIMO [.venv/bin/mimo], PY [.venv/bin/python].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +32,9 @@ EVAL_N=${EVAL_N:-50}
 SFT_ARGS=${SFT_ARGS:---batch-size 8 --max-len 1536 --lr 5e-4 --dtype bf16}
 TEACHER_ARGS=${TEACHER_ARGS:-$SFT_ARGS}
 MOPD_ARGS=${MOPD_ARGS:-}
+TOOLS_N=${TOOLS_N:-100}
+SHIP=${SHIP:-}
+CORPUS_MANIFEST=${CORPUS_MANIFEST:-}
 DOMAINS=(tools arithmetic code)
 
 [ -d "$BASE" ] || { echo "posttrain.sh: BASE=$BASE is not a model directory" >&2; exit 2; }
@@ -89,4 +95,10 @@ evaluate mopd "$OUT/mopd/final"
   --teacher "code=$OUT/eval/teacher-code.json" \
   --run "MOPD=$OUT/mopd" --run "outcome reward only=$OUT/orm" --run "MOPD without ORM=$OUT/mopd-noorm" \
   --out "$OUT/report"
+stage eval-openai-tools "$OUT/eval/openai-tools.json" "$PY" scripts/eval_tools_openai.py --model "$OUT/mopd/final" \
+  --data "$OUT/data" --limit "$TOOLS_N" --json-out "$OUT/eval/openai-tools.json"
 echo "stage seconds: $(cat "$TIMES")"
+if [ -n "$SHIP" ]; then
+  "$PY" scripts/ship_chat_model.py --model "$OUT/mopd/final" --run "$OUT" --tools-eval "$OUT/eval/openai-tools.json" \
+    ${CORPUS_MANIFEST:+--corpus-manifest "$CORPUS_MANIFEST"} --out "$SHIP" --force
+fi
