@@ -18,6 +18,7 @@ Three implementations of the same function:
 * ``reference``: explicit fp32 scores, mask, sink column, softmax, drop the column;
 * ``grouped``: the same arithmetic in the activation dtype with an additive bias, query heads
   grouped onto their KV head (no K/V copies): the fast path for a few queries (decode, verify);
+  where mimo's CPU kernels are loaded, one call (``mimo::attention_decode``) that skips masked keys;
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with the sink expressed as an
   extra all-zero key/value whose additive mask entry is the sink logit (score = 0 + sink); the
   backend for long chunks (prefill, training). Short chunks under ``sdpa`` take ``grouped``,
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from mimo.ops import kernels
 
 _NEG = torch.finfo(torch.float32).min  # finite, so rows with no visible key stay NaN-free
 SHORT_QUERY = 16  # chunks of at most this many queries use the grouped path under "sdpa"
@@ -47,12 +50,20 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> tor
 class Visibility:
     """One forward's mask for one attention kind, with its additive-bias form cached per dtype."""
 
-    __slots__ = ("mask", "_bias", "_blocks")
+    __slots__ = ("q_pos", "k_pos", "window", "_mask", "_bias", "_blocks")
 
     def __init__(self, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> None:
-        self.mask = visible(q_pos, k_pos, window)
+        self.q_pos, self.k_pos, self.window = q_pos, k_pos, window
+        self._mask: torch.Tensor | None = None  # built when first read: the decode kernel reads the positions
         self._bias: dict[object, torch.Tensor] = {}
         self._blocks: dict[tuple[torch.dtype, int], list | None] = {}
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """bool [B, T, S]: key j visible to query i."""
+        if self._mask is None:
+            self._mask = visible(self.q_pos, self.k_pos, self.window)
+        return self._mask
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor:
         """[B, T, S]: 0 where visible, the dtype's most negative finite value elsewhere."""
@@ -122,6 +133,8 @@ def attention_reference(
 def attention_grouped(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: Visibility, scale: float, sinks: torch.Tensor | None
 ) -> torch.Tensor:
+    if kernels.ready_attention(q, k, v):  # one call instead of 5-8 ops (and their copies) per layer
+        return torch.ops.mimo.attention_decode(q, k, v, vis.q_pos, vis.k_pos, vis.window or 0, sinks, scale)
     if q.dtype != torch.float32:
         return attention_reference(q, k, v, vis, scale, sinks)  # softmax in fp32 for half-precision models
     b, hq, t, d = q.shape

@@ -4,7 +4,8 @@
 the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 8 rows), for
 fp32 and bf16 weights; ``decode_fp8.cpp`` the same for FP8 (e4m3fn) weights with block scales,
 ``torch.ops.mimo.moe_decode_fp8`` and ``torch.ops.mimo.linear_decode_fp8``, and
-``torch.ops.mimo.dequant_fp8``, which dequantizes one FP8 weight for prefill's GEMMs. A decode
+``torch.ops.mimo.dequant_fp8``, which dequantizes one FP8 weight for prefill's GEMMs; ``attention.cpp``
+``torch.ops.mimo.attention_decode``, a decode step's attention over the KV cache in one call. A decode
 step's cost is reading weights: MKL's fp32 GEMM reads them at a third of the memory bandwidth
 when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec that streams as
 fast as a hand-blocked loop, and no maintained library offers either for the CPU.
@@ -33,7 +34,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_SOURCES = [_HERE / "decode.cpp", _HERE / "decode_fp8.cpp"]  # and decode.h, which ninja tracks
+_SOURCES = [_HERE / "decode.cpp", _HERE / "decode_fp8.cpp", _HERE / "attention.cpp"]  # and decode.h, which ninja tracks
 _ok: bool | None = None  # None until load() has run
 
 ISAS = ("native", "avx2")
@@ -158,6 +159,10 @@ def _register_fake() -> None:
     def _(x, w, scale, row_index, block_k):
         return x.new_empty(x.shape[0], w.shape[0])
 
+    @torch.library.register_fake("mimo::attention_decode")
+    def _(q, k, v, q_pos, k_pos, window, sinks, scale):
+        return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
+
     @torch.library.register_fake("mimo::dequant_fp8")
     def _(w, scale, row_index, block_k, dtype):
         return w.new_empty(w.shape, dtype=dtype)
@@ -188,6 +193,14 @@ def ready_fp8(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     if x is not None and (x.device.type != "cpu" or x.dtype not in DTYPES or not x.is_contiguous()):
         return False
     return all(w.device.type == "cpu" and w.dtype == torch.float8_e4m3fn and w.is_contiguous() for w in weights)
+
+
+def ready_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether ``torch.ops.mimo.attention_decode`` can take these: CPU tensors, all fp32 or all bf16, each
+    contiguous in its last dimension (a transposed q is fine), no autograd. Never builds or loads the kernels."""
+    if not _ok or torch.is_grad_enabled() or q.dtype not in DTYPES:
+        return False
+    return all(t.device.type == "cpu" and t.dtype == q.dtype and t.stride(-1) == 1 for t in (q, k, v))
 
 
 def built_isa() -> str:
