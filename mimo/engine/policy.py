@@ -165,7 +165,7 @@ class SpeculationPolicy:
         # catching up over its whole prompt, inside a prefill step; rows of one batch ending steps apart)
         self._current = 0
         self._current_rows: list[str] = []  # the rows _current was chosen for
-        self._cold = 0  # full-depth steps of the cold start so far
+        self._cold = 0  # one-draft steps of the cold start so far
         self.window = window
         self.ran: dict[str, list[int]] = {}  # request -> per block, the committed length when it last ran
         self._positions: dict[str, int] = {}  # request -> its committed length at the step being chosen
@@ -345,18 +345,20 @@ class SpeculationPolicy:
         self._cb_rows = request_ids  # this step's catch-up positions per k: computed when asked (_catchup_now)
         self._cb = None
         b = len(request_ids)
-        # The first decode steps: full depth until one is timed in the steady state (the first has blocks to
-        # catch up on; two steps at most), then plain steps until one is timed (the second), so that both ends are
-        # measured, not guessed (the weights-read prior overstates a verify's cost where per-step overheads
-        # dominate: small models). One step each: a one-off request (`mimo generate`) pays for every step of it,
-        # and three at each end made the README's command 10% slower with drafts than without. An engine's first
-        # steps often run slow, so a cost timed once is not enough to judge drafting deeper hopeless (below). A new
-        # batch size later borrows the ratios of the nearest one measured.
-        if self._cold < 2 and not any(o == self.max_k for _, o in self.times):
+        # The first decode steps: one draft until one is timed in the steady state (the first has a block to
+        # catch up on; two steps at most), then plain steps until one is timed (the second), so that drafting's
+        # cost is measured, not guessed (the weights-read prior overstates a verify's cost where per-step overheads
+        # dominate: small models); deeper drafts' costs are the prior's ratios anchored there until an exploration
+        # times them. One draft, not the full depth: a one-off request (`mimo generate`) pays for every step of the
+        # cold start, and two full-depth steps whose drafts failed made the README's command 0.90x of the same
+        # command without drafts once plain steps had become faster (one draft: 0.97x). An engine's first steps
+        # often run slow, so a cost timed once is not enough to judge drafting deeper hopeless (below). A new batch
+        # size later borrows the ratios of the nearest one measured.
+        if self._cold < 2 and not any(o == 1 for _, o in self.times):
             # (twice at most: a step whose unsure drafts were cut is not timed, and drafts that are always
             # unsure are cut every time)
             self._cold += 1
-            return self._chose(self.max_k, request_ids, explored=True)
+            return self._chose(1, request_ids, explored=True)
         if not any(o == 0 for _, o in self.times):
             return self._chose(0, request_ids, explored=True)
         # A clear choice (the runner-up at least _CLEAR below it) stands for _RECHECK steps of the same rows
