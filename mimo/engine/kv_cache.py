@@ -140,6 +140,7 @@ class HybridKVCache:
         for j in range(config.num_mtp_layers):
             h, dk, dv = heads(SLIDING), config.qk_head_dim(SLIDING), config.v_dim(SLIDING)
             self.rings[("mtp", j)] = _Ring(max_seqs, h, self.ring_size, dk, dv, dtype, device)
+        self._per_token: tuple[int, int] | None = None
         self._slots = torch.zeros(0, dtype=torch.long, device=device)
         self._range: tuple[int, int] | None = None
         self._plan: _WritePlan | None = None
@@ -246,10 +247,14 @@ class HybridKVCache:
 
     # ------------------------------------------------------------------ accounting
     def bytes_per_token(self) -> tuple[int, int]:
-        """(bytes per position in all full pools, bytes per ring entry in all rings) for one slot."""
-        full = sum(p.nbytes() // (self.max_seqs * p.capacity) for p in self.full.values())
-        ring = sum(r.nbytes() // (self.max_seqs * r.size) for r in self.rings.values())
-        return full, ring
+        """(bytes per position in all full pools, bytes per ring entry in all rings) for one slot. Fixed for the
+        cache's life (growing adds positions, not bytes per position): computed once, as the scheduler asks for
+        every row at every step."""
+        if self._per_token is None:
+            full = sum(p.nbytes() // (self.max_seqs * p.capacity) for p in self.full.values())
+            ring = sum(r.nbytes() // (self.max_seqs * r.size) for r in self.rings.values())
+            self._per_token = (full, ring)
+        return self._per_token
 
     def sequence_bytes(self, length: int) -> int:
         """Bytes a sequence of ``length`` tokens occupies: full pools grow, rings are fixed."""
