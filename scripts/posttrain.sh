@@ -12,7 +12,7 @@
 # Settings (environment, defaults in brackets): BASE [models/mimo-nano], OUT [runs/post], TRAIN [6000] and
 # HELDOUT [300] examples per domain, SFT_STEPS [1000], TEACHER_STEPS [300], MOPD_STEPS [50], EVAL_N [50]
 # held-out examples per domain, SFT_ARGS [--batch-size 8 --max-len 1536 --lr 5e-4 --dtype bf16], TEACHER_ARGS [same],
-# MOPD_ARGS [empty], TOOLS_N [100] held-out tool requests scored through `mimo serve` and the openai client,
+# MOPD_ARGS [--dtype bf16], TOOLS_N [100] held-out tool requests scored through `mimo serve` and the openai client,
 # SHIP [empty: ship nothing; a directory, e.g. models/mimo-nano-chat: the MOPD model is shipped there with its card
 # by scripts/ship_chat_model.py, if its tool calls reach 80%], CORPUS_MANIFEST [empty: the base corpus's
 # MANIFEST.json, named in the card], MIMO [.venv/bin/mimo], PY [.venv/bin/python].
@@ -31,7 +31,7 @@ MOPD_STEPS=${MOPD_STEPS:-50}
 EVAL_N=${EVAL_N:-50}
 SFT_ARGS=${SFT_ARGS:---batch-size 8 --max-len 1536 --lr 5e-4 --dtype bf16}
 TEACHER_ARGS=${TEACHER_ARGS:-$SFT_ARGS}
-MOPD_ARGS=${MOPD_ARGS:-}
+MOPD_ARGS=${MOPD_ARGS:---dtype bf16}
 TOOLS_N=${TOOLS_N:-100}
 SHIP=${SHIP:-}
 CORPUS_MANIFEST=${CORPUS_MANIFEST:-}

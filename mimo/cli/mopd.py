@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="prompt and sampling seed (default 0)")
     p.add_argument("--checkpoint-interval", type=int, help="steps between checkpoints (default 10)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), help="the student's and teachers' forwards: fp32, or bf16 "
+                   "autocast over fp32 weights (faster where the CPU has AVX512-BF16 or AMX; default fp32)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
 
 

@@ -107,6 +107,7 @@ class MOPDConfig:
     checkpoint_interval: int = 10
     keep_checkpoints: int = 2
     device: str | None = None  # None: cuda when available, else cpu
+    dtype: str = "fp32"  # the trainer's and teachers' forwards: fp32, or bf16 autocast over fp32 weights
     resume: bool = False
     progress: bool = True
     sandbox: dict[str, Any] = field(default_factory=dict)  # keyword arguments of mimo.posttrain.sandbox.run
@@ -273,6 +274,9 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
     for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "micro_batch"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {cfg.dtype!r}")
+    bf16 = cfg.dtype == "bf16"
     os.makedirs(cfg.out, exist_ok=True)
     ckpt = latest_checkpoint(cfg.out)
     if ckpt and not cfg.resume:
@@ -300,6 +304,11 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
         if teachers[dom].config.vocab_size != model.config.vocab_size:
             raise ValueError(f"the {dom} teacher's vocabulary ({teachers[dom].config.vocab_size}) is not the "
                              f"student's ({model.config.vocab_size}): distillation compares token log-probs")
+    # SDPA for the trainer's and teachers' forwards (rows are right-padded, so causal attention is exact for
+    # them): ~3x the explicit reference's speed on ~900-token tool prompts, and under bf16 autocast the reference's
+    # fp32 mask value would overflow. Student and teachers alike: a teacher equal to the student gives zero advantage.
+    for m in (model, *loaded.values()):
+        m.set_attention_backend("sdpa")
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay)
     step = 0
     if ckpt:
@@ -347,7 +356,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
             # the very code the student's does (the CPU decode kernels apply only without grad mode), and a
             # teacher equal to the student gives exactly zero advantage.
             batches = [answer_batch(chunk, pad, device) for chunk in chunks]
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 for chunk, (ids, where, answer, _) in zip(chunks, batches) if cfg.kl_weight else ():
                     lp = torch.zeros(where.shape, device=device)
                     for dom in {r.domain for r in chunk}:
@@ -364,7 +373,8 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
                 routes = _engine_routes(chunk, recorder, ids.shape[1])
                 replay = {layer: routes[:, :, j] for j, layer in enumerate(moe_layers)} if cfg.r3 else None
                 router_out: list = []
-                lp = answer_log_probs(model, ids, where, answer, router_out, replay)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    lp = answer_log_probs(model, ids, where, answer, router_out, replay)
                 mu = torch.zeros(mask.shape, device=device)
                 for i, r in enumerate(chunk):
                     mu[i, : len(r.logp_inference)] = torch.tensor(r.logp_inference, device=device)

@@ -68,6 +68,19 @@ def test_a_teacher_equal_to_the_student_gives_zero_advantage(setup):
         assert torch.equal(x, after[name]), name
 
 
+def test_bf16_autocast_keeps_a_self_teacher_at_zero_and_trains(setup):
+    cfg = _cfg(setup, "self-bf16", teachers={"arithmetic": setup[0]}, alpha=0.0, dtype="bf16")
+    train_mopd(cfg)
+    (row,) = _metrics(cfg)
+    assert row["reverse_kl"] == 0.0 and row["advantage"] == 0.0  # teacher and student take the same bf16 forward
+    cfg = _cfg(setup, "toward-bf16", alpha=0.0, lr=1e-3, dtype="bf16")
+    train_mopd(cfg)
+    (row,) = _metrics(cfg)
+    assert row["reverse_kl"] != 0.0 and row["grad_norm"] > 0
+    with pytest.raises(ValueError, match="dtype"):
+        train_mopd(_cfg(setup, "bad-dtype", dtype="fp16"))
+
+
 def test_one_step_moves_the_student_toward_the_teacher(setup):
     cfg = _cfg(setup, "toward", alpha=0.0, lr=1e-3, prompts_per_step=3, samples_per_prompt=3, max_new_tokens=8)
     train_mopd(cfg)
