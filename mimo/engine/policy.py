@@ -351,7 +351,7 @@ class SpeculationPolicy:
         # dominate: small models); deeper drafts' costs are the prior's ratios anchored there until an exploration
         # times them. One draft, not the full depth: a one-off request (`mimo generate`) pays for every step of the
         # cold start, and two full-depth steps whose drafts failed made the README's command 0.90x of the same
-        # command without drafts once plain steps had become faster (one draft: 0.97x). An engine's first steps
+        # command without drafts once plain steps had become faster (one draft: 0.96x). An engine's first steps
         # often run slow, so a cost timed once is not enough to judge drafting deeper hopeless (below). A new batch
         # size later borrows the ratios of the nearest one measured.
         if self._cold < 2 and not any(o == 1 for _, o in self.times):
