@@ -5,7 +5,8 @@ the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 
 fp32 and bf16 weights; ``decode_fp8.cpp`` the same for FP8 (e4m3fn) weights with block scales,
 ``torch.ops.mimo.moe_decode_fp8`` and ``torch.ops.mimo.linear_decode_fp8``, and
 ``torch.ops.mimo.dequant_fp8``, which dequantizes one FP8 weight for prefill's GEMMs; ``attention.cpp``
-``torch.ops.mimo.attention_decode``, a decode step's attention over the KV cache in one call. A decode
+``torch.ops.mimo.attention_decode``, a decode step's attention over the KV cache in one call; ``norm.cpp``
+``torch.ops.mimo.rms_norm`` (torch's CPU RMSNorm costs ~8 us a row of 256). A decode
 step's cost is reading weights: MKL's fp32 GEMM reads them at a third of the memory bandwidth
 when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec that streams as
 fast as a hand-blocked loop, and no maintained library offers either for the CPU.
@@ -34,7 +35,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_SOURCES = [_HERE / "decode.cpp", _HERE / "decode_fp8.cpp", _HERE / "attention.cpp"]  # and decode.h, which ninja tracks
+_SOURCES = [_HERE / f for f in ("decode.cpp", "decode_fp8.cpp", "attention.cpp", "norm.cpp")]  # and decode.h
 _ok: bool | None = None  # None until load() has run
 
 ISAS = ("native", "avx2")
@@ -163,6 +164,10 @@ def _register_fake() -> None:
     def _(q, k, v, q_pos, k_pos, window, sinks, scale):
         return q.new_empty(q.shape[0], q.shape[1], q.shape[2], v.shape[3])
 
+    @torch.library.register_fake("mimo::rms_norm")
+    def _(x, weight, eps):
+        return x.new_empty(x.shape)
+
     @torch.library.register_fake("mimo::dequant_fp8")
     def _(w, scale, row_index, block_k, dtype):
         return w.new_empty(w.shape, dtype=dtype)
@@ -201,6 +206,16 @@ def ready_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     if not _ok or torch.is_grad_enabled() or q.dtype not in DTYPES:
         return False
     return all(t.device.type == "cpu" and t.dtype == q.dtype and t.stride(-1) == 1 for t in (q, k, v))
+
+
+def ready_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``torch.ops.mimo.rms_norm`` can take these: eager (inside ``torch.compile`` inductor fuses the norm
+    into its neighbours, which a custom op would prevent), no autograd, contiguous CPU ``x`` in fp32 or bf16 with
+    a weight of its dtype (or bf16 under fp32). Never builds or loads the kernels."""
+    if not _ok or torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype not in DTYPES:
+        return False
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.is_contiguous() and weight.is_contiguous()
+            and (weight.dtype == x.dtype or (x.dtype == torch.float32 and weight.dtype == torch.bfloat16)))
 
 
 def built_isa() -> str:
