@@ -278,7 +278,7 @@ class SpeculationPolicy:
         known too."""
         if positions <= 0:
             return 0.0
-        if self._catchup_fit is False:  # refitted only after a step was timed
+        if self._catchup_fit is False:  # refitted only after a sample, or a steady time it uses, changed
             points = [(n, max(0.0, sec - self.times[(b, k)])) for b, k, sec, n in self._catchup if (b, k) in self.times]
             self._catchup_fit = _fit_line(points)
         if self._catchup_fit is None:
@@ -478,7 +478,8 @@ class SpeculationPolicy:
         at a time, and its fresh time must not be outvoted by ones from before the machine got faster or slower
         (another process sharing the cores for a while slowed every step by a third; the k then left kept its old
         time, and compared with the slowed one, a verify that loses looked like a win for the rest of the run)."""
-        self._catchup_fit = False
+        if any(b == batch and o == k for b, o, _, _ in self._catchup):  # the fit subtracts this kind's steady
+            self._catchup_fit = False  # time from its samples: refitted only when it changed
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
         while window and window[0][0] < self._steps - _STALE_STEPS:
             window.popleft()
