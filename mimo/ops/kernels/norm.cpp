@@ -1,7 +1,7 @@
 // mimo::rms_norm(x, weight, eps) -> y: RMSNorm over the last dimension as mimo/ops/norm.py defines it (and
 // transformers' MiMoV2FlashRMSNorm): r = 1 / sqrt(mean(x^2) + eps) in fp32; fp32 x: y = x * r * w; bf16 x:
 // y = bf16(w * bf16(x * r)), the two roundings torch's path makes. x contiguous fp32 or bf16 [..., D]; w [D] of
-// x's dtype (or fp32 under fp32 x).
+// x's dtype (or bf16 under fp32 x, widened).
 //
 // Why a kernel: torch's CPU rms_norm takes ~8 us for one row of 256 (a composite of several operations), where an
 // add takes 1 us; a decode step normalises 17 rows in mimo-nano's trunk (and 5 more per MTP block it drafts with),
