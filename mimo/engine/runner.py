@@ -25,7 +25,7 @@ from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.plan import DecodeRow, RowResult, StepPlan
 from mimo.engine.policy import DRAFT_CONFIDENCE_FLOOR
 from mimo.engine.routing import RoutingRecorder
-from mimo.engine.sampling import SamplingBatch, rejection_sample, token_logprobs
+from mimo.engine.sampling import SamplingBatch, greedy_verify, rejection_sample, token_logprobs
 from mimo.engine.speculative import MTPState, draft, reach, start_chain
 from mimo.model.causal_lm import CausalLM
 from mimo.ops import kernels
@@ -216,10 +216,13 @@ class ModelRunner:
         hidden = self._forward_step(rows, ids, pos, max(r.position + n for r, n in zip(rows, kept)))  # [B, K+1, D]
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(rows), logits.shape[-1]
-        verify = batch.repeat(k + 1, drafts)  # position i is scored as if drafts 1..i were already generated
-        tprobs = verify.probs(logits.reshape(-1, v)).view(b, k + 1, v)
         n_drafts = torch.tensor(kept, device=self.device) if min(kept) < k else None
-        accepted, out_ids = rejection_sample(drafts, dprobs, tprobs, batch.generators, n_drafts)
+        if batch.greedy and not batch.penalties:  # one-hot targets: the same verdict from the argmaxes
+            accepted, out_ids = greedy_verify(drafts, logits.argmax(-1), n_drafts)
+        else:
+            verify = batch.repeat(k + 1, drafts)  # position i is scored as if drafts 1..i were already generated
+            tprobs = verify.probs(logits.reshape(-1, v)).view(b, k + 1, v)
+            accepted, out_ids = rejection_sample(drafts, dprobs, tprobs, batch.generators, n_drafts)
         out = {}
         for j, (r, a, toks) in enumerate(zip(rows, accepted.tolist(), out_ids.tolist())):
             toks = toks[: a + 1]

@@ -176,14 +176,14 @@ def test_rows_of_one_step_can_draft_different_numbers(monkeypatch):
     m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=6), seed=6, draft_noise=(0.3, 0.6, 0.9))
     plain = [o.outputs[0].token_ids for o in LLM(m).generate(_prompts(), GREEDY)]
     mixed = []
-    real = runner.rejection_sample
+    real = runner.greedy_verify  # a greedy batch's verify (rejection_sample's verdict from the argmaxes)
 
-    def spy(drafts, dprobs, tprobs, generators=None, n_drafts=None):
+    def spy(drafts, target_ids, n_drafts=None):
         if n_drafts is not None:
             mixed.append(n_drafts.tolist())
-        return real(drafts, dprobs, tprobs, generators, n_drafts)
+        return real(drafts, target_ids, n_drafts)
 
-    monkeypatch.setattr(runner, "rejection_sample", spy)
+    monkeypatch.setattr(runner, "greedy_verify", spy)
     llm = LLM(m, num_speculative_tokens=3, speculative_policy="fixed")
     execute = llm.engine.runner.execute
     turn = iter(range(10**6))
@@ -212,9 +212,9 @@ def test_unsure_rows_stop_only_together(monkeypatch):
     monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
     monkeypatch.setattr(SpeculationPolicy, "choose", lambda self, rows, *_: self.max_k)
     widths = []
-    real = runner.rejection_sample
-    monkeypatch.setattr(runner, "rejection_sample", lambda d, q, p, g=None, n=None: (
-        widths.append((d.shape[1], None if n is None else n.tolist())), real(d, q, p, g, n))[1])
+    real = runner.greedy_verify  # (greedy batches: the verify's verdict from the argmaxes)
+    monkeypatch.setattr(runner, "greedy_verify", lambda d, t, n=None: (
+        widths.append((d.shape[1], None if n is None else n.tolist())), real(d, t, n))[1])
     llm = LLM(m, num_speculative_tokens=3)
     outs = llm.generate(_prompts(), GREEDY)
     assert [o.outputs[0].token_ids for o in outs] == plain

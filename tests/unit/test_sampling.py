@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mimo.engine.params import SamplingParams
-from mimo.engine.sampling import apply_penalties, logprobs, processed_probs, rejection_sample, sample
+from mimo.engine.sampling import apply_penalties, greedy_verify, logprobs, processed_probs, rejection_sample, sample
 
 
 def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -430,6 +430,14 @@ def test_rejection_sampling_greedy_matches_plain_greedy_and_consumes_no_randomne
         assert int(acc[b]) == m and out[b].tolist() == expect
         assert torch.equal(generators[b].get_state(), states[b])
     assert 0 < int((acc == 0).sum()) and 0 < int((acc == K).sum())  # both extremes exercised
+    # the argmax-only verify (the engine's path for greedy batches) gives the same verdicts and tokens, with
+    # fewer drafts per row too
+    g_acc, g_out = greedy_verify(d_arg, t_arg)
+    assert torch.equal(g_acc, acc) and torch.equal(g_out, out)
+    n_drafts = torch.randint(0, K + 1, (n,), generator=g)
+    acc2, out2 = rejection_sample(d_arg, draft, target, gens(list(range(n))), n_drafts)
+    g_acc2, g_out2 = greedy_verify(d_arg, t_arg, n_drafts)
+    assert torch.equal(g_acc2, acc2) and torch.equal(g_out2, out2)
 
 
 def test_rejection_sampling_rows_independent_of_batch():
