@@ -128,7 +128,8 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
           k_max: int, sampling: SamplingBatch, floor: float | None = None,
           stop_unsure: tuple[bool | None, ...] = ()
           ) -> tuple[torch.Tensor, torch.Tensor, list[int], list[list[bool]], list[tuple[int, int]]]:
-    """Draft up to ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V], drafts kept per row,
+    """Draft up to ``k_max`` tokens per row -> (draft ids [B, K], draft probs [B, K, V] (V = 0 for a greedy batch,
+    whose verify needs none), drafts kept per row,
     per row whether each kept draft was unsure, per row (drafts scored, right) of block 1's catch-up).
 
     Catch-up evidence: where block 1 catches up after sitting idle (over more positions than a drafting step
@@ -150,7 +151,9 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     device = cache.device
     window = cache.window
     drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
-    probs = torch.zeros(b, k_max, model.config.vocab_size, device=device)
+    # a greedy batch's drafts are argmaxes, and its verify compares argmaxes (greedy_verify): no distributions
+    greedy_batch = sampling.greedy
+    probs = torch.zeros(b, k_max, 0 if greedy_batch else model.config.vocab_size, device=device)
     drafted: list[list[int]] = [[] for _ in range(b)]  # host copies of the drafts, for the next depth's inputs
     q = last_pos
     pending: list[tuple[int, torch.Tensor] | None] = [None] * b  # block k-1's draft-dependent rows (start, rows)
@@ -200,17 +203,21 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
             last.append(out[j, hi - lo])
             cache.truncate_one(("mtp", k - 1), slots[j], st.frontier[k - 1] + 1)
         logits = model.compute_logits(torch.stack(last))
-        p = sampling.filtered(logits)  # [B, V]
-        d = sample(p, sampling.generators)
+        if greedy_batch:
+            d = logits.argmax(-1)  # what sampling the one-hot of filtered() would give
+        else:
+            p = sampling.filtered(logits)  # [B, V]
+            d = sample(p, sampling.generators)
+            probs[:, k - 1] = p
         drafts[:, k - 1] = d
-        probs[:, k - 1] = p
         low = [False] * b
         rule = stop_unsure[k - 1] if k <= len(stop_unsure) else None
         if floor is not None and rule is not None:
-            conf = p.gather(1, d[:, None]).squeeze(1)
             if any(greedy):
                 raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
-                conf = raw if all(greedy) else torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
+            conf = raw if greedy_batch else p.gather(1, d[:, None]).squeeze(1)
+            if any(greedy) and not greedy_batch:
+                conf = torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
             low = (conf < floor).tolist()
         # A verify is as wide as its longest row, so cutting one row while others go on saves nothing and
         # loses that row's chance: rows stop only when every row still drafting is unsure.
