@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
               engine_config=engine_config(args))
     if llm.tokenizer is None:
         raise ValueError("this model directory has no tokenizer.json; mimo generate needs one")
+    llm.engine.warmup()  # the request's steps (and the speculation policy's timings) then cost what later ones do
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         repetition_penalty=args.repetition_penalty, max_tokens=args.max_tokens, seed=args.seed, stop=args.stop,

@@ -117,6 +117,7 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     gen = _generation_config(args.generation_config, path)
     llm = LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, mmap=args.mmap, engine_config=config)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
+    llm.engine.warmup()  # before the first client: its request then runs at the steady speed
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name
     app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len,

@@ -277,3 +277,23 @@ def test_idle_mtp_blocks_catch_up_only_what_can_still_be_read(model, monkeypatch
     # at most the deepest reach (3 windows) plus the steps of the longest idle stretch since the last draft
     assert largest["chain"] <= 3 * window + 4 + 70, largest
     assert largest["tokens"] <= 3 * window + 8 + 70, largest
+
+
+def test_warmup_leaves_no_trace(model):
+    """Engine.warmup runs a short request (every block of a speculative engine drafts) and forgets it: the next
+    request's output, and the policy's state, are those of a fresh engine."""
+    from mimo.engine.engine import Engine
+
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    fresh = Engine(model, num_speculative_tokens=3)
+    rid = fresh.add_request([1, 2, 3], params)
+    while fresh.has_unfinished():
+        fresh.step()
+    warmed = Engine(model, num_speculative_tokens=3)
+    warmed.warmup()
+    assert not warmed.has_unfinished() and warmed.policy.times == {} and warmed.speculation_stats()["steps_by_k"] == {}
+    rid2 = warmed.add_request([1, 2, 3], params)
+    while warmed.has_unfinished():
+        warmed.step()
+    assert warmed.output(rid2).outputs[0].token_ids == fresh.output(rid).outputs[0].token_ids
+    assert warmed.policy.policy == "adaptive" and warmed.scheduler.policy is warmed.policy
