@@ -152,7 +152,7 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     window = cache.window
     drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
     # a greedy batch's drafts are argmaxes, and its verify compares argmaxes (greedy_verify): no distributions
-    greedy_batch = sampling.greedy
+    greedy_batch = sampling.greedy and not sampling.penalties  # (with penalties the verify takes rejection_sample)
     probs = torch.zeros(b, k_max, 0 if greedy_batch else model.config.vocab_size, device=device)
     drafted: list[list[int]] = [[] for _ in range(b)]  # host copies of the drafts, for the next depth's inputs
     q = last_pos

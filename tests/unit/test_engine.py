@@ -40,6 +40,18 @@ def test_speculative_greedy_equals_plain_greedy(model, policy):
             assert 1.0 <= o.stats.acceptance_length <= k + 1
 
 
+def test_speculative_greedy_with_penalties_equals_plain_greedy_with_them(model):
+    """Greedy rows with penalties draft with distributions and verify through rejection sampling (the penalties
+    apply at the verify): the output is still plain greedy's under the same penalties."""
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, repetition_penalty=1.3,
+                            presence_penalty=0.5)
+    prompts = _prompts()
+    plain = [o.outputs[0].token_ids for o in LLM(model).generate(prompts, params)]
+    for policy in ("fixed", "adaptive"):
+        outs = LLM(model, num_speculative_tokens=3, speculative_policy=policy).generate(prompts, params)
+        assert [o.outputs[0].token_ids for o in outs] == plain, policy
+
+
 def _oracle_model():
     """Residual stream = token embedding only, so next token = f(current token), and every MTP block
     computes f of its input token exactly: all drafts are right."""
