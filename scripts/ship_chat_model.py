@@ -81,8 +81,7 @@ def data_section(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def card(args: argparse.Namespace, times: dict, manifest: dict, tools_eval: dict, table_md: str,
-         corpus: dict | None, config: dict) -> str:
+def card(times: dict, manifest: dict, tools_eval: dict, table_md: str, corpus: dict | None, config: dict) -> str:
     acc = tools_eval["exact_call_accuracy"]
     fam = ", ".join(f"{f} {v:.2f}" for f, v in tools_eval.get("per_family", {}).items())
     base = (f"pre-trained by `mimo train` on a corpus whose manifest fingerprint is `{corpus.get('fingerprint')}` "
@@ -205,7 +204,7 @@ def main() -> int:
     with open(os.path.join(args.out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(evals, f, indent=1)
     with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card(args, times, manifest, tools_eval, table_md, corpus, config))
+        f.write(card(times, manifest, tools_eval, table_md, corpus, config))
     print(f"shipped {args.model} -> {args.out} (tool calls {tools_eval['exact_call_accuracy']:.1%} through the server)")
     return 0
 

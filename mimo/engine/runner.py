@@ -217,7 +217,7 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(rows), logits.shape[-1]
         n_drafts = torch.tensor(kept, device=self.device) if min(kept) < k else None
-        if batch.greedy and not batch.penalties:  # one-hot targets: the same verdict from the argmaxes
+        if batch.argmax_only:  # one-hot targets: the same verdict from the argmaxes
             accepted, out_ids = greedy_verify(drafts, logits.argmax(-1), n_drafts)
         else:
             verify = batch.repeat(k + 1, drafts)  # position i is scored as if drafts 1..i were already generated

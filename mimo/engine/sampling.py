@@ -407,11 +407,17 @@ def rejection_sample(
     if rows:
         final[random_rows] = _categorical(resid[random_rows], u[random_rows, n_draft])
 
-    pos = torch.arange(n_draft + 1, device=dev)[None, :]  # [1, K+1]
-    out = torch.cat([d, torch.full((batch, 1), -1, dtype=torch.int64, device=dev)], dim=1)
+    return n_acc, _emitted(d, n_acc, final)
+
+
+def _emitted(drafts: torch.Tensor, n_acc: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+    """``output_ids [B, K+1]``: each row's first ``n_acc`` drafts, then its ``final`` token, then -1."""
+    batch, n_draft = drafts.shape
+    pos = torch.arange(n_draft + 1, device=drafts.device)[None, :]  # [1, K+1]
+    out = torch.cat([drafts, drafts.new_full((batch, 1), -1)], dim=1)
     out = torch.where(pos < n_acc[:, None], out, -1)
     out.scatter_(1, n_acc[:, None], final[:, None])
-    return n_acc, out
+    return out
 
 
 def greedy_verify(draft_ids: torch.Tensor, target_ids: torch.Tensor, n_drafts: torch.Tensor | None = None
@@ -419,17 +425,13 @@ def greedy_verify(draft_ids: torch.Tensor, target_ids: torch.Tensor, n_drafts: t
     """:func:`rejection_sample` where every row's target is greedy (one-hot at ``target_ids [B, K+1]``, the target's
     argmax at each position): the same ``(accepted_counts, output_ids)`` from the argmaxes alone, without the
     ``[B, K+1, V]`` probabilities (at batch 1 on a small model those cost a few per cent of a verify step)."""
-    batch, n_draft = draft_ids.shape
-    dev = draft_ids.device
+    n_draft = draft_ids.shape[1]
     d = draft_ids.long()
     accept = d == target_ids[:, :n_draft]
     if n_drafts is not None:
-        accept &= torch.arange(n_draft, device=dev)[None, :] < n_drafts.to(dev)[:, None]
+        accept &= torch.arange(n_draft, device=d.device)[None, :] < n_drafts.to(d.device)[:, None]
     n_acc = accept.long().cumprod(-1).sum(-1)
-    pos = torch.arange(n_draft + 1, device=dev)[None, :]
-    out = torch.where(pos < n_acc[:, None], torch.cat([d, d.new_full((batch, 1), -1)], dim=1), -1)
-    out.scatter_(1, n_acc[:, None], target_ids.gather(1, n_acc[:, None]))
-    return n_acc, out
+    return n_acc, _emitted(d, n_acc, target_ids.gather(1, n_acc[:, None]).squeeze(1))
 
 
 # --------------------------------------------------------------------------------------------------- the batch
@@ -452,6 +454,8 @@ class SamplingBatch:
         self.device = torch.device(device)
         self.greedy = all(p.temperature == 0 for p in self.params)
         self.penalties = any(p.has_penalties for p in self.params)
+        # every row takes the argmax of its raw logits: sampling, drafting and verifying need no distributions
+        self.argmax_only = self.greedy and not self.penalties
         self.histories = list(histories) if histories is not None else None
         if self.penalties and self.histories is None:
             raise ValueError("rows with penalties need their token histories")
@@ -496,7 +500,7 @@ class SamplingBatch:
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         """One token per row ``[B]``; greedy batches without penalties take the argmax without building probs."""
-        if self.greedy and not self.penalties:
+        if self.argmax_only:
             return logits.argmax(-1)
         return sample(self.probs(logits), self.generators)
 

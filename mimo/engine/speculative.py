@@ -151,9 +151,9 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
     device = cache.device
     window = cache.window
     drafts = torch.zeros(b, k_max, dtype=torch.long, device=device)
-    # a greedy batch's drafts are argmaxes, and its verify compares argmaxes (greedy_verify): no distributions
-    greedy_batch = sampling.greedy and not sampling.penalties  # (with penalties the verify takes rejection_sample)
-    probs = torch.zeros(b, k_max, 0 if greedy_batch else model.config.vocab_size, device=device)
+    # such a batch's drafts are argmaxes and its verify compares argmaxes (greedy_verify): no distributions
+    argmax_only = sampling.argmax_only
+    probs = torch.zeros(b, k_max, 0 if argmax_only else model.config.vocab_size, device=device)
     drafted: list[list[int]] = [[] for _ in range(b)]  # host copies of the drafts, for the next depth's inputs
     q = last_pos
     pending: list[tuple[int, torch.Tensor] | None] = [None] * b  # block k-1's draft-dependent rows (start, rows)
@@ -203,7 +203,7 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
             last.append(out[j, hi - lo])
             cache.truncate_one(("mtp", k - 1), slots[j], st.frontier[k - 1] + 1)
         logits = model.compute_logits(torch.stack(last))
-        if greedy_batch:
+        if argmax_only:
             d = logits.argmax(-1)  # what sampling the one-hot of filtered() would give
         else:
             p = sampling.filtered(logits)  # [B, V]
@@ -213,11 +213,14 @@ def draft(model: CausalLM, cache: HybridKVCache, slots: list[int], states: list[
         low = [False] * b
         rule = stop_unsure[k - 1] if k <= len(stop_unsure) else None
         if floor is not None and rule is not None:
-            if any(greedy):
-                raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1)
-            conf = raw if greedy_batch else p.gather(1, d[:, None]).squeeze(1)
-            if any(greedy) and not greedy_batch:
-                conf = torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
+            # a greedy row's distribution is one-hot: its confidence is the block's softmax
+            raw = torch.softmax(logits.float(), -1).gather(1, d[:, None]).squeeze(1) if any(greedy) else None
+            if all(greedy):
+                conf = raw
+            else:
+                conf = p.gather(1, d[:, None]).squeeze(1)
+                if raw is not None:
+                    conf = torch.where(torch.tensor(greedy, device=conf.device), raw, conf)
             low = (conf < floor).tolist()
         # A verify is as wide as its longest row, so cutting one row while others go on saves nothing and
         # loses that row's chance: rows stop only when every row still drafting is unsure.

@@ -21,16 +21,6 @@ namespace {
 using namespace mimo_kernels;
 
 template <typename T>
-inline float dot(const T* a, const float* x, int64_t n) {
-  vfloat acc{};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc += load(a + i) * load(x + i);
-  float s = lane_sum(acc);
-  for (; i < n; ++i) s += scalar(a[i]) * x[i];
-  return s;
-}
-
-template <typename T>
 inline void add_scaled(float w, const T* a, float* out, int64_t n) {
   const vfloat wv = vfloat{} + w;
   int64_t i = 0;

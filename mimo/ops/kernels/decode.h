@@ -113,6 +113,25 @@ inline float scalar(uint16_t v) {
 // MXCSR's DAZ says). On 16-bit lanes: t = b << 7 puts the sign at bit 14 and eeee mmm at 13..7;
 // t + (t & 0x4000) carries the sign up to bit 15 and clears bit 14. NaN codes (0x7f, 0xff) give +-480 * 2^-8:
 // the loader rejects them.
+// fp32 -> bf16 bits, rounding to nearest even as torch's .to(torch.bfloat16) does (a NaN stays a NaN).
+inline uint16_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// <a[0:n], x[0:n]>: a (fp32 or bf16) widened to fp32, x fp32, summed in fp32 a vector at a time.
+template <typename T>
+inline float dot(const T* a, const float* x, int64_t n) {
+  vfloat acc{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc += load(a + i) * load(x + i);
+  float s = lane_sum(acc);
+  for (; i < n; ++i) s += scalar(a[i]) * x[i];
+  return s;
+}
+
 inline float fp8_scaled(uint8_t b) {  // value * 2^-8: the same fp16 bits, widened without F16C
   const uint16_t h = static_cast<uint16_t>((b & 0x80) << 8 | (b & 0x7f) << 7);
   const int e = (h >> 10) & 31, m = h & 1023;  // e < 16: no fp16 infinity or NaN arises

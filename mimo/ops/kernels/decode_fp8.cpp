@@ -189,13 +189,6 @@ at::Tensor moe_decode_fp8(const at::Tensor& x, const at::Tensor& w_gate, const a
   return moe_decode_with(x, E, I, weights, experts, op, rows, row_at);
 }
 
-// fp32 -> bf16 bits, rounding to nearest even (as torch's .to(torch.bfloat16); NaN codes are rejected upstream).
-inline uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 at::Tensor dequant_fp8(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& row_index, int64_t block_k,
                        at::ScalarType dtype) {
   const char* op = "dequant_fp8";

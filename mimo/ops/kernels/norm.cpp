@@ -15,25 +15,6 @@ namespace {
 
 using namespace mimo_kernels;
 
-inline float sum_squares(const float* x, int64_t n) {
-  vfloat acc{};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const vfloat v = load(x + i);
-    acc += v * v;
-  }
-  float s = lane_sum(acc);
-  for (; i < n; ++i) s += x[i] * x[i];
-  return s;
-}
-
-inline uint16_t to_bf16(float f) {  // round to nearest even, as torch's conversion (NaN stays NaN)
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const char* op = "rms_norm";
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), op, ": CPU tensors only");
@@ -57,14 +38,14 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
       if (!bf16) {
         const float* xr = x.const_data_ptr<float>() + r * D;
         float* o = out.data_ptr<float>() + r * D;
-        const float s = 1.f / std::sqrt(sum_squares(xr, D) / static_cast<float>(D) + e);
+        const float s = 1.f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + e);
         for (int64_t d = 0; d < D; ++d) o[d] = xr[d] * s * w[d];
       } else {
         const uint16_t* xr = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>()) + r * D;
         uint16_t* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()) + r * D;
         for (int64_t d = 0; d < D; ++d) row[d] = scalar(xr[d]);
-        const float s = 1.f / std::sqrt(sum_squares(row.data(), D) / static_cast<float>(D) + e);
-        for (int64_t d = 0; d < D; ++d) o[d] = to_bf16(w[d] * scalar(to_bf16(row[d] * s)));
+        const float s = 1.f / std::sqrt(dot(row.data(), row.data(), D) / static_cast<float>(D) + e);
+        for (int64_t d = 0; d < D; ++d) o[d] = bf16_bits(w[d] * scalar(bf16_bits(row[d] * s)));
       }
     }
   });
