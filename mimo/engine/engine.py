@@ -155,11 +155,13 @@ class Engine:
             # is steady after a plain step only: the first one after drafting is a few per cent slower, and
             # the plain step's time is what every other cost is measured against
             last_rows, last_k = self._last_decode
-            decode_only = made == k and not plan.prefill and not plan.starts and not plan.moves
-            if decode_only and last_rows == rows and (last_k == 0 if k == 0 else last_k >= k):  # steady
+            decode_only = not plan.prefill and not plan.starts and not plan.moves
+            if decode_only and made == k and last_rows == rows and (last_k == 0 if k == 0 else last_k >= k):  # steady
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
-            elif decode_only and k:
-                self.policy.observe_catchup(len(rows), k, time.perf_counter() - t)  # (blocks caught up: its cost)
+            elif decode_only and k:  # blocks caught up: its cost, beyond a steady step of the drafts it verified (where
+                # every row's draft was unsure and cut, a plain step: drafts that are always cut must not leave the
+                # catch-up unpriced, or explorations that only catch up would never be found dear)
+                self.policy.observe_catchup(len(rows), made, time.perf_counter() - t, blocks=min(k, made + 1))
             self._last_decode = (rows, made)
         return deltas
 

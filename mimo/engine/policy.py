@@ -56,6 +56,8 @@ UNSURE_STOP_BELOW = 0.3
 _UNSURE_EVIDENCE = 64  # unsure drafts verified at a depth after which, if they pass, they are no longer looked at
 _BONUS = 0.5  # the optimistic acceptance's bonus at a depth never tested (it falls as 1/sqrt(1 + drafts tested))
 _RECHECK = 8  # steps a clear choice stands for before it is weighed again
+_RECHECK_PLAIN = 32  # the same for a clear choice of plain steps: nothing is learnt about drafts while they last (an
+# exploration's drafts end the wait), and at batch 8 on mimo-nano weighing every 8 steps cost ~1% of the time
 _CLEAR = 1.1  # a choice is clear when the runner-up's rate is at least this factor below it
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
@@ -147,6 +149,7 @@ class SpeculationPolicy:
         self.prior_cost = prior_cost or (lambda b, k: 1.0 + k)
         self.explore_every = explore_every
         self.times: dict[tuple[int, int], float] = {}  # (batch, k) -> mean of recent steady step seconds
+        self._timed: set[int] = set()  # the k's in times, at any batch size (asked at every step)
         self._samples: dict[tuple[int, int], collections.deque] = {}  # (batch, k) -> (decode step, seconds)
         self.tries = [0.0] * max_k  # engine-wide, per depth: drafts verified at that depth
         self.accepts = [0.0] * max_k
@@ -354,12 +357,12 @@ class SpeculationPolicy:
         # command without drafts once plain steps had become faster (one draft: 0.96x). An engine's first steps
         # often run slow, so a cost timed once is not enough to judge drafting deeper hopeless (below). A new batch
         # size later borrows the ratios of the nearest one measured.
-        if self._cold < 2 and not any(o == 1 for _, o in self.times):
+        if self._cold < 2 and 1 not in self._timed:
             # (twice at most: a step whose unsure drafts were cut is not timed, and drafts that are always
             # unsure are cut every time)
             self._cold += 1
             return self._chose(1, request_ids, explored=True)
-        if not any(o == 0 for _, o in self.times):
+        if 0 not in self._timed:
             return self._chose(0, request_ids, explored=True)
         # A clear choice (the runner-up at least _CLEAR below it) stands for _RECHECK steps of the same rows
         # before it is weighed again: the estimates move slowly, and weighing costs a few per cent of a small
@@ -377,7 +380,9 @@ class SpeculationPolicy:
             else:
                 rates = [expected[k] / costs[k] for k in range(self.max_k + 1)]
             ranked = sorted(rates, reverse=True)
-            self._hold = _RECHECK - 1 if len(ranked) < 2 or ranked[1] * _CLEAR < ranked[0] else 0
+            best = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
+            clear = len(ranked) < 2 or ranked[1] * _CLEAR < ranked[0]
+            self._hold = ((_RECHECK_PLAIN if best == 0 else _RECHECK) - 1) if clear else 0
             self._held = (list(request_ids), (costs, expected, rates))
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
         # Switching costs catch-up steps, which the steady rates leave out, and flipping between two close k's on
@@ -391,7 +396,7 @@ class SpeculationPolicy:
         if self._exploring is not None:  # the second step of an exploration: timed (see Engine.step)
             k, self._exploring = self._exploring, None
             return self._chose(k, request_ids, explored=True, predicted=expected[k])
-        if k > 0 and not any(o == k - 1 for _, o in self.times):  # one draft fewer was never timed: it may win
+        if k > 0 and k - 1 not in self._timed:  # one draft fewer was never timed: it may win
             # (its blocks ran last step: timed at once)
             return self._chose(k - 1, request_ids, explored=True, predicted=expected[k - 1])
         # Every so often, one draft more than the best (two steps: the first has deeper blocks to catch up on,
@@ -401,7 +406,7 @@ class SpeculationPolicy:
         self.since_explored += 1
         up = ((self._explorations + 1) % 2 == 1 or k == 0) and k < self.max_k  # this exploration's direction
         if self.since_explored >= max(self.explore_every, self._afford_at) and (
-                not up or self._catchup_affordable(request_ids, k, b, costs)):
+                not up or self._catchup_affordable(request_ids, k, b, costs, remaining)):
             self.since_explored = self._afford_at = 0
             self._explorations += 1
             # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
@@ -426,22 +431,34 @@ class SpeculationPolicy:
             return self._chose(down, request_ids, explored=True, predicted=expected[down])
         return self._chose(k, request_ids, explored=False, predicted=expected[k])
 
-    def _catchup_affordable(self, request_ids: list[str], k: int, batch: int, costs: list[float]) -> bool:
+    def _catchup_affordable(self, request_ids: list[str], k: int, batch: int, costs: list[float],
+                            remaining: list[int] | None = None) -> bool:
         """Whether exploring one draft more than k now keeps explorations' catch-up within
         :data:`_EXPLORE_SHARE` of the time since the last one. Its first step catches blocks up over every
         position they have not run on: after a long plain spell, or for new requests, a whole window or prompt
         per row, which can cost several plain steps; the exploration then waits (a short request is never
         explored at that price). Exploring fewer drafts catches up on nothing. Where it is too dear, it is not
         priced again until enough steps have passed to afford it at today's price (pricing reads every row's lag:
-        at every step that would cost more than the policy's whole choice)."""
+        at every step that would cost more than the policy's whole choice).
+
+        In a closed batch (``remaining`` given) the catch-up must also fit in that share of the time until its
+        longest row ends: what an exploration learns pays back only over the steps after it, and a short batch (an
+        offline run's 64 tokens at batch 8: ~60 steps, where the catch-up costs ~6) ends first; its successors, or
+        longer rows, explore."""
         seconds, plain = self.catchup_seconds(self._catchup_now()[k + 1]), self._plain_seconds(batch)
         if seconds is None or not plain:
             return True
         price = seconds / plain  # in plain steps
+        if remaining is not None:  # the time until the longest row ends, at k, in plain steps
+            rest = max(remaining) * batch / self._expected_sum(request_ids)[k] * costs[k]
+            if rest * _EXPLORE_SHARE < price:
+                self._afford_at = self.since_explored + max(remaining)  # (not before these rows have ended)
+                return False
         # Explorations that changed nothing have made the wait longer (explore_every); they also shrink the
-        # share, to a quarter at most: at batch 8 on mimo-nano, where plain wins, each exploration's catch-up
-        # (every row's context through block 1) costs ~6 plain steps and at the full share took 3-4% of the time.
-        share = _EXPLORE_SHARE * max(0.25, self._explore_base / self.explore_every)
+        # share as much (to 1/16 at the longest wait): at batch 8 on mimo-nano, where plain wins, each
+        # exploration's catch-up (every row's context through block 1) costs ~4-6 plain steps; at the full share
+        # that took 3-4% of the time, at a quarter of it still ~2%.
+        share = _EXPLORE_SHARE * self._explore_base / self.explore_every
         affordable_at = price / (share * costs[k])
         if self.since_explored >= affordable_at:
             return True
@@ -488,16 +505,21 @@ class SpeculationPolicy:
         if len(ordered) < 3:  # too few to tell an outlier: the fastest, as a cost overstated is never re-measured
             # (that k is not chosen again) while one understated is corrected by the steps that choose it
             self.times[(batch, k)] = ordered[0]
+            self._timed.add(k)
             return
         median = ordered[len(ordered) // 2]
         kept = [x for x in ordered if x <= 2 * median]
         self.times[(batch, k)] = sum(kept) / len(kept)
 
-    def observe_catchup(self, batch: int, k: int, seconds: float) -> None:
+    def observe_catchup(self, batch: int, k: int, seconds: float, blocks: int | None = None) -> None:
         """A decode step's wall time whose blocks had positions to catch up on (not a steady step): what it took
-        beyond a steady step of its batch and k, per position caught up, is the catch-up's cost."""
-        if self._catchup_positions > 0:
-            self._catchup.append((batch, k, seconds, self._catchup_positions))
+        beyond a steady step of its batch and k (the drafts it verified), per position caught up, is the catch-up's
+        cost. ``blocks``: how many blocks ran (default k; one more than k where the next block's drafts were made,
+        found unsure and cut)."""
+        blocks = k if blocks is None else blocks
+        positions = self._catchup_now()[blocks] if blocks and self.policy == "adaptive" else 0
+        if positions > 0:
+            self._catchup.append((batch, k, seconds, positions))
             self._catchup_fit = False
 
     def observe_row(self, request_id: str, drafted: int, accepted: int, unsure: list[bool] | None = None,
@@ -507,7 +529,10 @@ class SpeculationPolicy:
         draft before the step's k, which counts as that depth's rejection (unsure drafts are cut only where
         they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
         pos = self._positions.get(request_id)
-        if pos is not None:  # the blocks that ran for this row: those of its drafts, and the one whose draft was cut
+        if drafted + cut and self._current == 0:
+            self._hold = 0  # drafts while plain is held (an exploration's): weighed again at the next step
+        if pos is not None and drafted + cut:  # the blocks that ran for this row: its drafts', and the cut draft's
+            self._catchup_now()  # (the step's catch-up, from the lags before this: observe_catchup reads it after)
             ran = self.ran.setdefault(request_id, [0] * self.max_k)
             for j in range(min(self.max_k, drafted + cut)):
                 ran[j] = pos

@@ -123,8 +123,9 @@ def _steady_clock(llm):
     pol.observe_step = lambda batch, k, seconds: SpeculationPolicy.observe_step(pol, batch, k,
                                                                                 1e-3 * pol.prior_cost(batch, k))
     # a catch-up step: the steady step and 0.02 plain steps per position caught up
-    pol.observe_catchup = lambda batch, k, seconds: SpeculationPolicy.observe_catchup(
-        pol, batch, k, 1e-3 * pol.prior_cost(batch, k) + 2e-5 * pol._catchup_positions)
+    pol.observe_catchup = lambda batch, k, seconds, blocks=None: SpeculationPolicy.observe_catchup(
+        pol, batch, k, 1e-3 * pol.prior_cost(batch, k) + 2e-5 * pol._catchup_now()[k if blocks is None else blocks],
+        blocks)
 
 
 def test_engine_stops_drafting_when_every_draft_is_rejected():
@@ -326,6 +327,28 @@ def test_catch_up_has_a_fixed_part_and_a_part_per_position():
     assert p.catchup_seconds(1000) == pytest.approx(2e-3 + 1e-2)
 
 
+def test_an_exploration_whose_drafts_are_all_cut_still_prices_its_catch_up(monkeypatch):
+    """Where every draft is unsure and cut (MTP blocks that draft noise), an exploration's step verifies nothing: a
+    plain step, plus block 1 catching up over every row's context. Its cost is still the catch-up's (beyond a plain
+    step): otherwise the catch-up is never priced, and explorations that only catch up are never found dear."""
+    m = random_model(tiny_config(sliding_window=5, num_hidden_layers=4), seed=3)
+    monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
+    llm = LLM(m, num_speculative_tokens=2)
+    pol = llm.engine.policy
+    real, steps = pol.choose, iter(range(10**6))
+
+    def choose(rows, positions=None, remaining=None):
+        real(rows, positions, remaining)  # (the rows' positions, and so their catch-up, as the policy sees them)
+        return 1 if next(steps) in (20, 40) else 0
+
+    pol.choose = choose
+    outs = llm.generate(_prompts((9, 14)), GREEDY)
+    assert all(o.stats.drafted == 0 for o in outs) and pol.stats.rows_cut_short >= 4  # every draft was cut
+    cut = [(k, n) for _, k, _, n in pol._catchup if k == 0]
+    assert len(cut) == 2 and all(n > 0 for _, n in cut), list(pol._catchup)
+    assert pol.catchup_seconds(100) is not None
+
+
 def test_a_long_plain_spell_keeps_the_mtp_state_bounded():
     """Plain steps of a speculative engine keep each row's chain states and tokens only as far back as a block can
     reach, not for the whole request; drafting afterwards still gives plain greedy output."""
@@ -390,7 +413,7 @@ def test_an_exploration_too_dear_is_not_priced_again_at_every_step():
 def test_explorations_that_change_nothing_spend_a_shrinking_share_on_catch_up():
     """Batch 8, plain the best, every draft rejected, each exploration's first step catching 8 rows up over a window
     (~10 plain steps). At the full share (5%) that is one exploration per ~200 steps however often they changed
-    nothing (3-4% of the time at batch 8 on mimo-nano); once the wait has grown, the share shrinks to a quarter."""
+    nothing (3-4% of the time at batch 8 on mimo-nano); as the wait grows, the share shrinks with it."""
     rows = [f"r{i}" for i in range(8)]
     p = SpeculationPolicy(1, window=128, explore_every=4)
     p._cold = 2
@@ -407,6 +430,32 @@ def test_explorations_that_change_nothing_spend_a_shrinking_share_on_catch_up():
     gaps = [b - a for a, b in zip(explored, explored[1:]) if b - a > 1]
     assert gaps[-1] >= 600, gaps  # (at the full share: every 204 steps)
     assert len(explored) <= 20, explored  # (38)
+
+
+def test_a_closed_batch_explores_only_what_could_pay_back_before_it_ends():
+    """Plain wins (one draft, accepted half the time, costs 1.6 plain steps), the last exploration was long ago, and
+    catching 8 rows up through block 1 costs ~10 plain steps. A closed batch whose rows end in 60 steps does not
+    explore one draft (nothing it learnt could pay back in time); one whose rows have 5000 tokens to go does."""
+
+    def explorations(remaining):
+        rows = [f"r{i}" for i in range(8)]
+        p = SpeculationPolicy(1, window=128, explore_every=4)
+        p._cold = 2
+        _warm(p, 8, {0: 1.0, 1: 1.6})
+        for _ in range(40):  # 320 drafts verified, half of them accepted
+            for j, r in enumerate(rows):
+                p.observe_row(r, 1, j % 2)
+        p._catchup.append((8, 1, 1.6 + 10.0, 1000))  # 1000 positions caught up: 10 plain steps
+        p.since_explored = 1000
+        explored = 0
+        for step in range(60):
+            k = p.choose(rows, positions=[300 + step] * 8, remaining=[remaining - step] * 8)
+            explored += k
+            p.observe_step(8, k, 1.6 if k else 1.0)
+        return explored
+
+    assert explorations(60) == 0
+    assert explorations(5000) > 0
 
 
 def test_a_spell_of_slow_steps_does_not_keep_a_losing_verify_chosen():
