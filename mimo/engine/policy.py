@@ -67,6 +67,7 @@ _PSEUDO_FINISH = 32.0  # the same, where the slowest row's estimate sets a close
 _DECAY = 0.9  # each new step of a row weighs its older ones by this (acceptance drifts with the text)
 _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fraction of the best's waits longest
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
+_FAILING = 0.3  # drafts accepted less than this at a depth (optimistically) fail there: see _catchup_affordable
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
 _STALE_STEPS = 64  # a step time older than this many decode steps is dropped when a new one of its kind comes
 _EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
@@ -441,15 +442,20 @@ class SpeculationPolicy:
         priced again until enough steps have passed to afford it at today's price (pricing reads every row's lag:
         at every step that would cost more than the policy's whole choice).
 
-        In a closed batch (``remaining`` given) the catch-up must also fit in that share of the time until its
-        longest row ends: what an exploration learns pays back only over the steps after it, and a short batch (an
-        offline run's 64 tokens at batch 8: ~60 steps, where the catch-up costs ~6) ends first; its successors, or
-        longer rows, explore."""
+        In a closed batch (``remaining`` given), where the depth explored has been seen to fail (tested enough, and
+        accepted below :data:`_FAILING` even optimistically: what is left to learn is whether that changed), the
+        catch-up must also fit in that share of the time until its longest row ends: what an exploration learns pays
+        back only over the steps after it, and a short batch (an offline run's 64 tokens at batch 8: ~60 steps,
+        where the catch-up costs ~6) ends first; its successors, or longer rows, explore. Drafts that pass are
+        explored as before, short batch or not: explorations also re-time a cost measured on a slow step (without
+        them mimo-nano's batch 1 stayed at two drafts where three were 13% faster, and batch 4 at one)."""
         seconds, plain = self.catchup_seconds(self._catchup_now()[k + 1]), self._plain_seconds(batch)
         if seconds is None or not plain:
             return True
         price = seconds / plain  # in plain steps
-        if remaining is not None:  # the time until the longest row ends, at k, in plain steps
+        if (remaining is not None and self.tries[k] >= _HOPELESS_EVIDENCE
+                and self.engine_acceptance(optimistic=True)[k] < _FAILING):  # the time until the longest row ends,
+            # at k, in plain steps
             rest = max(remaining) * batch / self._expected_sum(request_ids)[k] * costs[k]
             if rest * _EXPLORE_SHARE < price:
                 self._afford_at = self.since_explored + max(remaining)  # (not before these rows have ended)
