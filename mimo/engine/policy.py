@@ -173,7 +173,6 @@ class SpeculationPolicy:
         self.window = window
         self.ran: dict[str, list[int]] = {}  # request -> per block, the committed length when it last ran
         self._positions: dict[str, int] = {}  # request -> its committed length at the step being chosen
-        self._catchup_positions = 0  # positions the chosen step's blocks catch up on beyond a steady step's
         self._catchup: collections.deque = collections.deque(maxlen=_CATCHUP_SAMPLES)  # (batch, k, s, positions)
         self._cb: list[int] | None = None  # catch-up positions per k of the step being chosen
         self._cb_rows: list[str] = []
@@ -370,7 +369,8 @@ class SpeculationPolicy:
         # model's step. The choice takes the acceptance as estimated; the optimistic one (a rarely tested depth
         # given the benefit of the doubt) only decides whether exploring one draft more is worth its catch-up
         # (below): choosing by it made deep drafts look a few per cent better than they were at every step
-        if self._hold and self._held[0] == request_ids:
+        weigh = not (self._hold and self._held[0] == request_ids)
+        if not weigh:
             self._hold -= 1
             costs, expected, rates = self._held[1]
         else:
@@ -380,12 +380,12 @@ class SpeculationPolicy:
                 rates = self.finish_rates(request_ids, remaining, costs)
             else:
                 rates = [expected[k] / costs[k] for k in range(self.max_k + 1)]
-            ranked = sorted(rates, reverse=True)
-            best = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
-            clear = len(ranked) < 2 or ranked[1] * _CLEAR < ranked[0]
-            self._hold = ((_RECHECK_PLAIN if best == 0 else _RECHECK) - 1) if clear else 0
             self._held = (list(request_ids), (costs, expected, rates))
         k = max(range(self.max_k + 1), key=lambda i: (rates[i], -i))
+        if weigh:
+            ranked = sorted(rates, reverse=True)
+            clear = len(ranked) < 2 or ranked[1] * _CLEAR < ranked[0]
+            self._hold = ((_RECHECK_PLAIN if k == 0 else _RECHECK) - 1) if clear else 0
         # Switching costs catch-up steps, which the steady rates leave out, and flipping between two close k's on
         # noise pays them again and again: k changes only for a clear gain. Not for the first choice of a closed
         # batch of new rows: it prices the catch-up itself, and the margin kept a new batch at the k its
@@ -407,7 +407,7 @@ class SpeculationPolicy:
         self.since_explored += 1
         up = ((self._explorations + 1) % 2 == 1 or k == 0) and k < self.max_k  # this exploration's direction
         if self.since_explored >= max(self.explore_every, self._afford_at) and (
-                not up or self._catchup_affordable(request_ids, k, b, costs, remaining)):
+                not up or self._catchup_affordable(request_ids, k, b, costs, expected, remaining)):
             self.since_explored = self._afford_at = 0
             self._explorations += 1
             # downwards, one draft fewer or, every other time, none: the plain step's time is what every other
@@ -433,7 +433,7 @@ class SpeculationPolicy:
         return self._chose(k, request_ids, explored=False, predicted=expected[k])
 
     def _catchup_affordable(self, request_ids: list[str], k: int, batch: int, costs: list[float],
-                            remaining: list[int] | None = None) -> bool:
+                            expected: list[float], remaining: list[int] | None = None) -> bool:
         """Whether exploring one draft more than k now keeps explorations' catch-up within
         :data:`_EXPLORE_SHARE` of the time since the last one. Its first step catches blocks up over every
         position they have not run on: after a long plain spell, or for new requests, a whole window or prompt
@@ -456,7 +456,7 @@ class SpeculationPolicy:
         if (remaining is not None and self.tries[k] >= _HOPELESS_EVIDENCE
                 and self.engine_acceptance(optimistic=True)[k] < _FAILING):  # the time until the longest row ends,
             # at k, in plain steps
-            rest = max(remaining) * batch / self._expected_sum(request_ids)[k] * costs[k]
+            rest = max(remaining) * batch / expected[k] * costs[k]
             if rest * _EXPLORE_SHARE < price:
                 self._afford_at = self.since_explored + max(remaining)  # (not before these rows have ended)
                 return False
@@ -482,7 +482,6 @@ class SpeculationPolicy:
         # drafts, but without ageing a row whose first drafts failed would keep its verdict (and stay plain)
         # however long it ran without drafting
         self._steps += 1
-        self._catchup_positions = self._catchup_now()[k] if k and self.policy == "adaptive" else 0
         self.stats.steps_by_k[k] = self.stats.steps_by_k.get(k, 0) + 1
         self.stats.explored += explored
         if predicted is None:
@@ -535,13 +534,14 @@ class SpeculationPolicy:
         draft before the step's k, which counts as that depth's rejection (unsure drafts are cut only where
         they were seen to fail). Depths past the first rejection were never tested: they count for nothing."""
         pos = self._positions.get(request_id)
-        if drafted + cut and self._current == 0:
-            self._hold = 0  # drafts while plain is held (an exploration's): weighed again at the next step
-        if pos is not None and drafted + cut:  # the blocks that ran for this row: its drafts', and the cut draft's
-            self._catchup_now()  # (the step's catch-up, from the lags before this: observe_catchup reads it after)
-            ran = self.ran.setdefault(request_id, [0] * self.max_k)
-            for j in range(min(self.max_k, drafted + cut)):
-                ran[j] = pos
+        if drafted + cut:
+            if self._current == 0:
+                self._hold = 0  # drafts while plain is held (an exploration's): weighed again at the next step
+            if pos is not None:  # the blocks that ran for this row: its drafts', and the cut draft's
+                self._catchup_now()  # (the step's catch-up, from the lags before this: observe_catchup reads it after)
+                ran = self.ran.setdefault(request_id, [0] * self.max_k)
+                for j in range(min(self.max_k, drafted + cut)):
+                    ran[j] = pos
         rec = self._record(request_id)  # (aged for this step too: it was chosen before the rows report)
         tries, accepts = rec.tries, rec.accepts
         tested = min(drafted + (cut and accepted == drafted and drafted < self.max_k), accepted + 1)

@@ -425,7 +425,7 @@ def test_explorations_that_change_nothing_spend_a_shrinking_share_on_catch_up():
             explored.append(step)
             for r in rows:
                 p.observe_row(r, 1, 0)
-        catching_up = p._catchup_positions
+        catching_up = p._catchup_now()[k]  # (the step's, as observe_catchup reads it)
         p.observe_catchup(8, k, 1.6 + 0.01 * catching_up) if catching_up else p.observe_step(8, k, 1.6 if k else 1.0)
     gaps = [b - a for a, b in zip(explored, explored[1:]) if b - a > 1]
     assert gaps[-1] >= 600, gaps  # (at the full share: every 204 steps)
