@@ -230,11 +230,26 @@ def test_unsure_drafts_are_cut_only_where_they_fail():
     for _ in range(5):
         p.observe_row("a", 3, 1, [False, True, True])  # depth 1 sure and accepted; depth 2 unsure and rejected
         p.observe_row("b", 2, 2, [True, False])  # depth 1 unsure and accepted
-    assert p.stop_unsure() == (False, True, False)
+    assert p.stop_unsure() == (False, False, False)  # five failures are not enough to cut on for good
+    for _ in range(11):
+        p.observe_row("a", 3, 1, [False, True, True])
+    verdicts = [p.stop_unsure() for _ in range(16)]  # depth 2 cut, but verified still at every 8th step
+    assert verdicts.count((False, True, False)) == 14 and verdicts.count((False, False, False)) == 2
     for _ in range(60):  # plenty of evidence that unsure drafts at depth 1 pass: they are no longer measured
         p.observe_row("b", 2, 2, [True, False])
-    assert p.stop_unsure() == (None, True, False)
+    assert p.stop_unsure() in ((None, True, False), (None, False, False))
     assert SpeculationPolicy(3, "fixed").stop_unsure() == ()
+
+
+def test_unsure_drafts_once_cut_are_uncut_when_rechecks_find_they_pass():
+    p = SpeculationPolicy(3)
+    for _ in range(16):
+        p.observe_row("a", 2, 1, [False, True])  # depth 2: unsure and rejected, enough to cut there
+    assert p.stop_unsure()[1] is True
+    for _ in range(96):  # the text changed: the unsure drafts the rechecks verify now pass (12 of them)
+        if p.stop_unsure()[1] is not True:
+            p.observe_row("a", 2, 2, [False, True])
+    assert p.stop_unsure()[1] is not True  # (None: enough evidence that they pass to stop measuring)
 
 
 def test_engine_speculation_stats_without_drafts():
