@@ -72,7 +72,7 @@ _HOPELESS = 0.9  # an exploration upwards whose optimistic rate is below this fr
 _HOPELESS_EVIDENCE = 32  # drafts verified at that depth before it can be judged so (a few unlucky ones are not)
 _FAILING = 0.3  # drafts accepted less than this at a depth (optimistically) fail there: see _catchup_affordable
 _TIME_SAMPLES = 15  # step times kept per (batch, drafts): their mean, less outliers, is the cost
-_STALE_KEEP = 3
+_STALE_KEEP = 3  # times kept per (batch, drafts) however old they are: see observe_step
 _STALE_STEPS = 64  # a step time older than this many decode steps is dropped when a new one of its kind comes
 _EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
@@ -509,7 +509,11 @@ class SpeculationPolicy:
         steps are dropped when a new one comes: a k the policy left is timed again only by explorations, one step
         at a time, and its fresh time must not be outvoted by ones from before the machine got faster or slower
         (another process sharing the cores for a while slowed every step by a third; the k then left kept its old
-        time, and compared with the slowed one, a verify that loses looked like a win for the rest of the run)."""
+        time, and compared with the slowed one, a verify that loses looked like a win for the rest of the run). The
+        last :data:`_STALE_KEEP` - 1 stay, stale or not: a k the policy left is otherwise judged on its one newest
+        time, and a slow one (10% noise is common) is never corrected, as that k is not chosen again until the next
+        exploration, while a fast one is, by the steps that choose it; so one-sample costs kept mimo-nano's batch 1
+        at one draft where two were 7% faster."""
         if any(b == batch and o == k for b, o, _, _ in self._catchup):  # the fit subtracts this kind's steady
             self._catchup_fit = False  # time from its samples: refitted only when it changed
         window = self._samples.setdefault((batch, k), collections.deque(maxlen=_TIME_SAMPLES))
