@@ -62,6 +62,7 @@ _RECHECK = 8  # steps a clear choice stands for before it is weighed again
 _RECHECK_PLAIN = 32  # the same for a clear choice of plain steps: nothing is learnt about drafts while they last (an
 # exploration's drafts end the wait), and at batch 8 on mimo-nano weighing every 8 steps cost ~1% of the time
 _CLEAR = 1.1  # a choice is clear when the runner-up's rate is at least this factor below it
+_CLOSE_STEPS = 3  # steps an exploration of a close call times (one for one that is not: see choose)
 _SWITCH_GAIN = 1.03  # the objective's k changes only for at least this gain in expected tokens/s
 _PSEUDO = 4.0  # how many observations the engine-wide acceptance counts as, for a row's own estimate
 _PSEUDO_FINISH = 32.0  # the same, where the slowest row's estimate sets a closed batch's end: the largest of
@@ -166,7 +167,8 @@ class SpeculationPolicy:
         self.since_explored = 0
         self._afford_at = 0  # since_explored at which an exploration upwards found too dear is priced again
         self._explorations = 0
-        self._exploring: int | None = None  # the k of an exploration's second step
+        self._exploring: int | None = None  # the k of an exploration's next step
+        self._explore_left = 0  # the exploration's steps still to come at that k
         self._explore_base = explore_every
         self._best_before = -1  # the best k when the last exploration began
         # the k chosen by the objective last time; plain at first, so drafting must win by the switching margin
@@ -404,8 +406,11 @@ class SpeculationPolicy:
         if not fresh and rates[k] < _SWITCH_GAIN * rates[self._current]:
             k = self._current
         self._current, self._current_rows = k, request_ids
-        if self._exploring is not None:  # the second step of an exploration: timed (see Engine.step)
-            k, self._exploring = self._exploring, None
+        if self._exploring is not None:  # an exploration's further steps: timed (see Engine.step)
+            k = self._exploring
+            self._explore_left -= 1
+            if self._explore_left <= 0:
+                self._exploring = None
             return self._chose(k, request_ids, explored=True, predicted=expected[k])
         if k > 0 and k - 1 not in self._timed:  # one draft fewer was never timed: it may win
             # (its blocks ran last step: timed at once)
@@ -434,12 +439,16 @@ class SpeculationPolicy:
                 # tried only at the longest wait, as its first step has every idle block to catch up on (over a
                 # whole window of positions per row, which costs several plain steps)
                 return self._chose(k, request_ids, explored=False, predicted=expected[k])
-            if up:
-                self._exploring = k + 1
-                return self._chose(k + 1, request_ids, explored=True, predicted=expected[k + 1])
-            if down == 0:  # (two plain steps: the second is timed)
-                self._exploring = 0
-            return self._chose(down, request_ids, explored=True, predicted=expected[down])
+            # A close call (the k explored within _CLEAR of the best, by the estimates) is timed over
+            # _CLOSE_STEPS steps, not one: one step's time is ~10% noise, as large as the gap to decide, and a
+            # k timed slow once is not chosen again before the next exploration (mimo-nano's README prompt
+            # stayed at one draft, its two-draft time 17% above a fixed engine's); and a close call costs little
+            # to explore
+            other = k + 1 if up else down
+            more = _CLOSE_STEPS - 1 if rates[other] * _CLEAR >= rates[k] else 0
+            if up or down == 0 or more:  # (up: the first step catches up, the next are timed; plain: likewise)
+                self._exploring, self._explore_left = other, more + (up or down == 0)
+            return self._chose(other, request_ids, explored=True, predicted=expected[other])
         return self._chose(k, request_ids, explored=False, predicted=expected[k])
 
     def _catchup_affordable(self, request_ids: list[str], k: int, batch: int, costs: list[float],
