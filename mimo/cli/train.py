@@ -2,7 +2,10 @@
 
 Options left out take :class:`mimo.training.trainer.TrainConfig`'s defaults, or, with ``--resume``,
 the values the run was started with (so ``mimo train --out DIR --resume --max-minutes 30``
-continues a run exactly where its last checkpoint left it).
+continues a run exactly where its last checkpoint left it). ``--continue-from DIR`` starts a new run
+directory from an exported model (a run's ``final/``, which carries its ``training_state.json``) with the
+settings it was trained with: for runs longer than the life of the machine they run on, where only the small
+exported model can be kept (AdamW's moments restart; the schedule and the data stream go on).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -24,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="model preset: nano (default), tiny, bench, flash")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, training.png, final/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--continue-from", metavar="DIR",
+                   help="start --out from a model that mimo train exported (a run's final/): its step, schedule, data "
+                        "position and settings go on, AdamW's moments restart from zero (not bitwise a resume)")
+    p.add_argument("--rewarm-steps", type=int, help="with --continue-from: steps over which the learning rate ramps "
+                   "back up (default 20)")
     p.add_argument("--steps", type=int, help="length of the LR schedule in optimizer steps")
     p.add_argument("--max-minutes", type=float, help="stop cleanly (with a checkpoint) after this many minutes; "
                    "without --steps the schedule is fitted to this budget")
@@ -54,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from mimo.training.checkpointing import latest_checkpoint, read_json
+    from mimo.training.checkpointing import TRAINING_STATE, latest_checkpoint, read_json
     from mimo.training.trainer import TrainConfig, train
     from mimo.utils import runtime
 
@@ -68,6 +77,14 @@ def run(args: argparse.Namespace) -> int:
         if ckpt is not None:
             settings = read_json(os.path.join(ckpt, "state.json"))["train_config"]
             print(f"resuming {ckpt}")
+    if args.continue_from and not settings:
+        path = os.path.join(args.continue_from, TRAINING_STATE)
+        if not os.path.exists(path):
+            print(f"mimo train: --continue-from {args.continue_from}: no {TRAINING_STATE} there (a final/ directory "
+                  "written by mimo train carries one)", file=sys.stderr)
+            return 2
+        settings = read_json(path)["train_config"]
+        print(f"continuing {args.continue_from} (step {read_json(path)['step']})")
     settings.update(given)
     settings.update(out=args.out, resume=args.resume)
     cfg = TrainConfig.from_dict(settings)

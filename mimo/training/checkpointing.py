@@ -32,6 +32,7 @@ from mimo.checkpoint import MiMoForCausalLM
 from mimo.tokenizer import Tokenizer
 
 CKPT_PREFIX = "step-"
+TRAINING_STATE = "training_state.json"  # in an exported model directory: see mimo.training.trainer
 
 
 def write_json(path: str, obj: object) -> None:
@@ -137,8 +138,10 @@ def latest_checkpoint(out: str) -> str | None:
     return found[-1] if found else None
 
 
-def export_final(out: str, model: MiMoForCausalLM, tokenizer: Tokenizer, name: str = "final") -> str:
-    """The model as shipped: bf16 hub layout, tokenizer files and generation_config.json, swapped in whole."""
+def export_final(out: str, model: MiMoForCausalLM, tokenizer: Tokenizer, name: str = "final",
+                 state: dict | None = None) -> str:
+    """The model as shipped: bf16 hub layout, tokenizer files and generation_config.json, swapped in whole; with
+    ``state``, also the run's :data:`TRAINING_STATE` (what a continued run starts from)."""
     dst = os.path.join(out, name)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=out)
     try:
@@ -148,6 +151,8 @@ def export_final(out: str, model: MiMoForCausalLM, tokenizer: Tokenizer, name: s
         write_json(os.path.join(tmp, "generation_config.json"), {
             "eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
             "do_sample": True, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 256})
+        if state is not None:
+            write_json(os.path.join(tmp, TRAINING_STATE), state)
         old = dst + ".old"
         shutil.rmtree(old, ignore_errors=True)
         if os.path.isdir(dst):

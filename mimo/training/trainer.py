@@ -5,7 +5,8 @@
     out/tokenizer/            byte-level BPE trained on the training split (reused when present)
     out/cache/                token caches (:mod:`mimo.training.data`)
     out/checkpoints/step-N/   model/ (hub layout, fp32), optimizer.safetensors + optimizer.json, state.json
-    out/final/                the model in bf16 hub layout + tokenizer + generation_config.json
+    out/final/                the model in bf16 hub layout + tokenizer + generation_config.json, and
+                              training_state.json (what ``continue_from`` needs, below)
     out/metrics.jsonl         one JSON object per step ("train") and per evaluation ("eval")
     out/training.png          loss, held-out loss, MTP accuracy per depth, expert load balance
 
@@ -15,6 +16,15 @@ the Python/NumPy/torch RNG states. A resumed run therefore produces bitwise the 
 uninterrupted run would have. Checkpoints are written to a temporary directory and renamed into
 place (``os.replace``), so a run killed at any moment leaves the previous checkpoint intact.
 No pickle: tensors go to safetensors, everything else to JSON.
+
+Continued runs. A checkpoint is ~12 bytes a parameter (fp32 weights and two AdamW moments), too
+large to keep where only small files survive (a repository, a machine lent for a few hours).
+``out/final`` is 2 bytes a parameter and carries the run's ``training_state.json`` (step, schedule,
+data position, RNG states, settings); ``continue_from=final_dir`` starts a new run directory from it:
+the same schedule, data stream and RNG continue, the weights are the bf16 ones exported, and
+AdamW's moments restart from zero, with the learning rate re-warmed over ``rewarm_steps`` steps
+(a fresh second moment makes the first updates ~lr in size whatever the gradient's scale). Not
+bitwise the uninterrupted run, unlike ``resume``; every batch from then on is the same one.
 
 Denormals. Once logits become peaked, softmax and its backward produce subnormal floats, which
 x86 CPUs handle in microcode, slowing steps down many times over. Flushing them to zero is a
@@ -44,6 +54,7 @@ from mimo.config import MiMoConfig, preset
 from mimo.tokenizer import Tokenizer, train_bpe
 from mimo.training.balance import bias_stats, load_imbalance, update_expert_bias
 from mimo.training.checkpointing import (
+    TRAINING_STATE,
     export_final,
     latest_checkpoint,
     load_optimizer,
@@ -94,6 +105,8 @@ class TrainConfig:
     synthetic_files: int = 0  # copy-only synthetic Python files added to the corpus (training.synthetic)
     heldout_percent: int = 2
     resume: bool = False
+    continue_from: str | None = None  # a final/ directory with training_state.json (see the module docstring)
+    rewarm_steps: int = 20  # lr ramp after continue_from (AdamW's moments restart from zero)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -103,7 +116,8 @@ class TrainConfig:
         if self.dtype == "bf16" and self.attention_backend != "sdpa":
             raise ValueError("bf16 autocast needs attention_backend='sdpa' (the reference backend's fp32 mask "
                              "value overflows bf16 scores under autocast)")
-        for name in ("seq_len", "batch_size", "grad_accum", "eval_interval", "checkpoint_interval", "keep_checkpoints"):
+        for name in ("seq_len", "batch_size", "grad_accum", "eval_interval", "checkpoint_interval", "keep_checkpoints",
+                     "rewarm_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps is None and self.max_minutes is None:
@@ -252,6 +266,28 @@ def _synthetic_files(cfg: TrainConfig) -> list[tuple[str, str]]:
     return [(f"synthetic/{n}", os.path.join(directory, n)) for n in names]
 
 
+def _continued_state(cfg: TrainConfig) -> dict:
+    """The training state that ``cfg.continue_from`` was exported with, checked against ``cfg``; its tokenizer
+    becomes the run's (the data stream is a function of it)."""
+    path = os.path.join(cfg.continue_from, TRAINING_STATE)
+    if not os.path.exists(path):
+        raise ValueError(f"cannot continue from {cfg.continue_from}: no {TRAINING_STATE} (only a final/ directory "
+                         "that mimo train exported carries the state a run continues from)")
+    state = read_json(path)
+    _check_resume(cfg, state["train_config"])
+    mine = os.path.join(cfg.out, "tokenizer")
+    theirs = Tokenizer.from_pretrained(cfg.continue_from)
+    if os.path.exists(os.path.join(mine, "tokenizer.json")):
+        if Tokenizer.from_pretrained(mine).backend.to_str() != theirs.backend.to_str():
+            raise ValueError(f"{mine} is not the tokenizer of {cfg.continue_from}: choose another --out")
+    else:
+        tmp = mine + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        theirs.save_pretrained(tmp)
+        os.replace(tmp, mine)
+    return state
+
+
 def _check_resume(cfg: TrainConfig, saved: dict) -> None:
     now = json.loads(json.dumps(asdict(cfg)))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # a setting newer than the checkpoint: its default
@@ -277,8 +313,11 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     state = read_json(os.path.join(ckpt, "state.json")) if ckpt else {}
     if ckpt:
         _check_resume(cfg, state["train_config"])
+    elif cfg.continue_from:
+        state = _continued_state(cfg)
     elif cfg.resume:
         logger.warning("no checkpoint in %s: starting from scratch", cfg.out)
+    continued = bool(cfg.continue_from) and not ckpt
 
     base = model_config or preset(cfg.preset)
     files = stdlib_files(cfg.data_root) + _synthetic_files(cfg)
@@ -296,8 +335,9 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if ckpt:
-        model = MiMoForCausalLM.from_pretrained(os.path.join(ckpt, "model"), dtype=torch.float32)
+    if ckpt or continued:
+        model = MiMoForCausalLM.from_pretrained(os.path.join(ckpt, "model") if ckpt else cfg.continue_from,
+                                                dtype=torch.float32)
     else:
         mc = base.replace(vocab_size=cfg.vocab_size or base.vocab_size, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
@@ -308,14 +348,15 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     model.set_attention_backend(cfg.attention_backend)
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay)
     step, tokens_seen, total = 0, 0, cfg.steps
-    if ckpt:
-        load_optimizer(opt, ckpt)
+    if ckpt or continued:
+        if ckpt:
+            load_optimizer(opt, ckpt)
         data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         step, tokens_seen = state["step"], state["tokens_seen"]
         total = cfg.steps or state["total_steps"]
         truncate_metrics(metrics_path, step)
-        logger.info("resumed from %s at step %d", ckpt, step)
+        logger.info("%s from %s at step %d", "resumed" if ckpt else "continued", ckpt or cfg.continue_from, step)
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
     logger.info("model: %.2fM parameters; %d training tokens, %d rows of %d", model.num_parameters() / 1e6,
@@ -323,6 +364,8 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
 
     bf16 = cfg.dtype == "bf16"
     step_tokens = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    # a continued run's first step, kept in its checkpoints so that resuming it re-warms the same way
+    rewarm_from = state.get("rewarm_from", state["step"] if continued else None)
     timed: list[float] = []
     last_saved, last_eval, stop_reason = step, None, "done"
     final_dir = os.path.join(cfg.out, "final")
@@ -330,8 +373,10 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     def checkpoint() -> None:
         st = {"step": step, "total_steps": total, "tokens_seen": tokens_seen, "data": data.state_dict(),
               "rng": rng_state(), "train_config": asdict(cfg)}
+        if rewarm_from is not None:
+            st["rewarm_from"] = rewarm_from
         path = save_checkpoint(cfg.out, step, model, opt, st, cfg.keep_checkpoints)
-        export_final(cfg.out, model, tok)
+        export_final(cfg.out, model, tok, state={k: v for k, v in st.items() if k != "rewarm_from"})
         plot_metrics(metrics_path, png_path)
         logger.info("checkpoint %s (and %s)", path, final_dir)
 
@@ -349,6 +394,10 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
                 lr = WarmupCosine(cfg.lr, warmup, total, cfg.min_lr_ratio).apply(opt, step)
             else:  # schedule length not fitted yet: still warming up (or flat until it is)
                 lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+                for g in opt.param_groups:
+                    g["lr"] = lr
+            if rewarm_from is not None and step - rewarm_from < cfg.rewarm_steps:
+                lr *= (step - rewarm_from + 1) / cfg.rewarm_steps
                 for g in opt.param_groups:
                     g["lr"] = lr
             opt.zero_grad(set_to_none=True)

@@ -1,5 +1,6 @@
 """Training: losses and their target alignment, expert balancing, optimizer, exact resume, crash-safe checkpoints, CLI."""
 
+import dataclasses
 import json
 import math
 import os
@@ -185,6 +186,42 @@ def test_resumed_run_reproduces_the_uninterrupted_run_bitwise(tmp_path, corpus):
     wa = MiMoForCausalLM.from_pretrained(full / "checkpoints" / "step-00000004" / "model").state_dict()
     wb = MiMoForCausalLM.from_pretrained(part / "checkpoints" / "step-00000004" / "model").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_run_continued_from_its_exported_model_goes_on_with_its_schedule_and_data(tmp_path, corpus, capsys):
+    """``continue_from`` a run's final/ (bf16 weights + training_state.json, no optimizer state): the step, the
+    schedule and every batch continue as in the uninterrupted run; only AdamW's moments restart (with the lr
+    re-warmed), so the losses are close to, not bitwise, the uninterrupted run's. The CLI takes the run's settings
+    from the exported state."""
+    from mimo.cli.main import main
+
+    full = tmp_path / "full"
+    train(_cfg(full, corpus, steps=6, checkpoint_interval=3), model_config=tiny_config())
+    part = tmp_path / "part"
+    train(_cfg(part, corpus, steps=6, checkpoint_interval=3), model_config=tiny_config(),
+          should_stop=lambda step: step == 3)
+    state = json.loads((part / "final" / "training_state.json").read_text())
+    assert state["step"] == 3 and state["total_steps"] == 6
+    with pytest.raises(ValueError, match="seq_len"):
+        train(_cfg(tmp_path / "bad", corpus, steps=6, seq_len=8, continue_from=str(part / "final")))
+    with pytest.raises(ValueError, match="training_state.json"):
+        train(_cfg(tmp_path / "bad2", corpus, steps=6, continue_from=str(full / "checkpoints" / "step-00000006" / "model")))
+    rc = main(["train", "--out", str(tmp_path / "cont"), "--continue-from", str(part / "final"), "--rewarm-steps", "2",
+               "--no-progress"])
+    assert rc == 0 and "stopped at step 6/6" in capsys.readouterr().out
+    a, b = _train_rows(full), _train_rows(tmp_path / "cont")
+    assert [r["step"] for r in b] == [4, 5, 6]
+    assert [r["lr"] for r in b] == pytest.approx([a[3]["lr"] / 2, a[4]["lr"], a[5]["lr"]])  # re-warmed over 2 steps
+    assert b[0]["main_loss"] == pytest.approx(a[3]["main_loss"], rel=0.02)  # the same batch, bf16-rounded weights
+    assert b[0]["tokens"] == a[3]["tokens"]
+    # resuming a continued run keeps its re-warm: the run stopped after its first step ends like the one above
+    cfg = _cfg(tmp_path / "cont2", corpus, steps=6, checkpoint_interval=1, continue_from=str(part / "final"),
+               rewarm_steps=2)
+    train(cfg, should_stop=lambda step: step == 4)
+    train(dataclasses.replace(cfg, resume=True))
+    c = _train_rows(tmp_path / "cont2")
+    assert [r["lr"] for r in c] == [r["lr"] for r in b]
+    assert [r["main_loss"] for r in c] == [r["main_loss"] for r in b]
 
 
 def test_a_run_killed_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, monkeypatch):
