@@ -5,6 +5,13 @@
 #
 #   bash benchmarks/setup_llamacpp.sh [DIR]     (default DIR: .llamacpp)
 #
+# LLAMA_CMAKE_EXTRA adds CMake arguments. On a virtual machine that lists AMX in its CPU flags but faults on
+# AMX tile instructions (seen here on an Intel Xeon: the native build dies with SIGILL in `tileloadd`, inside
+# ggml_backend_amx_mul_mat, even after the process asked the kernel for AMX state), build for the ISA without AMX
+# (GGML_NATIVE=OFF, the rest of what the CPU has named; a later -DGGML_NATIVE wins over the one below):
+#   LLAMA_CMAKE_EXTRA="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON
+#     -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" bash benchmarks/setup_llamacpp.sh .llamacpp-noamx
+#
 # then: .venv/bin/python benchmarks/compare_peers.py --compile \
 #         --llama-python DIR/venv/bin/python \
 #         --llama-converter DIR/llama_cpp_python-$VERSION/vendor/llama.cpp/convert_hf_to_gguf.py
@@ -21,7 +28,7 @@ if [ ! -d "llama_cpp_python-$VERSION" ]; then
   venv/bin/pip download -q --no-binary :all: --no-deps "llama-cpp-python==$VERSION" -d .
   tar xzf "llama_cpp_python-$VERSION.tar.gz"
 fi
-CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF" \
+CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF ${LLAMA_CMAKE_EXTRA:-}" \
   venv/bin/pip install "llama_cpp_python-$VERSION.tar.gz"
 echo "llama-python:    $PWD/venv/bin/python"
 echo "llama-converter: $PWD/llama_cpp_python-$VERSION/vendor/llama.cpp/convert_hf_to_gguf.py"
