@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -63,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from mimo.training.checkpointing import TRAINING_STATE, latest_checkpoint, read_json
+    from mimo.training.checkpointing import latest_checkpoint, read_json, read_training_state
     from mimo.training.trainer import TrainConfig, train
     from mimo.utils import runtime
 
@@ -77,14 +76,10 @@ def run(args: argparse.Namespace) -> int:
         if ckpt is not None:
             settings = read_json(os.path.join(ckpt, "state.json"))["train_config"]
             print(f"resuming {ckpt}")
-    if args.continue_from and not settings:
-        path = os.path.join(args.continue_from, TRAINING_STATE)
-        if not os.path.exists(path):
-            print(f"mimo train: --continue-from {args.continue_from}: no {TRAINING_STATE} there (a final/ directory "
-                  "written by mimo train carries one)", file=sys.stderr)
-            return 2
-        settings = read_json(path)["train_config"]
-        print(f"continuing {args.continue_from} (step {read_json(path)['step']})")
+    if args.continue_from and not settings:  # a ValueError here is main's clear error, as for any bad input
+        state = read_training_state(args.continue_from)
+        settings = state["train_config"]
+        print(f"continuing {args.continue_from} (step {state['step']})")
     settings.update(given)
     settings.update(out=args.out, resume=args.resume)
     cfg = TrainConfig.from_dict(settings)

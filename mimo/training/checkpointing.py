@@ -138,6 +138,15 @@ def latest_checkpoint(out: str) -> str | None:
     return found[-1] if found else None
 
 
+def read_training_state(directory: str) -> dict:
+    """The :data:`TRAINING_STATE` that :func:`export_final` wrote beside a model; a clear error where there is none."""
+    path = os.path.join(directory, TRAINING_STATE)
+    if not os.path.exists(path):
+        raise ValueError(f"cannot continue from {directory}: no {TRAINING_STATE} (only a final/ directory that "
+                         "mimo train exported carries the state a run continues from)")
+    return read_json(path)
+
+
 def export_final(out: str, model: MiMoForCausalLM, tokenizer: Tokenizer, name: str = "final",
                  state: dict | None = None) -> str:
     """The model as shipped: bf16 hub layout, tokenizer files and generation_config.json, swapped in whole; with

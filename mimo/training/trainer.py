@@ -54,11 +54,11 @@ from mimo.config import MiMoConfig, preset
 from mimo.tokenizer import Tokenizer, train_bpe
 from mimo.training.balance import bias_stats, load_imbalance, update_expert_bias
 from mimo.training.checkpointing import (
-    TRAINING_STATE,
     export_final,
     latest_checkpoint,
     load_optimizer,
     read_json,
+    read_training_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -269,11 +269,7 @@ def _synthetic_files(cfg: TrainConfig) -> list[tuple[str, str]]:
 def _continued_state(cfg: TrainConfig) -> dict:
     """The training state that ``cfg.continue_from`` was exported with, checked against ``cfg``; its tokenizer
     becomes the run's (the data stream is a function of it)."""
-    path = os.path.join(cfg.continue_from, TRAINING_STATE)
-    if not os.path.exists(path):
-        raise ValueError(f"cannot continue from {cfg.continue_from}: no {TRAINING_STATE} (only a final/ directory "
-                         "that mimo train exported carries the state a run continues from)")
-    state = read_json(path)
+    state = read_training_state(cfg.continue_from)
     _check_resume(cfg, state["train_config"])
     mine = os.path.join(cfg.out, "tokenizer")
     theirs = Tokenizer.from_pretrained(cfg.continue_from)
@@ -391,15 +387,13 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
             t0 = time.perf_counter()
             if total is not None:
                 warmup = min(cfg.warmup_steps, max(1, total // 10))  # a short run must still reach its peak lr
-                lr = WarmupCosine(cfg.lr, warmup, total, cfg.min_lr_ratio).apply(opt, step)
+                lr = WarmupCosine(cfg.lr, warmup, total, cfg.min_lr_ratio)(step)
             else:  # schedule length not fitted yet: still warming up (or flat until it is)
                 lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-                for g in opt.param_groups:
-                    g["lr"] = lr
             if rewarm_from is not None and step - rewarm_from < cfg.rewarm_steps:
                 lr *= (step - rewarm_from + 1) / cfg.rewarm_steps
-                for g in opt.param_groups:
-                    g["lr"] = lr
+            for g in opt.param_groups:
+                g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
             counts = None
