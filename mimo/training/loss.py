@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mimo.model import CausalLM
+from mimo.training.fused_ce import IGNORE, linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,13 @@ def balance_loss(scores_TE: torch.Tensor, experts_TK: torch.Tensor, batch: int) 
     return (f_BE * p_BE).sum(-1).mean()
 
 
-IGNORE = -100  # a target out of the loss (F.cross_entropy's ignore_index)
-
-
 def _ce_acc(model: CausalLM, hidden: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy of the head's logits against ``tgt``, accuracy); fused a block of rows at a time
+    (:mod:`mimo.training.fused_ce`) where the logits are exactly ``hidden @ lm_head.weight.T``: the model's own
+    ``compute_logits`` (not one replaced on the instance or in a subclass) and a head not held in FP8."""
+    own = "compute_logits" not in vars(model) and type(model).compute_logits is CausalLM.compute_logits
+    if own and not model.lm_head.is_fp8:
+        return linear_cross_entropy(hidden, model.lm_head.weight, tgt)
     logits = model.compute_logits(hidden).float()  # [B, T, V]; fp32 log-softmax whatever the autocast dtype
     kept = tgt != IGNORE
     if not bool(kept.any()):  # nothing to learn at this depth in this batch: zero, with the graph intact
