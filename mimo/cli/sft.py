@@ -3,7 +3,8 @@
 ``--data`` is a JSONL file of chat examples (``messages``, optional ``tools`` and ``chat_template_kwargs``)
 or a directory searched for ``train*.jsonl`` (what ``mimo.posttrain.domains.write_domains`` writes). Options
 left out take :class:`mimo.posttrain.sft.SFTConfig`'s defaults (the paper's SFT settings scaled to nano), or,
-with ``--resume``, the values the run was started with.
+with ``--resume`` or ``--continue-from``, the values the run was started with (``--continue-from`` goes on
+from a run's exported ``final/`` when its checkpoints are gone: see :mod:`mimo.posttrain.sft`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "template; default: the shipped models/mimo-nano)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, final/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--continue-from", help="go on from a run's exported final/ (its training_state.json: step, "
+                   "data position, settings), into a new --out, with AdamW's moments restarted")
+    p.add_argument("--rewarm-steps", type=int, help="with --continue-from: steps over which the learning rate ramps "
+                   "back up (default 10)")
     p.add_argument("--steps", type=int, help="optimizer steps (default 300)")
     p.add_argument("--batch-size", type=int, help="conversations per step (default 16)")
     p.add_argument("--max-len", type=int, help="tokens per conversation; longer ones are left out (default 512)")
@@ -35,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from mimo.posttrain.sft import SFTConfig, train_sft
-    from mimo.training.checkpointing import latest_checkpoint, read_json
+    from mimo.training.checkpointing import latest_checkpoint, read_json, read_training_state
     from mimo.utils import runtime
     from mimo.utils.paths import resolve_model_dir
 
@@ -45,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (ckpt := latest_checkpoint(args.out)) is not None:
         settings = read_json(os.path.join(ckpt, "state.json"))["sft_config"]
         print(f"resuming {ckpt}")
+    if args.continue_from and not settings:  # a ValueError here is main's clear error, as for any bad input
+        state = read_training_state(args.continue_from)
+        settings = state["sft_config"]
+        print(f"continuing {args.continue_from} (step {state['step']})")
     settings.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     if "data" not in settings:
         raise ValueError("--data is required (a JSONL file of chat examples or a directory of train*.jsonl)")

@@ -9,11 +9,16 @@ is likewise an order below its pre-training peak) and batches of 16 conversation
 Rows are single conversations, right-padded (see :mod:`mimo.posttrain.sft_data` for why not packed) and
 batched with others of similar length; rows longer than ``max_len`` tokens are left out and counted.
 Resume is exact: the checkpoint holds the fp32 weights, the optimizer, the data order's position and every
-generator, so a run stopped and resumed ends with the weights of an uninterrupted one.
+generator, so a run stopped and resumed ends with the weights of an uninterrupted one. ``final/`` also carries
+the run's ``training_state.json`` (step, data position, RNG states, settings, the data's fingerprint), so a run
+whose checkpoints are lost (a machine that keeps only what is committed) goes on from its exported model with
+``continue_from``: every batch is the one the uninterrupted run would have drawn; AdamW's moments restart from
+zero, with the learning rate re-warmed over ``rewarm_steps``, as ``mimo train --continue-from`` does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +39,7 @@ from mimo.training.checkpointing import (
     latest_checkpoint,
     load_optimizer,
     read_json,
+    read_training_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -68,6 +74,8 @@ class SFTConfig:
     dtype: str = "fp32"  # fp32 | bf16 (autocast over fp32 master weights, as pre-training's --dtype bf16)
     resume: bool = False
     progress: bool = True
+    continue_from: str | None = None  # a final/ directory with training_state.json (see the module docstring)
+    rewarm_steps: int = 10  # lr ramp after continue_from (AdamW's moments restart from zero)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
@@ -82,6 +90,17 @@ def example_files(data: str) -> list[str]:
     if not found:
         raise ValueError(f"no train*.jsonl files under {data} (mimo.posttrain.domains.write_domains writes them)")
     return found
+
+
+def data_fingerprint(data: str) -> str:
+    """sha256 over the example files' names (relative to ``data``) and bytes: a run continues only on its own data."""
+    h = hashlib.sha256()
+    root = data if os.path.isdir(data) else os.path.dirname(data)
+    for path in example_files(data):
+        h.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
 
 
 def load_rows(tok: Tokenizer, data: str, max_len: int) -> tuple[list[SFTRow], int]:
@@ -160,11 +179,15 @@ class SFTData:
         self._batches = None
 
 
-def _settings(d: dict) -> dict:
+def _settings(d: dict, continuing: bool = False) -> dict:
     """What must match for a resume to be exact (JSON's view: tuples are lists); a setting newer than the
-    checkpoint counts with its default, which is what that run trained with."""
+    checkpoint counts with its default, which is what that run trained with. Where the data and the starting
+    model live may differ between machines (the data's fingerprint is checked instead), how often checkpoints
+    are written changes nothing trained, and a continued run chooses its own re-warm."""
     d = {**{f.name: f.default for f in fields(SFTConfig) if f.default is not MISSING}, **d}
-    return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in ("resume", "progress")}
+    skip = {"resume", "progress", "continue_from", "data", "init", "out", "checkpoint_interval", "keep_checkpoints"}
+    skip |= {"rewarm_steps"} if continuing else set()
+    return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in skip}
 
 
 def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
@@ -176,9 +199,18 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
     if ckpt and not cfg.resume:
         raise ValueError(f"{cfg.out} already holds checkpoints: resume it (--resume) or choose another --out")
     state = read_json(os.path.join(ckpt, "state.json")) if ckpt else {}
-    if ckpt and _settings(state["sft_config"]) != _settings(asdict(cfg)):
-        raise ValueError(f"{ckpt} was written with other settings; resume with the same ones")
-    tok = Tokenizer.from_pretrained(cfg.init)
+    continued = bool(cfg.continue_from) and not ckpt
+    if continued:
+        state = read_training_state(cfg.continue_from)
+    source = ckpt or cfg.continue_from
+    theirs, mine = _settings(state.get("sft_config", {}), continued), _settings(asdict(cfg), continued)
+    if state and theirs != mine:
+        diff = sorted(k for k in mine if theirs.get(k) != mine[k])
+        raise ValueError(f"{source} was written with other settings ({', '.join(diff)}); go on with the same ones")
+    fingerprint = data_fingerprint(cfg.data)
+    if state.get("data_fingerprint", fingerprint) != fingerprint:
+        raise ValueError(f"{source} was trained on other data than {cfg.data} (its files' fingerprint differs)")
+    tok = Tokenizer.from_pretrained(cfg.continue_from or cfg.init)
     loss_cfg = LossConfig(mtp_weights=tuple(cfg.mtp_weights), aux_coef=cfg.aux_coef)
     rows, dropped = load_rows(tok, cfg.data, cfg.max_len)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -186,36 +218,47 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = MiMoForCausalLM.from_pretrained(os.path.join(ckpt, "model") if ckpt else cfg.init, dtype=torch.float32)
+    start_from = os.path.join(ckpt, "model") if ckpt else cfg.continue_from or cfg.init
+    model = MiMoForCausalLM.from_pretrained(start_from, dtype=torch.float32)
     model.train()
     model.set_attention_backend("sdpa")  # rows are right-padded, so plain causal attention is exact for them
     opt = build_optimizer(model, cfg.lr, cfg.weight_decay, eps=cfg.eps)
     step = 0
-    if ckpt:
-        load_optimizer(opt, ckpt)
+    if state:
+        if ckpt:
+            load_optimizer(opt, ckpt)
         data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         step = state["step"]
-        logger.info("resumed from %s at step %d", ckpt, step)
+        logger.info("%s from %s at step %d", "resumed" if ckpt else "continued", source, step)
+    # a continued run's first step, kept in its checkpoints so that resuming it re-warms the same way
+    rewarm_from = state.get("rewarm_from", state["step"] if continued else None)
     logger.info("SFT: %d conversations (%d longer than %d tokens left out), %d trained tokens", len(rows),
                 dropped, cfg.max_len, sum(r.trained_tokens for r in rows))
     schedule = WarmupCosine(cfg.lr, min(cfg.warmup_steps, max(1, cfg.steps // 10)), cfg.steps, cfg.min_lr_ratio)
     metrics = os.path.join(cfg.out, "metrics.jsonl")
-    if ckpt:  # a run killed after its last checkpoint logged steps that the resumed run logs again
+    if state:  # a run killed after its last checkpoint logged steps that the resumed run logs again
         truncate_metrics(metrics, step)
     elif os.path.exists(metrics):
         os.remove(metrics)
 
     def checkpoint() -> None:
-        st = {"step": step, "data": data.state_dict(), "rng": rng_state(), "sft_config": asdict(cfg)}
+        st = {"step": step, "data": data.state_dict(), "rng": rng_state(), "sft_config": asdict(cfg),
+              "data_fingerprint": fingerprint}
+        if rewarm_from is not None:
+            st["rewarm_from"] = rewarm_from
         save_checkpoint(cfg.out, step, model, opt, st, cfg.keep_checkpoints)
-        export_final(cfg.out, model, tok)
+        export_final(cfg.out, model, tok, state={k: v for k, v in st.items() if k != "rewarm_from"})
 
     last = None
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="sft", disable=not cfg.progress, dynamic_ncols=True)
     with open(metrics, "a", encoding="utf-8") as log:
         while step < cfg.steps:
-            lr = schedule.apply(opt, step)
+            lr = schedule(step)
+            if rewarm_from is not None and step - rewarm_from < cfg.rewarm_steps:
+                lr *= (step - rewarm_from + 1) / cfg.rewarm_steps
+            for g in opt.param_groups:
+                g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             ids, mask = data.next_batch()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):

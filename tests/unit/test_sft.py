@@ -126,3 +126,40 @@ def test_batches_group_similar_lengths_and_cover_every_row():
     again = SFTData(rows, pad_id=0, extra=4, batch_size=8, seed=1)
     again.load_state_dict(state)
     assert torch.equal(again.next_batch()[0], nxt[0])  # the exact position survives a restart
+
+
+def test_a_run_continued_from_its_exported_model_goes_on_with_its_schedule_and_data(setup, tmp_path, capsys):
+    """A machine that keeps only the exported model (bf16 + training_state.json) goes on from it: the same steps,
+    schedule and batches as the uninterrupted run; only AdamW's moments restart, with the lr re-warmed."""
+    from mimo.cli.main import main
+
+    model, data, root = setup
+    full = train_sft(_cfg(setup, "c-full", checkpoint_interval=3))
+    part = train_sft(_cfg(setup, "c-part", checkpoint_interval=3), should_stop=lambda step: step == 3)
+    state = json.load(open(f"{part['final']}/training_state.json"))
+    assert state["step"] == 3 and state["data_fingerprint"]
+    rc = main(["sft", "--continue-from", part["final"], "--data", data, "--out", str(tmp_path / "cont"),
+               "--rewarm-steps", "2", "--no-progress"])
+    assert rc == 0 and "stopped at step 6/6" in capsys.readouterr().out
+    a = [json.loads(line) for line in open(f"{root}/c-full/metrics.jsonl")]
+    b = [json.loads(line) for line in open(tmp_path / "cont" / "metrics.jsonl")]
+    assert [r["step"] for r in b] == [4, 5, 6]
+    assert [r["lr"] for r in b] == pytest.approx([a[3]["lr"] / 2, a[4]["lr"], a[5]["lr"]])  # re-warmed over 2 steps
+    assert [r["trained_tokens"] for r in b] == [r["trained_tokens"] for r in a[3:]]  # the same batches
+    assert b[0]["main_loss"] == pytest.approx(a[3]["main_loss"], rel=0.02)  # bf16-rounded weights
+    assert full["step"] == 6
+    # resuming the continued run keeps its re-warm
+    cfg = _cfg(setup, "c-cont2", continue_from=part["final"], rewarm_steps=2, checkpoint_interval=1)
+    train_sft(cfg, should_stop=lambda step: step == 4)
+    train_sft(SFTConfig(**{**cfg.__dict__, "resume": True}))
+    c = [json.loads(line) for line in open(f"{root}/c-cont2/metrics.jsonl")]
+    assert [r["lr"] for r in c] == [r["lr"] for r in b] and [r["main_loss"] for r in c] == [r["main_loss"] for r in b]
+    # other settings or other data cannot continue it; a directory without a training state is refused by name
+    with pytest.raises(ValueError, match="lr"):
+        train_sft(_cfg(setup, "c-bad", continue_from=part["final"], lr=1e-3))
+    other = tmp_path / "other"
+    write_domains(other, seed=1, counts={"train": 6, "heldout": 2})
+    with pytest.raises(ValueError, match="other data"):
+        train_sft(SFTConfig(**{**_cfg(setup, "c-bad2").__dict__, "data": str(other), "continue_from": part["final"]}))
+    with pytest.raises(ValueError, match="training_state.json"):
+        train_sft(_cfg(setup, "c-bad3", continue_from=model))
