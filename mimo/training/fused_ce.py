@@ -47,14 +47,13 @@ def _block(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> tuple[torch.Ten
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, dtype: torch.dtype,
-                need_h: bool, need_w: bool):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, n_kept: int,
+                dtype: torch.dtype, need_h: bool, need_w: bool):
         with torch.autocast(hidden.device.type, enabled=False):  # the dtypes are explicit below
-            return _LinearCrossEntropy._forward(ctx, hidden, weight, target, dtype, need_h, need_w)
+            return _LinearCrossEntropy._forward(ctx, hidden, weight, target, n_kept, dtype, need_h, need_w)
 
     @staticmethod
-    def _forward(ctx, hidden, weight, target, dtype, need_h, need_w):
-        n_kept = int((target != IGNORE).sum())
+    def _forward(ctx, hidden, weight, target, n_kept, dtype, need_h, need_w):
         w = weight.to(dtype)
         rows = _block_rows(weight.shape[0])
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -89,7 +88,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_h, need_w = ctx.need
         gh = next(saved) * grad_loss if need_h else None
         gw = (next(saved) * grad_loss).to(ctx.weight_dtype) if need_w else None
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
@@ -103,6 +102,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
         raise ValueError(f"{h.shape[0]} rows of hidden states but {t.shape[0]} targets")
     grad = torch.is_grad_enabled()
     need_h, need_w = grad and hidden.requires_grad, grad and weight.requires_grad
-    loss, correct = _LinearCrossEntropy.apply(h, weight, t, _compute_dtype(weight), need_h, need_w)
     n_kept = int((t != IGNORE).sum())
+    loss, correct = _LinearCrossEntropy.apply(h, weight, t, n_kept, _compute_dtype(weight), need_h, need_w)
     return loss, (correct.float() / max(1, n_kept)).detach()
