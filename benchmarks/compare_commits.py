@@ -90,14 +90,14 @@ def side(args: argparse.Namespace) -> None:
     except ImportError:  # older checkouts: the Engine constructor did both
         prepare_for_inference = None
     training = _Training(args) if "train" in wanted else None
-    model = (MiMoForCausalLM.from_config(preset(args.preset), seed=0) if args.preset
-             else MiMoForCausalLM.from_pretrained(args.model))
-    if wanted == ["train"]:
-        model = None
-    elif prepare_for_inference is not None:
-        prepare_for_inference(model)
-    else:
-        model.set_attention_backend("sdpa")
+    model = None  # an inference model only where an inference metric is asked for
+    if wanted != ["train"]:
+        model = (MiMoForCausalLM.from_config(preset(args.preset), seed=0) if args.preset
+                 else MiMoForCausalLM.from_pretrained(args.model))
+        if prepare_for_inference is not None:
+            prepare_for_inference(model)
+        else:
+            model.set_attention_backend("sdpa")
     engines, prompts = {}, {}
     for compiled in (False, True):
         for b in (1, 8):

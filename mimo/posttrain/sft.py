@@ -45,7 +45,7 @@ from mimo.training.checkpointing import (
     set_rng_state,
 )
 from mimo.training.loss import LossConfig, compute_losses
-from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients
+from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients, rewarm_factor
 from mimo.training.trainer import truncate_metrics
 
 logger = logging.getLogger(__name__)
@@ -254,9 +254,7 @@ def train_sft(cfg: SFTConfig, should_stop=None) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="sft", disable=not cfg.progress, dynamic_ncols=True)
     with open(metrics, "a", encoding="utf-8") as log:
         while step < cfg.steps:
-            lr = schedule(step)
-            if rewarm_from is not None and step - rewarm_from < cfg.rewarm_steps:
-                lr *= (step - rewarm_from + 1) / cfg.rewarm_steps
+            lr = schedule(step) * rewarm_factor(step, rewarm_from, cfg.rewarm_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)

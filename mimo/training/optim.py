@@ -67,11 +67,14 @@ class WarmupCosine:
         floor = self.min_lr_ratio * self.lr
         return floor + (self.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        lr = self(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        return lr
+
+def rewarm_factor(step: int, since: int | None, steps: int) -> float:
+    """The learning rate's factor at 0-based ``step`` of a run continued at step ``since`` with fresh AdamW moments
+    (``mimo train``/``mimo sft --continue-from``): a linear ramp over ``steps`` steps, 1 before and after it and
+    for a run that was never continued (``since`` None)."""
+    if since is None or step - since >= steps:
+        return 1.0
+    return (step - since + 1) / steps
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> float:

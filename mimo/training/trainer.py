@@ -65,7 +65,7 @@ from mimo.training.checkpointing import (
 )
 from mimo.training.data import PackedDataset, build_token_cache, split_files, stdlib_files
 from mimo.training.loss import LossConfig, compute_losses
-from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients
+from mimo.training.optim import WarmupCosine, build_optimizer, clip_gradients, rewarm_factor
 from mimo.training.synthetic import write_synthetic_corpus
 
 logger = logging.getLogger(__name__)
@@ -390,8 +390,7 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
                 lr = WarmupCosine(cfg.lr, warmup, total, cfg.min_lr_ratio)(step)
             else:  # schedule length not fitted yet: still warming up (or flat until it is)
                 lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-            if rewarm_from is not None and step - rewarm_from < cfg.rewarm_steps:
-                lr *= (step - rewarm_from + 1) / cfg.rewarm_steps
+            lr *= rewarm_factor(step, rewarm_from, cfg.rewarm_steps)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
