@@ -15,6 +15,7 @@ _LAZY = {
     "MiMoForCausalLM": "mimo.checkpoint.pretrained",
     "LLM": "mimo.engine.llm",
     "SamplingParams": "mimo.engine.params",
+    "StructuredOutputsParams": "mimo.engine.params",
 }
 
 __all__ = ["__version__", *_LAZY]

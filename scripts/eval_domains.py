@@ -5,11 +5,16 @@ in the sandbox. Prompts are the held-out conversations up to their first assista
 model's chat template with the example's tools and template settings.
 
     .venv/bin/python scripts/eval_domains.py --model DIR --data DIR [--per-domain 50] [--domains tools,...] [--json-out F]
+        [--tool-grammar]
+
+``--tool-grammar``: tool calls decoded under the grammar `mimo serve` applies (:mod:`mimo.chat_format.tool_grammar`,
+``tool_choice="auto"``: free text until ``<tool_call>``, then one of the offered calls with valid arguments).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -17,7 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mimo import LLM, SamplingParams  # noqa: E402
+from mimo import LLM, SamplingParams, StructuredOutputsParams  # noqa: E402
+from mimo.chat_format.tool_grammar import tool_call_tag  # noqa: E402
 from mimo.posttrain import domains  # noqa: E402
 
 MAX_TOKENS = {"tools": 160, "arithmetic": 320, "code": 200}
@@ -31,10 +37,11 @@ def main() -> int:
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--domains", default="tools,arithmetic,code", help="comma-separated (default all three)")
     ap.add_argument("--json-out")
+    ap.add_argument("--tool-grammar", action="store_true", help="decode tool calls under the server's tool grammar")
     args = ap.parse_args()
     llm = LLM(args.model, max_num_seqs=16)
     tok = llm.tokenizer
-    result = {"model": args.model, "split": args.split, "domains": {}}
+    result = {"model": args.model, "split": args.split, "tool_grammar": args.tool_grammar, "domains": {}}
     wanted = [d.strip() for d in args.domains.split(",") if d.strip()]
     unknown = sorted(set(wanted) - set(MAX_TOKENS))
     if unknown or not wanted:
@@ -44,9 +51,13 @@ def main() -> int:
         prompts = [domains.render_prompt(tok, ex) for ex in examples]
         t = time.perf_counter()
         # special tokens stay in the text (<tool_call> is one); the turn ends at <|im_end|>
-        outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=MAX_TOKENS[domain],
-                                                    stop_token_ids=[tok.token_to_id("<|im_end|>")],
-                                                    skip_special_tokens=False))
+        greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS[domain], skip_special_tokens=False,
+                                stop_token_ids=[tok.token_to_id("<|im_end|>")])
+        params = [greedy] * len(examples)
+        if domain == "tools" and args.tool_grammar:
+            params = [dataclasses.replace(greedy, structured_outputs=StructuredOutputsParams(
+                structural_tag=tool_call_tag(ex["tools"]))) for ex in examples]
+        outs = llm.generate(prompts, params)
         seconds = time.perf_counter() - t
         scores = [domains.score_text(ex, out.outputs[0].text) for ex, out in zip(examples, outs)]
         result["domains"][domain] = {"examples": len(examples), "score": sum(scores) / len(scores),

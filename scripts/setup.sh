@@ -28,10 +28,11 @@ else
   step "installing torch $TORCH (CPU build: from this machine's wheel cache if it has one, else PyPI)"
   pip_install "torch==$TORCH"
 fi
-extra=""
-what="mimo and its dependencies (safetensors, tokenizers, jinja2, fastapi, uvicorn, pydantic, tqdm, matplotlib)"
+extra="[structured]"
+what="mimo and its dependencies (safetensors, tokenizers, jinja2, fastapi, uvicorn, pydantic, tqdm, matplotlib, and
+    xgrammar for constrained tool calls and JSON replies)"
 if [ "${1:-}" = "--dev" ]; then
-  extra="[dev]"
+  extra="[structured,dev]"
   what="$what, and the test tools (pytest, ruff, import-linter, transformers, openai)"
 fi
 step "installing $what"

@@ -8,6 +8,7 @@ variable. Without ``--model`` it serves the shipped mimo-nano from ``models/mimo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -38,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampling defaults for fields a request leaves out: 'auto' (default) reads the model's "
                         "generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty) as vLLM "
                         "does, 'none' uses OpenAI's (temperature 1, top_p 1), DIR reads DIR/generation_config.json")
+    p.add_argument("--no-constrained-decoding", dest="constrained_decoding", action="store_false",
+                   help="do not hold tool calls to the offered tools' schemas, nor enforce tool_choice "
+                        "'required'/named or response_format (default: enforced where xgrammar is installed, as "
+                        "scripts/setup.sh does; pip install 'mimo[structured]')")
     add_engine_arguments(p, batch=True)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn log level (default info)")
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     import uvicorn  # imported here: `mimo info` must not pay for the server stack
 
+    from mimo.engine import structured
     from mimo.engine.llm import LLM
     from mimo.server.app import build_app
     from mimo.server.async_engine import AsyncEngine
@@ -118,12 +124,19 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     llm = LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, mmap=args.mmap, engine_config=config)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     llm.engine.warmup()  # before the first client: its request then runs at the steady speed
+    constrained = args.constrained_decoding and structured.available()
+    if constrained:
+        llm.engine.grammars()  # xgrammar's import and the tokenizer's tables now, not in the first tool request
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
     name = args.served_model_name or path.resolve().name
+    config = dataclasses.replace(ServerConfig.from_generation_config(gen), constrained_decoding=constrained)
     app = build_app(engine, llm.tokenizer, name, api_key=api_key, max_model_len=llm.engine.max_model_len,
-                    config=ServerConfig.from_generation_config(gen))
+                    config=config)
     print(f"mimo serve: {name} ({path}) on http://{args.host}:{port}/v1 "
           f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
+    if args.constrained_decoding and not constrained:
+        print("tool calls and response_format are not constrained: xgrammar is not installed "
+              "(pip install 'mimo[structured]')")
     if gen.sampling or gen.max_new_tokens:
         settings = [f"{k} {v}" for k, v in gen.sampling.items()]
         if gen.max_new_tokens:

@@ -25,6 +25,7 @@ from mimo.engine.params import SamplingParams
 from mimo.engine.policy import SpeculationPolicy
 from mimo.engine.runner import ModelRunner
 from mimo.engine.scheduler import Scheduler
+from mimo.engine.structured import Grammars
 from mimo.model.causal_lm import CausalLM
 from mimo.tokenizer import Tokenizer
 
@@ -76,6 +77,7 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len(cfg, config)
+        self._own_runner = runner is None
         self.runner = runner or ModelRunner(model, config, self.max_model_len)
         eos = set(cfg.eos_token_ids) | set(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
@@ -119,7 +121,20 @@ class Engine:
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> str:
         """Queue a request (``params.n`` samples of it). Bad input raises ``ValueError``; nothing is queued."""
+        if params is not None and params.structured_outputs is not None:
+            self.grammars().compile(params.structured_outputs)  # a bad schema or grammar: ValueError, nothing queued
         return self.scheduler.add_request(prompt, params, request_id)
+
+    def grammars(self) -> Grammars:
+        """The compiler of structured-output constraints for this engine's tokenizer, made on first use (it imports
+        xgrammar, a few seconds); a server that constrains tool calls makes it at start."""
+        if self.runner.grammars is None:
+            if self.tokenizer is None:
+                raise ValueError("structured outputs need the engine's tokenizer (the grammar is over its tokens)")
+            if not self._own_runner:
+                raise ValueError("structured outputs are not supported on a parallel engine yet")
+            self.runner.grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
+        return self.runner.grammars
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request wherever it is; its cache slot is free for the next step."""

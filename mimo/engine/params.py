@@ -1,9 +1,47 @@
-"""SamplingParams: what one request asks of the sampler, in vLLM's shape and with vLLM's defaults."""
+"""SamplingParams: what one request asks of the sampler, in vLLM's shape and with vLLM's defaults; with
+StructuredOutputsParams, the constraint a request's tokens must follow (:mod:`mimo.engine.structured`)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """Exactly one constraint: ``json`` (a JSON schema, as a dict or its text; ``{"type": "object"}`` for any
+    object), ``regex``, ``grammar`` (EBNF, xgrammar's dialect of GBNF) or ``structural_tag`` (xgrammar's
+    structural-tag JSON, a dict or its text)."""
+
+    json: dict[str, Any] | str | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    structural_tag: dict[str, Any] | str | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("json", "regex", "grammar", "structural_tag") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"structured outputs take exactly one of json, regex, grammar, structural_tag; "
+                             f"got {', '.join(given) or 'none'}")
+        for k in ("json", "structural_tag"):
+            v = getattr(self, k)
+            if v is not None and not isinstance(v, dict | str):
+                raise ValueError(f"structured outputs: {k} must be a dict or a JSON string, got {type(v).__name__}")
+        for k in ("regex", "grammar"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"structured outputs: {k} must be a non-empty string")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("json", "regex", "grammar", "structural_tag") if getattr(self, k) is not None)
+
+    def key(self) -> tuple[str, str]:
+        """A hashable identity (dicts canonicalised), for the compiled-grammar cache."""
+        v = getattr(self, self.kind)
+        return self.kind, v if isinstance(v, str) else json.dumps(v, sort_keys=True)
 
 
 @dataclass
@@ -24,6 +62,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-N alternatives per generated token (0 = only the chosen token's)
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None  # constrain the tokens (needs xgrammar)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -62,6 +101,8 @@ class SamplingParams:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
                                       or not -(2**63) <= self.seed < 2**63):
             raise bad("seed", "a 64-bit signed integer")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise bad("structured_outputs", "a StructuredOutputsParams")
 
     @property
     def greedy(self) -> bool:

@@ -27,6 +27,7 @@ from mimo.engine.policy import DRAFT_CONFIDENCE_FLOOR
 from mimo.engine.routing import RoutingRecorder
 from mimo.engine.sampling import SamplingBatch, greedy_verify, rejection_sample, token_logprobs
 from mimo.engine.speculative import MTPState, draft, reach, start_chain
+from mimo.engine.structured import Grammars, Matcher
 from mimo.model.causal_lm import CausalLM
 from mimo.ops import kernels
 
@@ -68,6 +69,9 @@ class ModelRunner:
         self._reach = reach(1, k, self.cache.window) if k else 0  # how far back block 1 ever reads
         # set by a caller that wants each sample's expert choices (rollout routing replay); None records nothing
         self.routing: RoutingRecorder | None = None
+        # set by the engine when a request is constrained (structured outputs); each such slot's grammar state
+        self.grammars: Grammars | None = None
+        self.matchers: list[Matcher | None] = [None] * config.max_num_seqs
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -75,6 +79,7 @@ class ModelRunner:
         for src, dst, length in plan.moves:
             self.cache.move(src, dst, length)
             self.generators[dst], self.mtp[dst] = self.generators[src], self.mtp[src]
+            self.matchers[dst], self.matchers[src] = self.matchers[src], None
             self.generators[src] = self.mtp[src] = None
             if self.routing is not None:
                 self.routing.move(src, dst)
@@ -82,7 +87,7 @@ class ModelRunner:
             if self.routing is not None:
                 self.routing.start(start.slot, start.seed)
             self.cache.reset(start.slot)
-            self.mtp[start.slot] = None
+            self.mtp[start.slot] = self.matchers[start.slot] = None
             self.generators[start.slot] = (None if start.seed is None else
                                            torch.Generator(device=self.device).manual_seed(start.seed % 2**64))
         results: dict[int, RowResult] = {}
@@ -98,6 +103,33 @@ class ModelRunner:
     def _sampling(self, plan: StepPlan, slots: list[int]) -> SamplingBatch:
         hist = [plan.histories.get(s, ([], [])) for s in slots]
         return SamplingBatch([plan.params[s] for s in slots], [self.generators[s] for s in slots], self.device, hist)
+
+    def _constrained(self, plan: StepPlan, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """``logits [B, V]`` of ``slots`` with each constrained row masked to what its grammar allows (a copy; the
+        raw logits stay for the logprobs), or ``logits`` itself when no row is constrained."""
+        rows = []
+        for j, slot in enumerate(slots):
+            spec = plan.params[slot].structured_outputs
+            if spec is None:
+                continue
+            if self.matchers[slot] is None:
+                if self.grammars is None:
+                    raise RuntimeError("a constrained request reached a runner without grammars (Engine sets them)")
+                self.matchers[slot] = self.grammars.matcher(spec, plan.params[slot].stop_token_ids)
+            rows.append((j, self.matchers[slot]))
+        if not rows:
+            return logits
+        masked = logits.float().clone(memory_format=torch.contiguous_format)  # masked in place, fp32 rows
+        self.grammars.mask_(masked, rows)  # type: ignore[union-attr]
+        return masked
+
+    def _accept(self, slot: int, tokens: list[int]) -> None:
+        """Advance a constrained slot's grammar over the tokens it produced."""
+        m = self.matchers[slot]
+        if m is not None:
+            for t in tokens:
+                if not m.accept(t):  # only a token the mask let through is sampled: a broken invariant
+                    raise RuntimeError(f"slot {slot}: the grammar refused token {t}, which its mask allowed")
 
     def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.device)
@@ -123,11 +155,12 @@ class ModelRunner:
             return {}
         logits = self.model.compute_logits(torch.stack(last))
         batch = self._sampling(plan, done)
-        tokens = batch.sample(logits)
+        tokens = batch.sample(self._constrained(plan, done, logits))
         lps = batch.logprobs(logits, tokens)
         out = {}
         for slot, t, lp in zip(done, tokens.tolist(), lps):
             out[slot] = RowResult([t], [lp], provenance=[0])
+            self._accept(slot, [t])
             if self.k:
                 state = self.mtp[slot]
                 assert state is not None
@@ -181,13 +214,15 @@ class ModelRunner:
         pos = self._tensor([[r.position] for r in rows])
         hidden = self._forward_step(rows, ids, pos, max(r.position for r in rows))
         logits = self.model.compute_logits(hidden[:, -1])
-        batch = self._sampling(plan, [r.slot for r in rows])
-        tokens = batch.sample(logits)
+        slots = [r.slot for r in rows]
+        batch = self._sampling(plan, slots)
+        tokens = batch.sample(self._constrained(plan, slots, logits))
         lps = batch.logprobs(logits, tokens)
         out = {}
         states = hidden[:, :1].unbind(0) if self.k else ()  # each row's [1, D], in one call
         for j, (r, t, lp) in enumerate(zip(rows, tokens.tolist(), lps)):
             out[r.slot] = RowResult([t], [lp], provenance=[0])
+            self._accept(r.slot, [t])
             if self.k:  # a plain step on a speculative engine (no row drafts): keep the chain going
                 self._advance(r, states[j], [t])
         return out
@@ -216,12 +251,17 @@ class ModelRunner:
         hidden = self._forward_step(rows, ids, pos, max(r.position + n for r, n in zip(rows, kept)))  # [B, K+1, D]
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(rows), logits.shape[-1]
+        # a constrained row drafts nothing (the scheduler plans it so): only its position 0 is scored, masked
+        scored = logits
+        if any(plan.params[s].structured_outputs is not None for s in slots):
+            scored = logits.float().clone()
+            scored[:, 0] = self._constrained(plan, slots, logits[:, 0])
         n_drafts = torch.tensor(kept, device=self.device) if min(kept) < k else None
         if batch.argmax_only:  # one-hot targets: the same verdict from the argmaxes
-            accepted, out_ids = greedy_verify(drafts, logits.argmax(-1), n_drafts)
+            accepted, out_ids = greedy_verify(drafts, scored.argmax(-1), n_drafts)
         else:
             verify = batch.repeat(k + 1, drafts)  # position i is scored as if drafts 1..i were already generated
-            tprobs = verify.probs(logits.reshape(-1, v)).view(b, k + 1, v)
+            tprobs = verify.probs(scored.reshape(-1, v)).view(b, k + 1, v)
             accepted, out_ids = rejection_sample(drafts, dprobs, tprobs, batch.generators, n_drafts)
         out = {}
         for j, (r, a, toks) in enumerate(zip(rows, accepted.tolist(), out_ids.tolist())):
@@ -231,6 +271,7 @@ class ModelRunner:
                                     provenance=list(range(1, a + 1)) + [0], unsure=unsure[j][: kept[j]],
                                     catchup=evidence[j])
             self.cache.truncate(r.slot, r.position + 1 + a)
+            self._accept(r.slot, toks)
             self._advance(r, hidden[j, : a + 1], toks)
         return out
 

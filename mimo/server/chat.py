@@ -8,8 +8,12 @@ mimo's tokenizer; the parsers of :mod:`mimo.chat_format.parsers` then split it i
 ``content`` and ``tool_calls`` (also calls written inside the reasoning, MiMo-V2-Flash issue #23).
 Malformed tool-call XML is returned as text, never an error.
 
-``tool_choice="none"`` keeps the tools in the prompt (as vLLM does) but parses no calls; ``"required"`` and
-a named tool are requests to the model, not constraints on decoding.
+``tool_choice="none"`` keeps the tools in the prompt (as vLLM does) but parses no calls. Where the server
+constrains decoding (``ServerConfig.constrained_decoding``, xgrammar installed), a tool call the model starts is
+held to the offered tools' names and schemas (:mod:`mimo.chat_format.tool_grammar`), ``"required"`` and a
+named tool force a call, and ``response_format`` holds a reply without tools to its JSON schema. Tools whose
+schemas the grammar compiler cannot take are served unconstrained (logged), as before; a bad ``response_format``
+schema is a 400. Without constrained decoding all of these are requests to the model only.
 
 Streaming follows OpenAI: a first chunk with ``role``, then content / reasoning / tool-call deltas, a chunk
 with ``finish_reason`` per choice, a usage chunk (``choices: []``) when ``stream_options.include_usage``,
@@ -20,6 +24,8 @@ With ``"mimo_provenance": true`` each engine delta's tokens ride on its first ch
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -30,7 +36,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mimo.chat_format.parsers import StreamingOutputParser, extract, finish_reason, prompt_opens_reasoning
+from mimo.chat_format.tool_grammar import tool_call_tag
 from mimo.engine.outputs import StreamDelta, TokenLogprob
+from mimo.engine.params import StructuredOutputsParams
 from mimo.server.protocol import (
     ChatChoiceLogprobs,
     ChatCompletionChoice,
@@ -62,6 +70,8 @@ from mimo.server.serving import (
     submit,
     unless_disconnected,
 )
+
+logger = logging.getLogger(__name__)
 
 # chat_template_kwargs the server sets itself; a request cannot override them.
 _RESERVED_TEMPLATE_ARGS = frozenset({"messages", "tools", "add_generation_prompt", "tokenize", "enable_thinking"})
@@ -110,14 +120,34 @@ async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest,
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = resolve_max_tokens(req.max_new_tokens(), len(ids), ctx.max_model_len, ctx.config.max_chat_tokens, param)
     top = (req.top_logprobs or 0) if req.logprobs else None
+    spec, from_tools = _constraint(ctx, req)
     params = sampling_params(ctx, req, max_tokens=max_tokens, logprobs=top, stop_token_ids=ctx.end_of_turn_ids,
-                             skip_special_tokens=False)
-    streams = await submit(ctx, [ids], [params])
+                             skip_special_tokens=False, structured_outputs=spec)
+    try:
+        streams = await submit(ctx, [ids], [params])
+    except APIError as e:
+        if not (from_tools and e.status == 400 and e.message.startswith("structured outputs:")):
+            raise
+        logger.warning("tool calls not constrained for this request: %s", e.message)
+        streams = await submit(ctx, [ids], [dataclasses.replace(params, structured_outputs=None)])
     job = _Chat(ctx, req, len(ids), prompt_opens_reasoning(prompt))
     if req.stream:
         return SSEResponse(job.stream(merge(streams)))
     response = await unless_disconnected(request, job.collect(merge(streams)))
     return JSONResponse(response.model_dump(mode="json"))
+
+
+def _constraint(ctx: ServerContext, req: ChatCompletionRequest) -> tuple[StructuredOutputsParams | None, bool]:
+    """What decoding is held to, and whether it comes from the tools (else from ``response_format``)."""
+    if not ctx.config.constrained_decoding:
+        return None, False
+    tools = req.tools_for_parsing()
+    if tools:
+        required = req.effective_tool_choice() != "auto"
+        tag = tool_call_tag(tools, required=required, parallel=req.parallel_tool_calls is not False)
+        return StructuredOutputsParams(structural_tag=tag), True
+    schema = req.response_schema()
+    return (StructuredOutputsParams(json=schema), False) if schema is not None else (None, False)
 
 
 class _Chat:

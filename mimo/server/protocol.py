@@ -14,10 +14,12 @@ one OpenAI error body (``param`` = the field's path).
 mimo's one extra field, ``mimo_provenance`` (chat, streamed only), adds each token's MTP provenance to the
 stream (:class:`mimo.server.responses.TokenProvenance`); clients that do not send it never see it.
 
-Accepted but not enforced: ``response_format`` (no constrained decoding), ``tool_choice="required"``
-(the model is asked, not forced; :meth:`ChatCompletionRequest.tools_for_parsing` narrows parsing to a
-named tool). Rejected as OpenAI rejects them: ``stream_options`` without ``stream``, a ``tool`` message
-without ``tool_call_id``, a ``seed`` outside the 64-bit signed range.
+``response_format`` (``text``, ``json_object``, ``json_schema``) and ``tool_choice`` (``"required"``, a named
+tool) are enforced by constrained decoding where the server has it (:attr:`ServerConfig.constrained_decoding
+<mimo.server.serving.ServerConfig>`); without it they are requests to the model, not constraints
+(:meth:`ChatCompletionRequest.tools_for_parsing` still narrows parsing to a named tool). Rejected as OpenAI
+rejects them: ``stream_options`` without ``stream``, a ``tool`` message without ``tool_call_id``,
+a ``seed`` outside the 64-bit signed range.
 """
 
 from __future__ import annotations
@@ -377,7 +379,7 @@ class ChatCompletionRequest(_SamplingRequest):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None  # accepted, not enforced
+    response_format: dict[str, Any] | None = None  # text | json_object | json_schema (enforced where constrained)
     # mimo's extra (the chat page sends it): each streamed choice carries its tokens and how MTP produced them.
     mimo_provenance: bool = False
 
@@ -443,6 +445,30 @@ class ChatCompletionRequest(_SamplingRequest):
         if v == "required" and not names:
             raise ValueError("'required' needs at least one tool in tools")
         return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        kind = v.get("type")
+        if kind not in ("text", "json_object", "json_schema"):
+            raise ValueError(f"type must be 'text', 'json_object' or 'json_schema', got {kind!r}")
+        if kind == "json_schema":
+            spec = v.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise ValueError("json_schema must be an object {'name': ..., 'schema': {...}}")
+        return v
+
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON schema ``response_format`` asks the reply to follow (``{"type": "object"}`` for
+        ``json_object``; a ``json_schema`` without ``schema`` is any JSON object too), or ``None`` for text."""
+        v = self.response_format or {}
+        if v.get("type") == "json_object":
+            return {"type": "object"}
+        if v.get("type") == "json_schema":
+            return v["json_schema"].get("schema") or {"type": "object"}
+        return None
 
     def max_new_tokens(self) -> int | None:
         """The completion-token cap: ``max_completion_tokens``, else ``max_tokens``, else ``None`` (no cap)."""

@@ -32,7 +32,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from mimo.checkpoint import GenerationConfig
-from mimo.engine.params import SamplingParams
+from mimo.engine.params import SamplingParams, StructuredOutputsParams
 from mimo.server.async_engine import AsyncEngine, EngineError, QueueFullError, RequestStream
 from mimo.server.protocol import error_body
 
@@ -58,6 +58,10 @@ class ServerConfig:
     default_top_k: int = 0
     default_min_p: float = 0.0
     default_repetition_penalty: float = 1.0
+    # constrained decoding (needs xgrammar, mimo.engine.structured): tool calls held to the offered tools'
+    # schemas, tool_choice "required"/named enforced, response_format json_schema/json_object enforced.
+    # Off: they are requests to the model only. `mimo serve` turns it on where xgrammar is installed.
+    constrained_decoding: bool = False
 
     def with_sampling_defaults(self, defaults: dict[str, Any]) -> ServerConfig:
         """This config with ``defaults`` (from :func:`generation_defaults`) as the sampling defaults."""
@@ -193,7 +197,8 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: in
 
 
 def sampling_params(ctx: ServerContext, req: Any, *, max_tokens: int, logprobs: int | None,
-                    stop_token_ids: tuple[int, ...] = (), skip_special_tokens: bool = True) -> SamplingParams:
+                    stop_token_ids: tuple[int, ...] = (), skip_special_tokens: bool = True,
+                    structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
     """Engine parameters for a validated completions or chat request; the server's defaults fill the gaps."""
     cfg = ctx.config
     try:
@@ -214,6 +219,7 @@ def sampling_params(ctx: ServerContext, req: Any, *, max_tokens: int, logprobs: 
             ignore_eos=req.ignore_eos,
             logprobs=logprobs,
             skip_special_tokens=skip_special_tokens,
+            structured_outputs=structured_outputs,
         )
     except ValueError as e:
         raise APIError(400, str(e)) from None

@@ -1,0 +1,121 @@
+"""Structured outputs: a request's tokens constrained by a JSON schema, a regex, an EBNF grammar or a structural
+tag (vLLM's ``StructuredOutputsParams``), compiled and matched by xgrammar, the library vLLM and SGLang use.
+
+A constrained sample keeps a :class:`Matcher` beside its slot's random generator: before each sampling its
+grammar's allowed next tokens mask the logits (disallowed ones become -inf), after it the chosen token advances
+the grammar. Logprobs stay those of the model (raw logits), as vLLM reports them by default. A constrained row
+never drafts: its tokens come one a step from the masked trunk (speculation over a grammar would need the
+matcher rolled back over rejected drafts; left for later).
+
+The *structural tag* is what tool calling uses: free text until a trigger (``<tool_call>``), then one of the
+offered calls with its arguments held to the tool's JSON schema (:func:`mimo.chat_format.tool_grammar`, the
+llama.cpp server's "lazy grammar" and vLLM's ``tool_choice="required"`` in one mechanism).
+
+xgrammar is an optional dependency (``pip install 'mimo[structured]'``; ``scripts/setup.sh`` installs it): it is
+imported only when a constrained request arrives or a server enables tool-call grammars.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from mimo.engine.params import StructuredOutputsParams
+from mimo.tokenizer import Tokenizer
+
+INSTALL_HINT = "structured outputs need xgrammar: pip install 'mimo[structured]'"
+
+
+def available() -> bool:
+    try:
+        import xgrammar  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Grammars:
+    """Compiles constraints for one tokenizer (xgrammar's ``GrammarCompiler``, most recent ``cache_size`` kept)
+    and makes matchers. Thread-safe: the server validates requests on its worker threads while the engine steps.
+    ``vocab_size`` is the model's (its logits may be wider than the tokenizer's vocabulary); ``stop_ids`` end a
+    constrained sequence once its grammar is complete (EOS, ``<|im_end|>``)."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, stop_ids: Iterable[int], cache_size: int = 64) -> None:
+        try:
+            import xgrammar as xgr
+        except ImportError as e:
+            raise RuntimeError(INSTALL_HINT) from e
+        self._xgr = xgr
+        vocab = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+        info = xgr.TokenizerInfo(vocab, vocab_type=xgr.VocabType.RAW, vocab_size=vocab_size,
+                                 stop_token_ids=sorted(set(stop_ids)) or None)
+        self.vocab_size = vocab_size
+        self.stop_ids = frozenset(stop_ids)
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def compile(self, spec: StructuredOutputsParams) -> Any:
+        """The compiled constraint; ``ValueError`` naming what is wrong with it."""
+        key = spec.key()
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        kind, text = key
+        c = self._compiler
+        try:
+            if kind == "json":
+                compiled = c.compile_json_schema(text, any_whitespace=False)
+            elif kind == "regex":
+                compiled = c.compile_regex(text)
+            elif kind == "grammar":
+                compiled = c.compile_grammar(text)
+            else:
+                compiled = c.compile_structural_tag(text)
+        except Exception as e:  # xgrammar raises RuntimeError / its own errors for bad schemas and grammars
+            raise ValueError(f"structured outputs: invalid {kind.replace('_', ' ')}: {e}") from None
+        with self._lock:
+            self._cache[key] = compiled
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return compiled
+
+    def matcher(self, spec: StructuredOutputsParams, stop_ids: Iterable[int] = ()) -> Matcher:
+        """A matcher at the grammar's start; ``stop_ids`` (the request's own stop tokens) end it too."""
+        stops = sorted(self.stop_ids | set(stop_ids))
+        return Matcher(self._xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=stops))
+
+    def mask_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher]]) -> None:
+        """Mask, in place, row ``i`` of ``logits [B, V]`` to what its matcher allows, for each ``(i, matcher)``."""
+        if not rows:
+            return
+        xgr = self._xgr
+        bitmask = xgr.allocate_token_bitmask(logits.shape[0], self.vocab_size)
+        for i, m in rows:
+            m.fill(bitmask, i)
+        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=self.vocab_size,
+                                        indices=[i for i, _ in rows])
+
+
+class Matcher:
+    """One constrained sample's position in its grammar."""
+
+    def __init__(self, matcher: Any) -> None:
+        self._m = matcher
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        self._m.fill_next_token_bitmask(bitmask, row)
+
+    def accept(self, token: int) -> bool:
+        """Advance over a sampled token; False when the grammar refuses it (then the matcher stays put)."""
+        return bool(self._m.accept_token(token))
+
+    @property
+    def terminated(self) -> bool:
+        return bool(self._m.is_terminated())
