@@ -8,6 +8,11 @@ its schema and carry exactly the values the request stated. Greedy by default (`
 figure is reproducible; ``--temperature`` with ``--seed`` measures the shipped sampling defaults instead.
 
     .venv/bin/python scripts/eval_tools_openai.py --model DIR --data DIR [--limit 100] [--json-out F]
+        [--no-constrained-decoding]
+
+The server constrains tool calls to the offered tools' schemas by default (where xgrammar is installed, see
+:mod:`mimo.chat_format.tool_grammar`), as a user's `mimo serve` does; ``--no-constrained-decoding`` measures the
+model alone.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def main() -> int:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--no-constrained-decoding", dest="constrained", action="store_false",
+                    help="serve without the tool-call grammar (mimo serve --no-constrained-decoding): the model alone")
     ap.add_argument("--json-out")
     args = ap.parse_args()
 
@@ -64,9 +71,12 @@ def main() -> int:
     cmd = [sys.executable, "-m", "mimo.cli.main", "serve", "--port", str(port), "--log-level", "warning"]
     if args.model:
         cmd += ["--model", args.model]
+    if not args.constrained:
+        cmd.append("--no-constrained-decoding")
     proc = subprocess.Popen(cmd)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
-    result: dict = {"model": args.model or "(mimo serve default)", "split": args.split, "temperature": args.temperature}
+    result: dict = {"model": args.model or "(mimo serve default)", "split": args.split, "temperature": args.temperature,
+                    "constrained_decoding": args.constrained}
     try:
         wait_ready(client, proc)
         model_id = client.models.list().data[0].id

@@ -333,7 +333,7 @@ def train_mopd(cfg: MOPDConfig, should_stop=None) -> dict:
     def checkpoint() -> None:
         st = {"step": step, "rng": rng_state(), "mopd_config": asdict(cfg)}
         save_checkpoint(cfg.out, step, model, opt, st, cfg.keep_checkpoints)
-        export_final(cfg.out, model, tok)
+        export_final(cfg.out, model, tok, state={"step": step, "mopd_config": asdict(cfg)})  # step: how far it got
 
     last = None
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="mopd", disable=not cfg.progress, dynamic_ncols=True)
