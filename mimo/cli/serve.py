@@ -124,7 +124,10 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
     llm = LLM(path, dtype=args.dtype, compute_dtype=args.compute_dtype, mmap=args.mmap, engine_config=config)
     assert llm.tokenizer is not None  # _check_model_dir made sure tokenizer.json exists
     llm.engine.warmup()  # before the first client: its request then runs at the steady speed
-    constrained = args.constrained_decoding and structured.available()
+    why_not = (None if not args.constrained_decoding else
+               "xgrammar is not installed (pip install 'mimo[structured]')" if not structured.available() else
+               "a parallel engine does not support it yet" if not llm.engine.can_constrain else None)
+    constrained = args.constrained_decoding and why_not is None
     if constrained:
         llm.engine.grammars()  # xgrammar's import and the tokenizer's tables now, not in the first tool request
     engine = AsyncEngine(llm.engine, max_waiting=args.max_waiting)
@@ -134,9 +137,8 @@ def _serve(args: argparse.Namespace, path: Path, sock: socket.socket) -> int:
                     config=config)
     print(f"mimo serve: {name} ({path}) on http://{args.host}:{port}/v1 "
           f"(context {llm.engine.max_model_len}, MTP {args.mtp}, {'API key required' if api_key else 'no API key'})")
-    if args.constrained_decoding and not constrained:
-        print("tool calls and response_format are not constrained: xgrammar is not installed "
-              "(pip install 'mimo[structured]')")
+    if why_not:
+        print(f"tool calls and response_format are not constrained: {why_not}")
     if gen.sampling or gen.max_new_tokens:
         settings = [f"{k} {v}" for k, v in gen.sampling.items()]
         if gen.max_new_tokens:

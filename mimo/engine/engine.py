@@ -125,6 +125,12 @@ class Engine:
             self.grammars().compile(params.structured_outputs)  # a bad schema or grammar: ValueError, nothing queued
         return self.scheduler.add_request(prompt, params, request_id)
 
+    @property
+    def can_constrain(self) -> bool:
+        """Whether this engine can take structured outputs: it has a tokenizer and runs its own runner (a parallel
+        group's ranks would each need the matchers: not supported yet)."""
+        return self.tokenizer is not None and self._own_runner
+
     def grammars(self) -> Grammars:
         """The compiler of structured-output constraints for this engine's tokenizer, made on first use (it imports
         xgrammar, a few seconds); a server that constrains tool calls makes it at start."""
