@@ -8,7 +8,7 @@ client (``scripts/eval_tools_openai.py --json-out``), the wall time of each stag
 
     .venv/bin/python scripts/ship_chat_model.py --model runs/post/mopd/final --run runs/post \\
         --tools-eval runs/post/eval/openai-tools.json --corpus-manifest corpus/MANIFEST.json \\
-        --out models/mimo-nano-chat [--force]
+        [--tools-eval-unconstrained runs/post/eval/openai-tools-unconstrained.json] --out models/mimo-nano-chat [--force]
 
 Sampling defaults (``generation_config.json``): the release's model card recommends top_p 0.95 with temperature
 0.8 for general use and 0.3 for tool use. This model's strength is tool calls, so it ships 0.3 (a request's own
@@ -57,6 +57,11 @@ def _what(stage: str) -> str:
         return STAGES[stage]
     if stage == "eval-openai-tools":
         return "held-out tool calls through `mimo serve` and the openai client"
+    if stage == "eval-openai-tools-unconstrained":
+        return "the same, `mimo serve --no-constrained-decoding` (the model alone)"
+    if stage.startswith("eval-") and stage.endswith("-tool-grammar"):
+        return (f"held-out tool calls of the {stage[5:-len('-tool-grammar')]} model under the server's tool-call grammar "
+                "(`scripts/eval_domains.py --tool-grammar`)")
     if stage.startswith("eval-"):
         return f"held-out evaluation of the {stage[5:]} model (`scripts/eval_domains.py`)"
     return ""
@@ -81,9 +86,25 @@ def data_section(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def card(times: dict, manifest: dict, tools_eval: dict, table_md: str, corpus: dict | None, config: dict) -> str:
+def tools_section(tools_eval: dict, unconstrained: dict | None) -> str:
     acc = tools_eval["exact_call_accuracy"]
     fam = ", ".join(f"{f} {v:.2f}" for f, v in tools_eval.get("per_family", {}).items())
+    how = ("with the server's tool-call grammar (`mimo serve`'s default: names and argument types held to the "
+           "offered schemas; which tool and which values stay the model's)"
+           if tools_eval.get("constrained_decoding", False) else "without constrained decoding")
+    text = (f"`python scripts/eval_tools_openai.py --model models/mimo-nano-chat --data DATA --json-out F`: `mimo "
+            f"serve` and the official `openai` client, held-out tool schemas (families never trained on), temperature "
+            f"{tools_eval.get('temperature')}, {how}: **exact-call accuracy {acc:.1%}** over "
+            f"{tools_eval.get('examples')} requests (the right function, arguments that validate against its schema "
+            f"and carry the request's values); per family: {fam}.")
+    if unconstrained is not None:
+        text += (f" The model alone (`--no-constrained-decoding`): {unconstrained['exact_call_accuracy']:.1%} over "
+                 f"{unconstrained.get('examples')} requests.")
+    return text
+
+
+def card(times: dict, manifest: dict, tools_eval: dict, table_md: str, corpus: dict | None, config: dict,
+         unconstrained: dict | None = None) -> str:
     base = (f"pre-trained by `mimo train` on a corpus whose manifest fingerprint is `{corpus.get('fingerprint')}` "
             f"({corpus.get('files')} files; rebuilt exactly by `python scripts/build_corpus.py --out DIR`)"
             if corpus else "pre-trained by `mimo train` (corpus manifest not given)")
@@ -104,11 +125,7 @@ It is a toy, trained for these three domains and little else.
 
 ## Tool calls through the server
 
-`python scripts/eval_tools_openai.py --model models/mimo-nano-chat --data DATA --json-out F`: `mimo serve`
-and the official `openai` client, held-out tool schemas (families never trained on), temperature
-{tools_eval.get('temperature')}: **exact-call accuracy {acc:.1%}** over {tools_eval.get('examples')} requests
-(the right function, arguments that validate against its schema and carry the request's values); per family:
-{fam}.
+{tools_section(tools_eval, unconstrained)}
 
 ## Post-training (Table 7 and Fig. 6 at nano scale)
 
@@ -149,6 +166,8 @@ def main() -> int:
     ap.add_argument("--run", required=True, help="the posttrain.sh output directory (stage_seconds.json, data/, "
                     "report/)")
     ap.add_argument("--tools-eval", required=True, help="scripts/eval_tools_openai.py --json-out of this model")
+    ap.add_argument("--tools-eval-unconstrained", help="the same evaluation with --no-constrained-decoding (the "
+                    "model alone), reported beside it")
     ap.add_argument("--report", help="the report's path prefix (default RUN/report, where posttrain.sh writes "
                     "RUN/report.md, .json and .png)")
     ap.add_argument("--min-accuracy", type=float, default=0.8, help="refuse to ship below this held-out exact-call "
@@ -182,6 +201,8 @@ def main() -> int:
     except FileNotFoundError:
         raise SystemExit(f"ship_chat_model: no report at {report}.md (scripts/posttrain_report.py --out)") from None
     corpus = _read_json(args.corpus_manifest, "the corpus manifest") if args.corpus_manifest else None
+    unconstrained = (_read_json(args.tools_eval_unconstrained, "the unconstrained tool-call evaluation")
+                     if args.tools_eval_unconstrained else None)
     config = _read_json(os.path.join(args.model, "config.json"), "config.json")
 
     if os.path.exists(args.out):
@@ -199,12 +220,14 @@ def main() -> int:
     if os.path.exists(report + ".png"):
         shutil.copyfile(report + ".png", os.path.join(args.out, "posttrain.png"))
     evals = {"tools_openai": tools_eval, "stage_seconds": times}
+    if unconstrained is not None:
+        evals["tools_openai_unconstrained"] = unconstrained
     if os.path.exists(report + ".json"):
         evals["report"] = _read_json(report + ".json", "the report's JSON")
     with open(os.path.join(args.out, "eval.json"), "w", encoding="utf-8") as f:
         json.dump(evals, f, indent=1)
     with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as f:
-        f.write(card(times, manifest, tools_eval, table_md, corpus, config))
+        f.write(card(times, manifest, tools_eval, table_md, corpus, config, unconstrained))
     print(f"shipped {args.model} -> {args.out} (tool calls {tools_eval['exact_call_accuracy']:.1%} through the server)")
     return 0
 
