@@ -89,7 +89,7 @@ class Grammars:
     def matcher(self, spec: StructuredOutputsParams, stop_ids: Iterable[int] = ()) -> Matcher:
         """A matcher at the grammar's start; ``stop_ids`` (the request's own stop tokens) end it too."""
         stops = sorted(self.stop_ids | set(stop_ids))
-        return Matcher(self._xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=stops))
+        return Matcher(self._xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=stops), stops)
 
     def mask_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher]]) -> None:
         """Mask, in place, row ``i`` of ``logits [B, V]`` to what its matcher allows, for each ``(i, matcher)``."""
@@ -104,16 +104,26 @@ class Grammars:
 
 
 class Matcher:
-    """One constrained sample's position in its grammar."""
+    """One constrained sample's position in its grammar. Once the grammar has ended (it accepted a stop token) a
+    sample that goes on (``ignore_eos``) may only repeat stop tokens."""
 
-    def __init__(self, matcher: Any) -> None:
+    def __init__(self, matcher: Any, stop_ids: Sequence[int]) -> None:
         self._m = matcher
+        self.stop_ids = list(stop_ids)
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        if self.terminated:
+            words = torch.zeros(bitmask.shape[1], dtype=torch.int64)  # bit t of word t // 32, as xgrammar packs
+            for t in self.stop_ids:
+                words[t // 32] |= 1 << (t % 32)
+            bitmask[row] = words.to(torch.int32)  # wraps bit 31 to the sign bit, as the int32 mask holds it
+            return
         self._m.fill_next_token_bitmask(bitmask, row)
 
     def accept(self, token: int) -> bool:
         """Advance over a sampled token; False when the grammar refuses it (then the matcher stays put)."""
+        if self.terminated:
+            return token in self.stop_ids
         return bool(self._m.accept_token(token))
 
     @property

@@ -75,6 +75,18 @@ def test_unconstrained_rows_of_a_mixed_batch_are_unchanged(model, tok):
     json.loads(mixed[2].outputs[0].text)
 
 
+def test_a_sample_that_goes_on_after_its_grammar_ended_repeats_stop_tokens(model, tok):
+    """ignore_eos: the grammar accepted a stop token and ended, the sample goes on to max_tokens with stop tokens."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, skip_special_tokens=False,
+                            structured_outputs=StructuredOutputsParams(regex="(yes|no)"))
+    out = LLM(model, tokenizer=tok).generate(_prompts(1), params)[0].outputs[0]
+    stops = {tok.eos_token_id, tok.token_to_id("<|im_end|>"), *LLM(model, tokenizer=tok).engine.eos_ids}
+    assert len(out.token_ids) == 12
+    first_stop = next(i for i, t in enumerate(out.token_ids) if t in stops)
+    assert tok.decode(out.token_ids[:first_stop]) in ("yes", "no")
+    assert all(t in stops for t in out.token_ids[first_stop:])
+
+
 def test_regex(model, tok):
     params = SamplingParams(temperature=1.0, seed=3, n=4, max_tokens=40,
                             structured_outputs=StructuredOutputsParams(regex=r"(yes|no)-[0-9]{2,3}"))
