@@ -28,15 +28,20 @@ else
   step "installing torch $TORCH (CPU build: from this machine's wheel cache if it has one, else PyPI)"
   pip_install "torch==$TORCH"
 fi
-extra="[structured]"
-what="mimo and its dependencies (safetensors, tokenizers, jinja2, fastapi, uvicorn, pydantic, tqdm, matplotlib, and
-    xgrammar for constrained tool calls and JSON replies)"
+extra=""
+what="mimo and its dependencies (safetensors, tokenizers, jinja2, fastapi, uvicorn, pydantic, tqdm, matplotlib)"
 if [ "${1:-}" = "--dev" ]; then
-  extra="[structured,dev]"
+  extra="[dev]"
   what="$what, and the test tools (pytest, ruff, import-linter, transformers, openai)"
 fi
 step "installing $what"
 pip_install -e ".${extra}"
+# mimo[structured] is xgrammar, whose package also requires triton, the compiler of its GPU kernels (~1 GB
+# installed) that a CPU never imports (xgrammar masks CPU logits in C++). So here: xgrammar without its
+# dependencies, then the ones it imports on a CPU.
+step "installing xgrammar (constrained tool calls and JSON replies in mimo serve) and what it imports on a CPU"
+pip_install --no-deps "xgrammar>=0.2.9"
+pip_install "apache-tvm-ffi>=0.1.11" "transformers>=4.38" "typing-extensions>=4.9"
 step "building mimo's CPU decode kernels (once per machine, about 15 s; mimo falls back to torch ops without a compiler)"
 .venv/bin/mimo kernels --build | grep -v "^building" || echo "    (not built: decoding will use torch ops)"
 .venv/bin/python -c "import torch, mimo; print(f'mimo {mimo.__version__} ready (torch {torch.__version__})')"
