@@ -180,7 +180,14 @@ is the activations' (``"auto"``: float32 on a CPU over whatever the weights are 
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(plist)} sampling params")
-        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        ids: list[str] = []
+        try:
+            for p, sp in zip(prompts, plist):
+                ids.append(self.engine.add_request(p, sp))
+        except BaseException:  # all or none: a bad prompt or constraint leaves nothing queued for a later call
+            for i in ids:
+                self.engine.release(i)
+            raise
         bar = tqdm(total=len(ids), desc="generating", disable=not use_tqdm)
         done: set[str] = set()
         try:

@@ -150,6 +150,11 @@ def test_bad_constraints_are_refused_before_anything_is_queued(model, tok):
     with pytest.raises(ValueError, match="invalid regex"):
         engine.add_request([5, 6], SamplingParams(structured_outputs=StructuredOutputsParams(regex="(unclosed")))
     assert not engine.has_unfinished()
+    llm = LLM(model, tokenizer=tok)
+    bad = SamplingParams(structured_outputs=StructuredOutputsParams(json={"type": "objectx"}))
+    with pytest.raises(ValueError, match="invalid json"):
+        llm.generate(_prompts(2), [SamplingParams(max_tokens=3), bad])
+    assert not llm.engine.has_unfinished()  # the first prompt, admitted before the second failed, is gone too
     with pytest.raises(ValueError, match="exactly one of"):
         StructuredOutputsParams()
     with pytest.raises(ValueError, match="exactly one of"):
