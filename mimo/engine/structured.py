@@ -40,7 +40,7 @@ def available() -> bool:
 
 class Grammars:
     """Compiles constraints for one tokenizer (xgrammar's ``GrammarCompiler``, most recent ``cache_size`` kept)
-    and makes matchers. Thread-safe: the server validates requests on its worker threads while the engine steps.
+    and makes matchers. :meth:`compile` may be called from any thread (its cache is locked).
     ``vocab_size`` is the model's (its logits may be wider than the tokenizer's vocabulary); ``stop_ids`` end a
     constrained sequence once its grammar is complete (EOS, ``<|im_end|>``)."""
 
@@ -50,11 +50,11 @@ class Grammars:
         except ImportError as e:
             raise RuntimeError(INSTALL_HINT) from e
         self._xgr = xgr
-        vocab = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
-        info = xgr.TokenizerInfo(vocab, vocab_type=xgr.VocabType.RAW, vocab_size=vocab_size,
-                                 stop_token_ids=sorted(set(stop_ids)) or None)
         self.vocab_size = vocab_size
         self.stop_ids = frozenset(stop_ids)
+        vocab = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+        info = xgr.TokenizerInfo(vocab, vocab_type=xgr.VocabType.RAW, vocab_size=vocab_size,
+                                 stop_token_ids=sorted(self.stop_ids) or None)
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         self._cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._cache_size = cache_size
