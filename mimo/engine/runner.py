@@ -107,21 +107,24 @@ class ModelRunner:
     def _constrained(self, plan: StepPlan, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
         """``logits [B, V]`` of ``slots`` with each constrained row masked to what its grammar allows (a copy; the
         raw logits stay for the logprobs), or ``logits`` itself when no row is constrained."""
-        rows = []
-        for j, slot in enumerate(slots):
-            spec = plan.params[slot].structured_outputs
-            if spec is None:
-                continue
-            if self.matchers[slot] is None:
-                if self.grammars is None:
-                    raise RuntimeError("a constrained request reached a runner without grammars (Engine sets them)")
-                self.matchers[slot] = self.grammars.matcher(spec, plan.params[slot].stop_token_ids)
-            rows.append((j, self.matchers[slot]))
+        rows = [(j, m) for j, m in enumerate(self._matchers(plan, slots)) if m is not None]
         if not rows:
             return logits
         masked = logits.float().clone(memory_format=torch.contiguous_format)  # masked in place, fp32 rows
         self.grammars.mask_(masked, rows)  # type: ignore[union-attr]
         return masked
+
+    def _matchers(self, plan: StepPlan, slots: list[int]) -> list[Matcher | None]:
+        """Each slot's grammar state (made at its first sampling), None where its request is not constrained."""
+        out: list[Matcher | None] = []
+        for slot in slots:
+            spec = plan.params[slot].structured_outputs
+            if spec is not None and self.matchers[slot] is None:
+                if self.grammars is None:
+                    raise RuntimeError("a constrained request reached a runner without grammars (Engine sets them)")
+                self.matchers[slot] = self.grammars.matcher(spec, plan.params[slot].stop_token_ids)
+            out.append(self.matchers[slot] if spec is not None else None)
+        return out
 
     def _accept(self, slot: int, tokens: list[int]) -> None:
         """Advance a constrained slot's grammar over the tokens it produced."""
@@ -251,11 +254,13 @@ class ModelRunner:
         hidden = self._forward_step(rows, ids, pos, max(r.position + n for r, n in zip(rows, kept)))  # [B, K+1, D]
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(rows), logits.shape[-1]
-        # a constrained row drafts nothing (the scheduler plans it so): only its position 0 is scored, masked
+        # a constrained row's positions are scored masked, each by the grammar after the drafts before it
         scored = logits
-        if any(plan.params[s].structured_outputs is not None for s in slots):
+        constrained = [(j, m, drafts[j, : kept[j]].tolist()) for j, m in enumerate(self._matchers(plan, slots))
+                       if m is not None]
+        if constrained:
             scored = logits.float().clone()
-            scored[:, 0] = self._constrained(plan, slots, logits[:, 0])
+            self.grammars.mask_drafts_(scored, constrained)  # type: ignore[union-attr]
         n_drafts = torch.tensor(kept, device=self.device) if min(kept) < k else None
         if batch.argmax_only:  # one-hot targets: the same verdict from the argmaxes
             accepted, out_ids = greedy_verify(drafts, scored.argmax(-1), n_drafts)

@@ -144,20 +144,17 @@ class Scheduler:
             if last:
                 self._sampling(plan, seq)
         decoding = [s for s in self.running if s.prefilled and s.output_ids and not s.finished]
-        # a constrained row (structured outputs) never drafts: its grammar masks the trunk's token one at a time
-        drafting = [s for s in decoding if s.params.structured_outputs is None]
         k = 0
-        if drafting and self.policy.max_k:
+        if decoding and self.policy.max_k:
             # closed: no request waits, so these rows (and any still prefilling, which join them) are all the batch
             # will hold until it ends
             closed = not self.waiting
-            k = self.policy.choose([s.key for s in drafting], [s.num_computed for s in drafting],
-                                   [self._remaining(s) for s in drafting] if closed else None)
+            k = self.policy.choose([s.key for s in decoding], [s.num_computed for s in decoding],
+                                   [self._remaining(s) for s in decoding] if closed else None)
         if k:
             plan.stop_unsure = self.policy.stop_unsure()
         for seq in decoding:
-            drafts = k if seq.params.structured_outputs is None else 0
-            plan.decode.append(DecodeRow(seq.slot, seq.output_ids[-1], seq.num_computed, drafts))
+            plan.decode.append(DecodeRow(seq.slot, seq.output_ids[-1], seq.num_computed, k))
             self._sampling(plan, seq)
         return plan
 

@@ -4,8 +4,10 @@ tag (vLLM's ``StructuredOutputsParams``), compiled and matched by xgrammar, the 
 A constrained sample keeps a :class:`Matcher` beside its slot's random generator: before each sampling its
 grammar's allowed next tokens mask the logits (disallowed ones become -inf), after it the chosen token advances
 the grammar. Logprobs stay those of the model (raw logits), as vLLM reports them by default. A constrained row
-never drafts: its tokens come one a step from the masked trunk (speculation over a grammar would need the
-matcher rolled back over rejected drafts; left for later).
+drafts like any other (MTP drafts are proposals): the verify step masks each position to what the grammar allows
+after the drafts before it (the matcher walks them and is rolled back), so a draft the grammar refuses is
+rejected, greedy output is the constrained plain greedy output, and rejection sampling stays exact (its target
+is the masked distribution; the unmasked draft distribution is only the proposal).
 
 The *structural tag* is what tool calling uses: free text until a trigger (``<tool_call>``), then one of the
 offered calls with its arguments held to the tool's JSON schema (:func:`mimo.chat_format.tool_grammar`, the
@@ -91,6 +93,30 @@ class Grammars:
         stops = sorted(self.stop_ids | set(stop_ids))
         return Matcher(self._xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=stops), stops)
 
+    def mask_drafts_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher, list[int]]]) -> None:
+        """A verify step's masks, in place: for each ``(i, matcher, drafts)``, position ``p`` of ``logits[i]``
+        (``[B, K+1, V]``) is masked to what the grammar allows after the first ``p`` drafts. The matcher walks the
+        drafts and is rolled back; past a draft the grammar refuses, positions stay unmasked (that draft is
+        rejected at its own, masked position, so nothing after it is used)."""
+        xgr = self._xgr
+        for i, m, drafts in rows:
+            bitmask = xgr.allocate_token_bitmask(len(drafts) + 1, self.vocab_size)
+            m.fill(bitmask, 0)
+            walked = 0
+            for p, t in enumerate(drafts):
+                ok, advanced = m.advance(t)
+                if not ok:
+                    bitmask[p + 1 :] = -1  # all bits set: everything allowed
+                    break
+                walked += advanced
+                m.fill(bitmask, p + 1)
+            else:
+                bitmask[len(drafts) + 1 :] = -1
+            m.rollback(walked)
+            n = len(drafts) + 1
+            row = logits[i, :n]
+            xgr.apply_token_bitmask_inplace(row, bitmask.to(logits.device), vocab_size=self.vocab_size)
+
     def mask_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher]]) -> None:
         """Mask, in place, row ``i`` of ``logits [B, V]`` to what its matcher allows, for each ``(i, matcher)``."""
         if not rows:
@@ -122,9 +148,18 @@ class Matcher:
 
     def accept(self, token: int) -> bool:
         """Advance over a sampled token; False when the grammar refuses it (then the matcher stays put)."""
+        return self.advance(token)[0]
+
+    def advance(self, token: int) -> tuple[bool, int]:
+        """(accepted, grammar steps taken: 0 for a stop token repeated after the end), for :meth:`rollback`."""
         if self.terminated:
-            return token in self.stop_ids
-        return bool(self._m.accept_token(token))
+            return token in self.stop_ids, 0
+        ok = bool(self._m.accept_token(token))
+        return ok, int(ok)
+
+    def rollback(self, steps: int) -> None:
+        if steps:
+            self._m.rollback(steps)
 
     @property
     def terminated(self) -> bool:

@@ -1,6 +1,7 @@
 """Structured outputs: every constrained sample follows its grammar (JSON schema, regex, tool-call structural tag),
-greedy or sampled, on a plain or a speculative engine; constrained rows never draft and leave the other rows of
-their batch unchanged; a bad constraint is refused before anything is queued."""
+greedy or sampled, on a plain or a speculative engine; speculation keeps constrained greedy output and the
+constrained sampling distribution; constrained rows leave the other rows of their batch unchanged; a bad
+constraint is refused before anything is queued."""
 
 import json
 
@@ -13,7 +14,7 @@ from mimo.chat_format.tool_grammar import tool_call_tag
 from mimo.engine.engine import Engine
 from mimo.posttrain.domains.tools import validate
 from mimo.tokenizer import Tokenizer, train_bpe
-from tests.helpers import random_model, tiny_config
+from tests.helpers import oracle_model, random_model, tiny_config
 
 _TEXTS = ['{"name": "alice", "age": 31, "ok": true}', "<tool_call>\n<function=get_weather>\n<parameter=city>Paris",
           "</parameter>\n</function>\n</tool_call>", "def f(x):\n    return x + 1\n", "True False None 2024 hello"]
@@ -55,19 +56,64 @@ def test_json_schema_outputs_validate_greedy_and_sampled(model, tok, k):
                 assert c.finish_reason == "stop", c.text  # the grammar ends at its stop token, not at max_tokens
                 value = json.loads(c.text)
                 assert validate(value, PERSON), c.text
-            if k:  # a constrained row never drafts
-                assert out.stats.drafted == 0
 
 
 def test_constrained_greedy_is_the_same_on_a_speculative_engine(model, tok):
+    """Drafts of a constrained row are verified against the grammar's mask at each position (the matcher walks
+    them and rolls back): the output is the constrained plain greedy one."""
     plain = [o.outputs[0].token_ids for o in LLM(model, tokenizer=tok).generate(_prompts(), _json(temperature=0))]
-    spec = [o.outputs[0].token_ids for o in LLM(model, tokenizer=tok, num_speculative_tokens=3).generate(_prompts(),
-                                                                                                _json(temperature=0))]
-    assert spec == plain
+    for k in (1, 3):
+        outs = LLM(model, tokenizer=tok, num_speculative_tokens=k, speculative_policy="fixed").generate(
+            _prompts(), _json(temperature=0))
+        assert [o.outputs[0].token_ids for o in outs] == plain, k
+        assert all(o.stats.drafted > 0 for o in outs)
+
+
+def test_drafts_the_grammar_allows_are_accepted_and_the_others_rejected(tok):
+    """A model whose drafts are always its own next token (tests.helpers.oracle_model): from token "0" it cycles
+    through "o", "\x1d", .... Under a grammar that allows four cycles then one of x, y, z, the drafts inside the
+    cycles are accepted (each position masked by the grammar after the drafts before it) and the draft past them,
+    which the grammar refuses, is rejected: the output is the constrained plain greedy one."""
+    oracle = oracle_model(tiny_config(vocab_size=tok.vocab_size, sliding_window=5, num_hidden_layers=6), seed=5)
+    start = tok.encode("0")
+    free = LLM(oracle, tokenizer=tok).generate([start], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    assert free[0].outputs[0].text == "o\x1do\x1do\x1d"  # the model this test relies on
+    params = SamplingParams(temperature=0, max_tokens=20, structured_outputs=StructuredOutputsParams(
+        regex="(o\x1d){4}[xyz]{2}"))
+    plain = LLM(oracle, tokenizer=tok).generate([start], params)[0].outputs[0]
+    assert plain.text.startswith("o\x1d" * 4) and len(plain.text) == 10
+    spec = LLM(oracle, tokenizer=tok, num_speculative_tokens=3, speculative_policy="fixed").generate([start], params)[0]
+    assert spec.outputs[0].token_ids == plain.token_ids
+    assert spec.stats.accepted >= 4 and spec.stats.accepted < spec.stats.drafted
+
+
+def test_constrained_sampling_with_drafts_keeps_the_distribution(model, tok):
+    """Rejection sampling against the masked target is exact whatever the (unmasked) drafts propose: the joint
+    distribution of a constrained sample's first three tokens is the same with and without speculation."""
+    params = SamplingParams(temperature=1.0, seed=5, n=600, max_tokens=3,
+                            structured_outputs=StructuredOutputsParams(regex="[a-c]{3}"))
+    counts = []
+    for k in (0, 2):
+        llm = LLM(model, tokenizer=tok, num_speculative_tokens=k, speculative_policy="fixed", max_num_seqs=64)
+        texts = [c.text for c in llm.generate(_prompts(1), params)[0].outputs]
+        assert all(len(t) == 3 and set(t) <= set("abc") for t in texts)
+        counts.append({t: texts.count(t) for t in texts})
+    # two-sample chi-square (homogeneity); outcomes seen fewer than 20 times in all are pooled into one bin
+    keys = sorted(set(counts[0]) | set(counts[1]))
+    big = [key for key in keys if counts[0].get(key, 0) + counts[1].get(key, 0) >= 20]
+    table = torch.tensor([[c.get(key, 0) for key in big] + [sum(v for key, v in c.items() if key not in big)]
+                          for c in counts], dtype=torch.float64)
+    table = table[:, table.sum(0) > 0]
+    expected = table.sum(1, keepdim=True) * table.sum(0, keepdim=True) / table.sum()
+    stat = ((table - expected) ** 2 / expected).sum()
+    dof = table.shape[1] - 1
+    assert dof >= 3, counts  # the test must have outcomes to compare
+    pvalue = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat / 2))
+    assert pvalue > 1e-3, (pvalue, counts)
 
 
 def test_unconstrained_rows_of_a_mixed_batch_are_unchanged(model, tok):
-    """A constrained row in the batch (masked, never drafting) changes nothing for the rows beside it."""
+    """A constrained row in the batch (masked) changes nothing for the rows beside it."""
     free = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     alone = [o.outputs[0].token_ids for o in LLM(model, tokenizer=tok, num_speculative_tokens=2).generate(_prompts(2), free)]
     mixed = LLM(model, tokenizer=tok, num_speculative_tokens=2).generate(_prompts(3), [free, free, _json(temperature=0)])
