@@ -135,10 +135,11 @@ class Engine:
         """The compiler of structured-output constraints for this engine's tokenizer, made on first use (it imports
         xgrammar, a few seconds); a server that constrains tool calls makes it at start."""
         if self.runner.grammars is None:
-            if self.tokenizer is None:
-                raise ValueError("structured outputs need the engine's tokenizer (the grammar is over its tokens)")
-            if not self._own_runner:
-                raise ValueError("structured outputs are not supported on a parallel engine yet")
+            if not self.can_constrain:
+                raise ValueError("structured outputs need the engine's tokenizer (the grammar is over its tokens)"
+                                 if self.tokenizer is None else
+                                 "structured outputs are not supported on a parallel engine yet")
+            assert self.tokenizer is not None
             self.runner.grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.eos_ids)
         return self.runner.grammars
 

@@ -104,14 +104,16 @@ class ModelRunner:
         hist = [plan.histories.get(s, ([], [])) for s in slots]
         return SamplingBatch([plan.params[s] for s in slots], [self.generators[s] for s in slots], self.device, hist)
 
-    def _constrained(self, plan: StepPlan, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """``logits [B, V]`` of ``slots`` with each constrained row masked to what its grammar allows (a copy; the
-        raw logits stay for the logprobs), or ``logits`` itself when no row is constrained."""
-        rows = [(j, m) for j, m in enumerate(self._matchers(plan, slots)) if m is not None]
+    def _constrained(self, plan: StepPlan, slots: list[int], logits: torch.Tensor,
+                     drafts: list[list[int]] | None = None) -> torch.Tensor:
+        """``logits`` of ``slots`` (``[B, V]``, or a verify step's ``[B, K+1, V]`` with each row's kept ``drafts``)
+        with each constrained row masked by its grammar, position by position after the drafts before it: a copy
+        (the raw logits stay for the logprobs), or ``logits`` itself when no row is constrained."""
+        rows = [(j, m, drafts[j] if drafts else []) for j, m in enumerate(self._matchers(plan, slots)) if m is not None]
         if not rows:
             return logits
-        masked = logits.float().clone(memory_format=torch.contiguous_format)  # masked in place, fp32 rows
-        self.grammars.mask_(masked, rows)  # type: ignore[union-attr]
+        masked = logits.float().clone(memory_format=torch.contiguous_format)  # masked in place, fp32
+        self.grammars.mask_(masked if drafts else masked[:, None], rows)  # type: ignore[union-attr]
         return masked
 
     def _matchers(self, plan: StepPlan, slots: list[int]) -> list[Matcher | None]:
@@ -255,12 +257,7 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden)  # [B, K+1, V]
         b, v = len(rows), logits.shape[-1]
         # a constrained row's positions are scored masked, each by the grammar after the drafts before it
-        scored = logits
-        constrained = [(j, m, drafts[j, : kept[j]].tolist()) for j, m in enumerate(self._matchers(plan, slots))
-                       if m is not None]
-        if constrained:
-            scored = logits.float().clone()
-            self.grammars.mask_drafts_(scored, constrained)  # type: ignore[union-attr]
+        scored = self._constrained(plan, slots, logits, [d[:n] for d, n in zip(drafts.tolist(), kept)])
         n_drafts = torch.tensor(kept, device=self.device) if min(kept) < k else None
         if batch.argmax_only:  # one-hot targets: the same verdict from the argmaxes
             accepted, out_ids = greedy_verify(drafts, scored.argmax(-1), n_drafts)

@@ -93,40 +93,31 @@ class Grammars:
         stops = sorted(self.stop_ids | set(stop_ids))
         return Matcher(self._xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=stops), stops)
 
-    def mask_drafts_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher, list[int]]]) -> None:
-        """A verify step's masks, in place: for each ``(i, matcher, drafts)``, position ``p`` of ``logits[i]``
-        (``[B, K+1, V]``) is masked to what the grammar allows after the first ``p`` drafts. The matcher walks the
-        drafts and is rolled back; past a draft the grammar refuses, positions stay unmasked (that draft is
-        rejected at its own, masked position, so nothing after it is used)."""
-        xgr = self._xgr
-        for i, m, drafts in rows:
-            bitmask = xgr.allocate_token_bitmask(len(drafts) + 1, self.vocab_size)
-            m.fill(bitmask, 0)
-            walked = 0
-            for p, t in enumerate(drafts):
-                ok, advanced = m.advance(t)
-                if not ok:
-                    bitmask[p + 1 :] = -1  # all bits set: everything allowed
-                    break
-                walked += advanced
-                m.fill(bitmask, p + 1)
-            else:
-                bitmask[len(drafts) + 1 :] = -1
-            m.rollback(walked)
-            n = len(drafts) + 1
-            row = logits[i, :n]
-            xgr.apply_token_bitmask_inplace(row, bitmask.to(logits.device), vocab_size=self.vocab_size)
-
-    def mask_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher]]) -> None:
-        """Mask, in place, row ``i`` of ``logits [B, V]`` to what its matcher allows, for each ``(i, matcher)``."""
+    def mask_(self, logits: torch.Tensor, rows: Sequence[tuple[int, Matcher, list[int]]]) -> None:
+        """Mask ``logits [B, P, V]`` in place: for each ``(i, matcher, drafts)``, position ``p`` of row ``i`` to what
+        the grammar allows after the row's first ``p`` drafts (a plain step: ``P = 1``, no drafts). The matcher walks
+        the drafts and is rolled back. Positions past a draft the grammar refuses stay unmasked: that draft is
+        rejected at its own, masked position, so nothing after it is used. One bitmask, one apply for the step."""
         if not rows:
             return
         xgr = self._xgr
-        bitmask = xgr.allocate_token_bitmask(logits.shape[0], self.vocab_size)
-        for i, m in rows:
-            m.fill(bitmask, i)
-        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), vocab_size=self.vocab_size,
-                                        indices=[i for i, _ in rows])
+        b, p, v = logits.shape
+        bitmask = xgr.allocate_token_bitmask(b * p, self.vocab_size)
+        filled: list[int] = []
+        for i, m, drafts in rows:
+            m.fill(bitmask, i * p)
+            filled.append(i * p)
+            walked = 0
+            for d, t in enumerate(drafts):
+                ok, advanced = m.advance(t)
+                if not ok:
+                    break
+                walked += advanced
+                m.fill(bitmask, i * p + d + 1)
+                filled.append(i * p + d + 1)
+            m.rollback(walked)
+        xgr.apply_token_bitmask_inplace(logits.view(b * p, v), bitmask.to(logits.device), vocab_size=self.vocab_size,
+                                        indices=filled)
 
 
 class Matcher:
