@@ -240,6 +240,12 @@ def test_tool_training_offers_many_tools_in_varied_lists(tool_train):
     stdlib_prefixes = tuple(m.replace(".", "_") + "_" for m in tooldom.STDLIB)
     mixed = sum(any(t["function"]["name"].startswith(stdlib_prefixes) for t in e["tools"]) for e in synthetic)
     assert 0.2 < mixed / len(synthetic) < 0.8
+    # Standard-library examples also come in the held-out shape: the target among other tools of its module, sorted.
+    stdlib = [e for e in tool_train if e["family"] in tooldom.STDLIB]
+    names = [[t["function"]["name"] for t in e["tools"]] for e in stdlib]
+    shaped = [n for e, n in zip(stdlib, names) if len(n) > 2 and n == sorted(n)
+              and all(x.startswith(e["family"].replace(".", "_") + "_") for x in n)]
+    assert 0.3 < len(shaped) / len(stdlib) < 0.65
     # Both request styles: values stated as `k = v` (the held-out form) and in natural phrasing.
     stated = sum(" = " in e["messages"][0]["content"] for e in synthetic)
     assert 0.15 < stated / len(synthetic) < 0.6
