@@ -82,7 +82,7 @@ class Engine:
         eos = set(cfg.eos_token_ids) | set(eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
-        self._last_decode: tuple[tuple[int, ...], int] = ((), 0)  # the last decode step's rows and drafts
+        self._last_decode: tuple[tuple[int, ...], int] = ((), 0)  # the last decode step's rows and MTP blocks run
         self.policy = self._new_policy()
         self.scheduler = Scheduler(
             max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len, prefill_chunk=config.prefill_chunk,
@@ -169,22 +169,27 @@ class Engine:
         if plan.decode:  # a decode step's cost, for the speculation policy: all of it, host work included
             # (detokenising and stop checks grow with the tokens a step emits)
             rows, k = tuple(r.slot for r in plan.decode), max(r.drafts for r in plan.decode)
-            # the drafts the step verified: fewer than planned where unsure drafts were cut, and such a step
-            # is neither the cost of k drafts nor of fewer (it drafted deeper than it verified)
+            # the drafts the step verified: fewer than planned where unsure drafts were cut; the blocks that ran:
+            # those, and the cut draft's (it was made, found unsure and dropped)
             made = max((results[s].drafted for s in rows if s in results), default=0)
+            ran = k if made == k else made + 1
             # steady: every MTP block this step ran also ran in the step before, for the same rows; otherwise
             # it had positions to catch up on, a one-off cost that is not the cost of drafting k. A plain step
             # is steady after a plain step only: the first one after drafting is a few per cent slower, and
-            # the plain step's time is what every other cost is measured against
-            last_rows, last_k = self._last_decode
+            # the plain step's time is what every other cost is measured against. A steady step that cut its
+            # drafts is timed as a step of k all the same: it is what choosing k costs, as a cut counts as that
+            # depth's rejection (SpeculationPolicy.observe_row). Left untimed, a k timed once on a fast step kept
+            # being chosen with every draft cut and never re-timed (MTP blocks that draft noise, batch 4: a
+            # quarter of the steps drafted one, 0.88x of plain steps)
+            last_rows, last_ran = self._last_decode
             decode_only = not plan.prefill and not plan.starts and not plan.moves
-            if decode_only and made == k and last_rows == rows and (last_k == 0 if k == 0 else last_k >= k):  # steady
+            if decode_only and last_rows == rows and (last_ran == 0 if k == 0 else last_ran >= ran):  # steady
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
             elif decode_only and k:  # blocks caught up: its cost, beyond a steady step of the drafts it verified (where
                 # every row's draft was unsure and cut, a plain step: drafts that are always cut must not leave the
                 # catch-up unpriced, or explorations that only catch up would never be found dear)
-                self.policy.observe_catchup(len(rows), made, time.perf_counter() - t, blocks=min(k, made + 1))
-            self._last_decode = (rows, made)
+                self.policy.observe_catchup(len(rows), made, time.perf_counter() - t, blocks=ran)
+            self._last_decode = (rows, ran)
         return deltas
 
     def speculation_stats(self) -> dict:

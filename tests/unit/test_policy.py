@@ -365,6 +365,22 @@ def test_an_exploration_whose_drafts_are_all_cut_still_prices_its_catch_up(monke
     assert pol.catchup_seconds(100) is not None
 
 
+def test_a_steady_step_whose_drafts_are_all_cut_is_timed_as_its_k(monkeypatch):
+    """Where every draft is unsure and cut, a steady drafting step is a plain step plus block 1: it is timed as a step
+    of its k, what choosing k costs. Left untimed, a k timed once on a fast step went on being chosen with every draft
+    cut and was never re-timed (MTP blocks that draft noise, batch 4: a quarter of the steps)."""
+    m = random_model(tiny_config(sliding_window=5, num_hidden_layers=4), seed=3)
+    monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
+    llm = LLM(m, num_speculative_tokens=1)
+    pol = llm.engine.policy
+    pol.choose = lambda rows, *_: pol._chose(1, rows, explored=False)  # as if k = 1 had been timed cheap
+    llm.generate(_prompts((9, 9)), GREEDY)
+    assert pol.stats.rows_cut_short >= 2 * 40  # every draft was cut
+    # every step after the first (whose block caught up over the prompts) was steady, and timed as k = 1
+    assert len(pol._samples[(2, 1)]) == min(15, GREEDY.max_tokens - 2), pol._samples.keys()
+    assert (2, 0) not in pol._samples
+
+
 def test_a_long_plain_spell_keeps_the_mtp_state_bounded():
     """Plain steps of a speculative engine keep each row's chain states and tokens only as far back as a block can
     reach, not for the whole request; drafting afterwards still gives plain greedy output."""
