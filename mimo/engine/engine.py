@@ -22,7 +22,7 @@ from mimo.engine.config import EngineConfig
 from mimo.engine.kv_cache import HybridKVCache
 from mimo.engine.outputs import RequestOutput, StreamDelta
 from mimo.engine.params import SamplingParams
-from mimo.engine.policy import SpeculationPolicy
+from mimo.engine.policy import PLAIN_SETTLE_STEPS, SpeculationPolicy
 from mimo.engine.runner import ModelRunner
 from mimo.engine.scheduler import Scheduler
 from mimo.engine.structured import Grammars
@@ -83,6 +83,7 @@ class Engine:
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self._last_decode: tuple[tuple[int, ...], int] = ((), 0)  # the last decode step's rows and MTP blocks run
+        self._plain_run = 0  # plain decode steps in a row, up to the last one
         self.policy = self._new_policy()
         self.scheduler = Scheduler(
             max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len, prefill_chunk=config.prefill_chunk,
@@ -115,7 +116,7 @@ class Engine:
         finally:
             self.release(rid)
             self.policy = self.scheduler.policy = self._new_policy()
-            self._last_decode = ((), 0)
+            self._last_decode, self._plain_run = ((), 0), 0
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
@@ -175,15 +176,17 @@ class Engine:
             ran = k if made == k else made + 1
             # steady: every MTP block this step ran also ran in the step before, for the same rows; otherwise
             # it had positions to catch up on, a one-off cost that is not the cost of drafting k. A plain step
-            # is steady after a plain step only: the first one after drafting is a few per cent slower, and
-            # the plain step's time is what every other cost is measured against. A steady step that cut its
+            # is steady after PLAIN_SETTLE_STEPS plain steps: the first ones after drafting are slower, and the
+            # plain step's time is what every other cost is measured against. A steady step that cut its
             # drafts is timed as a step of k all the same: it is what choosing k costs, as a cut counts as that
             # depth's rejection (SpeculationPolicy.observe_row). Left untimed, a k timed once on a fast step kept
             # being chosen with every draft cut and never re-timed (MTP blocks that draft noise, batch 4: a
             # quarter of the steps drafted one, 0.88x of plain steps)
             last_rows, last_ran = self._last_decode
             decode_only = not plan.prefill and not plan.starts and not plan.moves
-            if decode_only and last_rows == rows and (last_ran == 0 if k == 0 else last_ran >= ran):  # steady
+            plain_before = self._plain_run if last_ran == 0 else 0
+            self._plain_run = plain_before + 1 if k == 0 else 0
+            if decode_only and last_rows == rows and (plain_before >= PLAIN_SETTLE_STEPS if k == 0 else last_ran >= ran):
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)
             elif decode_only and k:  # blocks caught up: its cost, beyond a steady step of the drafts it verified (where
                 # every row's draft was unsure and cut, a plain step: drafts that are always cut must not leave the

@@ -78,6 +78,12 @@ _STALE_STEPS = 64  # a step time older than this many decode steps is dropped wh
 _EXPLORE_SHARE = 0.05  # the most of the time since the last exploration that an exploration's catch-up may cost
 _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds against positions) is its cost
 
+PLAIN_SETTLE_STEPS = 3
+"""Plain steps after drafting that the engine does not time: the first few run slower while the trunk's weights
+come back into the CPU's caches (drafting touched more experts and the MTP blocks). At batch 8 on mimo-nano, whose
+weights nearly fit in a Zen 5's L3, the second plain step after drafting took 4.85 ms and the tenth 3.7; timed from
+the second, plain steps looked ~30% dearer than they were, and the policy drafted where plain steps were faster."""
+
 
 def _fit_line(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     """(intercept, slope) of seconds against positions, both >= 0: least squares where the positions vary enough
@@ -446,8 +452,9 @@ class SpeculationPolicy:
             # to explore
             other = k + 1 if up else down
             more = _CLOSE_STEPS - 1 if rates[other] * _CLEAR >= rates[k] else 0
-            if up or down == 0 or more:  # (up: the first step catches up, the next are timed; plain: likewise)
-                self._exploring, self._explore_left = other, more + (up or down == 0)
+            if up or down == 0 or more:  # (up: the first step catches up, the next are timed; plain: the first
+                # PLAIN_SETTLE_STEPS are not timed)
+                self._exploring, self._explore_left = other, more + (1 if up else PLAIN_SETTLE_STEPS if down == 0 else 0)
             return self._chose(other, request_ids, explored=True, predicted=expected[other])
         return self._chose(k, request_ids, explored=False, predicted=expected[k])
 

@@ -7,7 +7,7 @@ import torch
 
 from mimo import LLM, SamplingParams
 from mimo.engine.engine import relative_step_cost
-from mimo.engine.policy import SpeculationPolicy
+from mimo.engine.policy import PLAIN_SETTLE_STEPS, SpeculationPolicy
 from tests.helpers import oracle_model, random_model, tiny_config
 
 GREEDY = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
@@ -158,10 +158,11 @@ def test_engine_keeps_drafting_when_every_draft_is_accepted():
     # (a request's counts leave out the accepted drafts past its max_tokens, on its last step only)
     assert all(o.stats.drafted - 2 <= o.stats.accepted <= o.stats.drafted for o in outs)
     stats = llm.engine.speculation_stats()
-    # every step drafts 3 but the cold start's (two 1-draft steps and two plain ones: the second of each is timed,
-    # the first after a change is not steady) and the climb to 3 (two steps at 2)
+    # every step drafts 3 but the cold start's (two 1-draft steps, the second timed, the first after a change not
+    # being steady; plain steps until one is timed, after PLAIN_SETTLE_STEPS) and the climb to 3 (two steps at 2)
     steps = sum(stats["steps_by_k"].values())
-    assert stats["steps_by_k"].get(0) == 2 and stats["steps_by_k"].get(1) == 2 and stats["steps_by_k"][3] >= steps - 6
+    assert stats["steps_by_k"].get(0) == PLAIN_SETTLE_STEPS + 1 and stats["steps_by_k"].get(1) == 2
+    assert stats["steps_by_k"][3] >= steps - 6 - PLAIN_SETTLE_STEPS
     # and each step gave its drafts plus one (up to the drafts cut by max_tokens on the last step)
     full = 1 + sum(k * n for k, n in stats["steps_by_k"].items()) / steps
     assert full - 3 / steps <= stats["realised_tokens_per_step"] <= full
@@ -379,6 +380,30 @@ def test_a_steady_step_whose_drafts_are_all_cut_is_timed_as_its_k(monkeypatch):
     # every step after the first (whose block caught up over the prompts) was steady, and timed as k = 1
     assert len(pol._samples[(2, 1)]) == min(15, GREEDY.max_tokens - 2), pol._samples.keys()
     assert (2, 0) not in pol._samples
+
+
+def test_plain_steps_after_drafting_are_timed_once_settled():
+    """The first plain steps after drafting run slow while the trunk's weights come back into the caches: the engine
+    times a plain step only after PLAIN_SETTLE_STEPS plain ones, and a plain exploration lasts long enough to time
+    one."""
+    m = oracle_model(tiny_config(sliding_window=5, num_hidden_layers=4), seed=5)
+    llm = LLM(m, num_speculative_tokens=2)
+    pol = llm.engine.policy
+    schedule = iter([2] * 5 + [0] * 8 + [2] * 3 + [0] * 100)
+    chosen, timed = [], []
+    pol.choose = lambda rows, *_: chosen.append(next(schedule)) or pol._chose(chosen[-1], rows, explored=False)
+    observe = pol.observe_step
+    pol.observe_step = lambda b, k, s: timed.append((len(chosen) - 1, k)) or observe(b, k, s)
+    llm.generate(_prompts((9,)), SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+    plain_timed = [i for i, k in timed if k == 0]
+    first = 5 + PLAIN_SETTLE_STEPS  # the steps are numbered from 0: steps 5..12 are plain
+    assert plain_timed[:13 - first] == list(range(first, 13)), timed
+    assert plain_timed[13 - first] == 16 + PLAIN_SETTLE_STEPS, timed
+    # the policy's plain explorations (where drafting wins) last PLAIN_SETTLE_STEPS untimed steps and a timed one
+    p = SpeculationPolicy(2, prior_cost=lambda b, k: 1.0 + 0.2 * k, explore_every=4)
+    chosen = "".join(map(str, _run(p, ["a"], 400, lambda k: k, lambda k: 1.0 + 0.2 * k)))
+    runs = [len(r) for r in chosen[chosen.index("2"):].rstrip("0").replace("1", " ").replace("2", " ").split()]
+    assert runs and set(runs) == {1 + PLAIN_SETTLE_STEPS}, chosen
 
 
 def test_a_long_plain_spell_keeps_the_mtp_state_bounded():
