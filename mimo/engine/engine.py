@@ -180,8 +180,7 @@ class Engine:
             # plain step's time is what every other cost is measured against. A steady step that cut its
             # drafts is timed as a step of k all the same: it is what choosing k costs, as a cut counts as that
             # depth's rejection (SpeculationPolicy.observe_row). Left untimed, a k timed once on a fast step kept
-            # being chosen with every draft cut and never re-timed (MTP blocks that draft noise, batch 4: a
-            # quarter of the steps drafted one, 0.88x of plain steps)
+            # being chosen with every draft cut and never re-timed (MTP blocks that draft noise)
             last_rows, last_ran = self._last_decode
             decode_only = not plan.prefill and not plan.starts and not plan.moves
             plain_before = self._plain_run if last_ran == 0 else 0

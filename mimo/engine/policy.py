@@ -80,9 +80,9 @@ _CATCHUP_SAMPLES = 15  # catch-up steps kept: the line fitted to them (seconds a
 
 PLAIN_SETTLE_STEPS = 3
 """Plain steps after drafting that the engine does not time: the first few run slower while the trunk's weights
-come back into the CPU's caches (drafting touched more experts and the MTP blocks). At batch 8 on mimo-nano, whose
-weights nearly fit in a Zen 5's L3, the second plain step after drafting took 4.85 ms and the tenth 3.7; timed from
-the second, plain steps looked ~30% dearer than they were, and the policy drafted where plain steps were faster."""
+come back into the CPU's caches (drafting touched more experts and the MTP blocks). Timed from the second, plain
+steps of a small model whose weights nearly fit in the caches looked much dearer than they run in a plain spell,
+and the policy drafted where plain steps were faster (benchmarks/README.md, the speculation policy, 2026-12-02)."""
 
 
 def _fit_line(points: list[tuple[int, float]]) -> tuple[float, float] | None:

@@ -369,7 +369,7 @@ def test_an_exploration_whose_drafts_are_all_cut_still_prices_its_catch_up(monke
 def test_a_steady_step_whose_drafts_are_all_cut_is_timed_as_its_k(monkeypatch):
     """Where every draft is unsure and cut, a steady drafting step is a plain step plus block 1: it is timed as a step
     of its k, what choosing k costs. Left untimed, a k timed once on a fast step went on being chosen with every draft
-    cut and was never re-timed (MTP blocks that draft noise, batch 4: a quarter of the steps)."""
+    cut and was never re-timed (MTP blocks that draft noise)."""
     m = random_model(tiny_config(sliding_window=5, num_hidden_layers=4), seed=3)
     monkeypatch.setattr(SpeculationPolicy, "stop_unsure", lambda self: (True,) * self.max_k)
     llm = LLM(m, num_speculative_tokens=1)

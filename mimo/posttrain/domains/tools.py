@@ -12,8 +12,8 @@ schema and the values from the request. So the training split makes memorising u
   vocabularies, one family per API domain), so one name is rarely seen twice;
 * 1-4 distractors, in a random order, from the target's family, from other standard-library modules and
   from other API domains, so neither a name prefix nor a position but the description identifies the tool;
-* half the standard-library examples offered as held-out ones are (the target among up to three other tools of
-  its module, sorted): there only the description and the parameter names tell the tools apart;
+* half the standard-library examples offer their tools the way held-out ones do (the target among up to three
+  other tools of its module, sorted): there only the description and the parameter names tell the tools apart;
 * values stated in several ways: ``k = v`` (the held-out form), ``k=v``, ``k: v``, a JSON object, and, for
   synthetic tools, natural phrasing ("Show me the forecast in Paris in celsius") the model must map back
   onto parameter names.
@@ -426,10 +426,10 @@ _STATED = (
 _TRAIN_REQUESTS = (*_REQUESTS, "{task} Arguments: {args}.", "{args}. {task}", "Task: {task} Values: {args}.")
 _N_DISTRACTORS = (1, 1, 1, 1, 2, 2, 2, 3, 4)  # mostly short tool lists: the tool list is most of the tokens
 _TRAIN_STDLIB = tuple(m for m in STDLIB if m not in HELDOUT)
-_MODULE_SHARE = 0.5  # standard-library examples offered as held-out ones are: the target among tools of its own module
-# (similar names, sorted, the first one no hint), told apart by description and parameter names. Without them a model
-# trained on mixed lists chose the right tool of such a list half the time even on training modules (mimo-nano-chat-sft,
-# 21/40), and the first one listed when unsure.
+_MODULE_SHARE = 0.5  # the share of standard-library examples whose tools are offered the way held-out ones are: the
+# target among tools of its own module (similar names, sorted, the first one no hint), told apart by description and
+# parameter names. A model trained on mixed lists only chose the right tool of such a list about half the time, even
+# on training modules, and the first one listed when unsure (README, post-training).
 
 
 def _stated_request(rng: random.Random, description: str, args: dict[str, Any]) -> str:
