@@ -5,7 +5,8 @@ the values the run was started with (so ``mimo train --out DIR --resume --max-mi
 continues a run exactly where its last checkpoint left it). ``--continue-from DIR`` starts a new run
 directory from an exported model (a run's ``final/``, which carries its ``training_state.json``) with the
 settings it was trained with: for runs longer than the life of the machine they run on, where only the small
-exported model can be kept (AdamW's moments restart; the schedule and the data stream go on).
+exported model can be kept (AdamW's moments restart; the schedule and the data stream go on). ``--init-from DIR``
+starts a new run from any exported model's weights and tokenizer: a new schedule and this run's own data.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continue-from", metavar="DIR",
                    help="start --out from a model that mimo train exported (a run's final/): its step, schedule, data "
                         "position and settings go on, AdamW's moments restart from zero (not bitwise a resume)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start a new run from an exported model's weights and tokenizer (its config is the model's): "
+                        "the schedule starts at step 0 and the data stream is this run's own (a warm start)")
     p.add_argument("--rewarm-steps", type=int, help="with --continue-from: steps over which the learning rate ramps "
                    "back up (default 20)")
     p.add_argument("--steps", type=int, help="length of the LR schedule in optimizer steps")
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         if ckpt is not None:
             settings = read_json(os.path.join(ckpt, "state.json"))["train_config"]
             print(f"resuming {ckpt}")
+    if args.continue_from and args.init_from:
+        raise ValueError("--continue-from and --init-from exclude each other: go on with a run's schedule and data, "
+                         "or start a new run from a model's weights")
     if args.continue_from and not settings:  # a ValueError here is main's clear error, as for any bad input
         state = read_training_state(args.continue_from)
         settings = state["train_config"]

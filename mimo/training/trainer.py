@@ -26,6 +26,11 @@ AdamW's moments restart from zero, with the learning rate re-warmed over ``rewar
 (a fresh second moment makes the first updates ~lr in size whatever the gradient's scale). Not
 bitwise the uninterrupted run, unlike ``resume``; every batch from then on is the same one.
 
+Warm starts. ``init_from=model_dir`` starts a new run from an exported model's weights and tokenizer (its config
+is the model's): the schedule starts at step 0 and the data stream is this run's own. For going on where a run's
+data cannot be rebuilt (its corpus copied packages whose versions have changed since), or training a model further
+on other data.
+
 Denormals. Once logits become peaked, softmax and its backward produce subnormal floats, which
 x86 CPUs handle in microcode, slowing steps down many times over. Flushing them to zero is a
 process-wide setting, so ``train`` leaves it to its caller: ``mimo train`` sets it once
@@ -72,7 +77,7 @@ logger = logging.getLogger(__name__)
 
 # Fields that decide the data stream and the model: a resume with other values would not continue the run.
 RESUME_FIXED = ("preset", "seq_len", "batch_size", "grad_accum", "mtp_weights", "seed", "vocab_size", "data_root",
-                "heldout_percent", "split_digits", "synthetic_files")
+                "heldout_percent", "split_digits", "synthetic_files", "init_from")
 
 
 @dataclass
@@ -107,6 +112,7 @@ class TrainConfig:
     resume: bool = False
     continue_from: str | None = None  # a final/ directory with training_state.json (see the module docstring)
     rewarm_steps: int = 20  # lr ramp after continue_from (AdamW's moments restart from zero)
+    init_from: str | None = None  # a model directory whose weights and tokenizer start the run (see the module docstring)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -271,17 +277,23 @@ def _continued_state(cfg: TrainConfig) -> dict:
     becomes the run's (the data stream is a function of it)."""
     state = read_training_state(cfg.continue_from)
     _check_resume(cfg, state["train_config"])
-    mine = os.path.join(cfg.out, "tokenizer")
-    theirs = Tokenizer.from_pretrained(cfg.continue_from)
+    _adopt_tokenizer(cfg.out, cfg.continue_from)
+    return state
+
+
+def _adopt_tokenizer(out: str, model_dir: str) -> None:
+    """Make ``model_dir``'s tokenizer the run's (``out/tokenizer``, which :func:`_tokenizer` then reuses), or check
+    that it already is."""
+    mine = os.path.join(out, "tokenizer")
+    theirs = Tokenizer.from_pretrained(model_dir)
     if os.path.exists(os.path.join(mine, "tokenizer.json")):
         if Tokenizer.from_pretrained(mine).backend.to_str() != theirs.backend.to_str():
-            raise ValueError(f"{mine} is not the tokenizer of {cfg.continue_from}: choose another --out")
+            raise ValueError(f"{mine} is not the tokenizer of {model_dir}: choose another --out")
     else:
         tmp = mine + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         theirs.save_pretrained(tmp)
         os.replace(tmp, mine)
-    return state
 
 
 def _check_resume(cfg: TrainConfig, saved: dict) -> None:
@@ -314,8 +326,11 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     elif cfg.resume:
         logger.warning("no checkpoint in %s: starting from scratch", cfg.out)
     continued = bool(cfg.continue_from) and not ckpt
+    warm = bool(cfg.init_from) and not ckpt and not continued  # (resumed or continued: init_from only recorded)
+    if warm:
+        _adopt_tokenizer(cfg.out, cfg.init_from)
 
-    base = model_config or preset(cfg.preset)
+    base = model_config or (MiMoConfig.from_pretrained(cfg.init_from) if warm else preset(cfg.preset))
     files = stdlib_files(cfg.data_root) + _synthetic_files(cfg)
     train_files, held_files = split_files(files, cfg.heldout_percent)
     # the BPE learns from the real corpus only: random syllables would spend its merges on made-up words
@@ -331,9 +346,9 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if ckpt or continued:
-        model = MiMoForCausalLM.from_pretrained(os.path.join(ckpt, "model") if ckpt else cfg.continue_from,
-                                                dtype=torch.float32)
+    if ckpt or continued or warm:
+        source = os.path.join(ckpt, "model") if ckpt else cfg.continue_from if continued else cfg.init_from
+        model = MiMoForCausalLM.from_pretrained(source, dtype=torch.float32)
     else:
         mc = base.replace(vocab_size=cfg.vocab_size or base.vocab_size, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
@@ -355,6 +370,8 @@ def train(cfg: TrainConfig, model_config: MiMoConfig | None = None,
         logger.info("%s from %s at step %d", "resumed" if ckpt else "continued", ckpt or cfg.continue_from, step)
     elif os.path.exists(metrics_path):
         os.remove(metrics_path)
+    if warm:
+        logger.info("warm start from %s: a new schedule and data stream", cfg.init_from)
     logger.info("model: %.2fM parameters; %d training tokens, %d rows of %d", model.num_parameters() / 1e6,
                 data.tokens.shape[0], data.num_rows, data.row_length)
 

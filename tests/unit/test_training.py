@@ -224,6 +224,36 @@ def test_a_run_continued_from_its_exported_model_goes_on_with_its_schedule_and_d
     assert [r["main_loss"] for r in c] == [r["main_loss"] for r in b]
 
 
+def test_a_warm_start_takes_a_models_weights_and_tokenizer_with_a_new_schedule_and_data(tmp_path, corpus, capsys):
+    """``init_from`` a model directory: its weights (bf16 export, widened) and tokenizer start a new run whose schedule
+    begins at step 0, on this run's data; ``--continue-from`` and ``--init-from`` together are refused."""
+    from mimo.cli.main import main
+
+    first = tmp_path / "first"
+    train(_cfg(first, corpus, steps=4), model_config=tiny_config())
+    other = tmp_path / "other-corpus"
+    other.mkdir()
+    for i in range(6):
+        (other / f"m{i}.py").write_text("".join(f"value_{j} = {i} * {j}\n" for j in range(60)))
+    rc = main(["train", "--out", str(tmp_path / "warm"), "--init-from", str(first / "final"), "--data-root", str(other),
+               "--steps", "2", "--seq-len", "16", "--batch-size", "2", "--lr", "1e-30", "--warmup", "1",
+               "--heldout-percent", "30", "--eval-interval", "2", "--checkpoint-interval", "2", "--no-progress"])
+    assert rc == 0 and "stopped at step 2/2" in capsys.readouterr().out
+    rows = _train_rows(tmp_path / "warm")
+    assert [r["step"] for r in rows] == [1, 2]
+    state = json.loads((tmp_path / "warm" / "final" / "training_state.json").read_text())
+    assert state["step"] == 2 and state["total_steps"] == 2 and state["train_config"]["init_from"] == str(first / "final")
+    assert (tmp_path / "warm" / "tokenizer" / "tokenizer.json").read_text() == \
+        (first / "final" / "tokenizer.json").read_text()
+    a = MiMoForCausalLM.from_pretrained(str(first / "final")).state_dict()
+    b = MiMoForCausalLM.from_pretrained(str(tmp_path / "warm" / "final")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if "e_score_correction_bias" not in k)  # (lr ~0: nothing moved
+    # but the expert-selection biases, which follow the load, not the gradient)
+    rc = main(["train", "--out", str(tmp_path / "both"), "--init-from", str(first / "final"), "--continue-from",
+               str(first / "final"), "--no-progress"])
+    assert rc != 0 and "exclude each other" in capsys.readouterr().err
+
+
 def test_a_run_killed_while_saving_keeps_the_previous_checkpoint(tmp_path, corpus, monkeypatch):
     real = checkpointing.save_optimizer
     calls = []
