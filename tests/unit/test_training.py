@@ -249,6 +249,12 @@ def test_a_warm_start_takes_a_models_weights_and_tokenizer_with_a_new_schedule_a
     b = MiMoForCausalLM.from_pretrained(str(tmp_path / "warm" / "final")).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a if "e_score_correction_bias" not in k)  # (lr ~0: nothing moved
     # but the expert-selection biases, which follow the load, not the gradient)
+    # a warm-started run goes on across machines like any other (its schedule and data, the init model not needed)
+    os.rename(first / "final", first / "moved")
+    rc = main(["train", "--out", str(tmp_path / "warm2"), "--continue-from", str(tmp_path / "warm" / "final"),
+               "--steps", "3", "--no-progress"])
+    assert rc == 0 and "stopped at step 3/3" in capsys.readouterr().out
+    os.rename(first / "moved", first / "final")
     rc = main(["train", "--out", str(tmp_path / "both"), "--init-from", str(first / "final"), "--continue-from",
                str(first / "final"), "--no-progress"])
     assert rc != 0 and "exclude each other" in capsys.readouterr().err
