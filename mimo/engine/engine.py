@@ -183,7 +183,7 @@ class Engine:
             # being chosen with every draft cut and never re-timed (MTP blocks that draft noise)
             last_rows, last_ran = self._last_decode
             decode_only = not plan.prefill and not plan.starts and not plan.moves
-            plain_before = self._plain_run if last_ran == 0 else 0
+            plain_before = self._plain_run  # (0 after a drafting step)
             self._plain_run = plain_before + 1 if k == 0 else 0
             if decode_only and last_rows == rows and (plain_before >= PLAIN_SETTLE_STEPS if k == 0 else last_ran >= ran):
                 self.policy.observe_step(len(rows), k, time.perf_counter() - t)

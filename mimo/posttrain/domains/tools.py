@@ -478,12 +478,11 @@ def _generate_stdlib_train(module: str, index: int, rng: random.Random) -> dict[
     args, text = made
     schema = tools[target][0]
     request = _stated_request(rng, schema["function"]["description"], args)
+    others = [n for n in names if n != target]
     if len(names) >= 3 and rng.random() < _MODULE_SHARE:  # the held-out shape: among up to 3 others of its module, sorted
-        others = [n for n in names if n != target]
-        offered = sorted(rng.sample(others, min(3, len(others))) + [target])
-        offer = [tools[n][0] for n in offered]
+        offer = [tools[n][0] for n in sorted(rng.sample(others, min(3, len(others))) + [target])]
     else:
-        offer = _offer(rng, schema, _distractors(rng, module, target, [tools[n][0] for n in names if n != target]))
+        offer = _offer(rng, schema, _distractors(rng, module, target, [tools[n][0] for n in others]))
     return {"messages": _conversation(target, request, args, text), "tools": offer,
             "reference": {"name": target, "arguments": args}}
 
