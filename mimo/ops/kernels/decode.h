@@ -292,27 +292,32 @@ inline void dot_block(const T* rows, const T* next, int64_t ld, const float* con
 
 constexpr int64_t kAhead = 8192;  // bytes
 
-// out[m * ldo + row] = <W[row, 0 : n], vec[m]> for rows [row0, row1) and M vectors, R rows at a time. While a
-// block is read, the block at least kAhead bytes further on is prefetched: one block ahead (the old rule) is
-// a few KB in a small expert matrix, too close to cover memory latency. Past row1 the prefetches go to `after`,
-// where the caller reads next (nullptr: W's next rows), as if its rows continued W's.
+// out[m * ldo + row] = <W[row, 0 : n], vec[m]> for rows [row0, row1) and M vectors, R rows at a time. The R
+// rows of a block lie in R streams: [row0, row1) is cut into R stretches of q rows, and block j holds row j of
+// each (rows row0 + j + r * q), the rows left over (fewer than R) going one at a time at the end. Consecutive
+// rows would make one stream of reads per thread, whose memory-level parallelism a core's prefetchers cap:
+// short rows (a 512-wide lm_head or expert) read at about half the rate of long ones, whose R rows are R
+// streams already. While a block is read, each stream's row kAhead bytes further on is prefetched. Past the
+// end of a stretch the prefetches go to `after`, where the caller reads next (nullptr: W's next rows), as if
+// it were a matrix of the same shape read in the same streams (the next expert's matrix, or this one's next
+// projection).
 template <typename T, int M>
 void rows_times_vecs(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, float* out,
                      int64_t ldo, const T* after) {
   constexpr int R = rows_for(M);
   if (after == nullptr) after = W + row1 * n;
-  const int64_t ahead = std::max<int64_t>(R, (kAhead / std::max<int64_t>(1, n * int64_t{sizeof(T)}) + R - 1) / R * R);
-  auto next = [&](int64_t row) { return row + ahead < row1 ? W + (row + ahead) * n : after + (row + ahead - row1) * n; };
+  const int64_t q = (row1 - row0) / R;
+  const int64_t ahead = std::max<int64_t>(1, kAhead / std::max<int64_t>(1, n * int64_t{sizeof(T)}));
   float tmp[M][R];
-  int64_t row = row0;
-  for (; row + R <= row1; row += R) {
-    dot_block<T, R, M>(W + row * n, next(row), n, vec, n, tmp);
+  for (int64_t j = 0; j < q; ++j) {
+    const T* next = j + ahead < q ? W + (row0 + j + ahead) * n : after + (j + ahead - q) * n;
+    dot_block<T, R, M>(W + (row0 + j) * n, next, q * n, vec, n, tmp);
     for (int m = 0; m < M; ++m)
-      for (int r = 0; r < R; ++r) out[m * ldo + row + r] = tmp[m][r];
+      for (int r = 0; r < R; ++r) out[m * ldo + row0 + j + r * q] = tmp[m][r];
   }
-  for (; row < row1; ++row) {
+  for (int64_t row = row0 + q * R; row < row1; ++row) {
     float one[M][1];
-    dot_block<T, 1, M>(W + row * n, next(row), n, vec, n, one);
+    dot_block<T, 1, M>(W + row * n, after, n, vec, n, one);
     for (int m = 0; m < M; ++m) out[m * ldo + row] = one[m][0];
   }
 }
