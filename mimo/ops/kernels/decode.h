@@ -3,7 +3,7 @@
 // each weight type to fp32 in registers, and blocked dot products of a few weight rows with a few vectors.
 //
 // A decode step reads each weight row once for all of its vectors (1-8 tokens), several rows in flight with
-// the block at least kAhead bytes further on prefetched, threads splitting blocks of rows. The inner loop
+// R rows in flight from R stretches of a thread's rows, each kAhead bytes ahead prefetched. The inner loop
 // keeps R rows x M vectors of fp32 accumulators in registers; if they do not fit, the compiler spills them
 // to the stack and every multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow
 // and 8-token steps hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
@@ -296,8 +296,8 @@ constexpr int64_t kAhead = 8192;  // bytes
 // rows of a block lie in R streams: [row0, row1) is cut into R stretches of q rows, and block j holds row j of
 // each (rows row0 + j + r * q), the rows left over (fewer than R) going one at a time at the end. Consecutive
 // rows would make one stream of reads per thread, whose memory-level parallelism a core's prefetchers cap:
-// short rows (a 512-wide lm_head or expert) read at about half the rate of long ones, whose R rows are R
-// streams already. While a block is read, each stream's row kAhead bytes further on is prefetched. Past the
+// short rows (a 512-wide lm_head or expert) read well below the rate of long ones, whose R rows are R streams
+// already (benchmarks/README.md, "Rows read in R streams"). While a block is read, each stream's row kAhead bytes further on is prefetched. Past the
 // end of a stretch the prefetches go to `after`, where the caller reads next (nullptr: W's next rows), as if
 // it were a matrix of the same shape read in the same streams (the next expert's matrix, or this one's next
 // projection).
