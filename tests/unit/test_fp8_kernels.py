@@ -126,6 +126,33 @@ def test_linear_decode_fp8_equals_the_dequantized_product(rows, n, k):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
+def test_linear_decode_fp8_row_does_not_depend_on_the_rows_beside_it(rows):
+    # Rows are read in several stretches at once (decode.h); each row's sum stays bit for bit the one a matrix of
+    # that row alone gives, as when the rows are split over tensor-parallel ranks.
+    gen = torch.Generator().manual_seed(rows)
+    n, k = 301, 200
+    w, scale, ri = _codes((n, k), gen), _grid(math.ceil(n / 128), math.ceil(k / 128), gen), _uniform_index(n, 128)
+    x = torch.randn(rows, k, generator=gen)
+    whole = torch.ops.mimo.linear_decode_fp8(x, w, scale, ri, 128)
+    alone = torch.cat([torch.ops.mimo.linear_decode_fp8(x, w[i:i + 1].contiguous(), scale, ri[i:i + 1].contiguous(), 128)
+                       for i in range(n)], dim=1)
+    _same_bits(whole, alone)
+
+
+@pytest.mark.parametrize("k,block", [(200, 128), (512, 128), (200, 16)])  # tails; blocks narrower than a chunk
+def test_linear_decode_fp8_row_does_not_depend_on_the_other_rows_of_x(k, block):
+    # Batch invariance (a verify's positions get the bits plain steps get). Calls of up to 4 rows once took the
+    # chunked loads and larger ones did not, which summed the same products in another order.
+    gen = torch.Generator().manual_seed(k + block)
+    n = 301
+    w, scale, ri = _codes((n, k), gen), _grid(math.ceil(n / block), math.ceil(k / block), gen), _uniform_index(n, block)
+    for m in range(1, 9):
+        x = torch.randn(m, k, generator=gen)
+        alone = torch.cat([torch.ops.mimo.linear_decode_fp8(x[i:i + 1].contiguous(), w, scale, ri, block) for i in range(m)])
+        _same_bits(torch.ops.mimo.linear_decode_fp8(x, w, scale, ri, block), alone)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
 def test_linear_decode_fp8_per_head_grid_and_small_blocks(rows):
     gen = torch.Generator().manual_seed(rows)
     q, scale = quantize_block_fp8(torch.randn(768, 160, generator=gen), n_chunks=4)
@@ -209,6 +236,21 @@ def test_moe_decode_fp8_equals_the_explicit_sum(n_tok, e, d, i, k, block):
 
 
 # ------------------------------------------------------------------------------------------ compile, errors, ready
+@pytest.mark.parametrize("block", [128, 16])
+def test_moe_decode_fp8_token_does_not_depend_on_the_other_tokens(block):
+    # 9 tokens on 4 experts: every expert meets several tokens at once (up to all 9), each token alone meets one
+    gen = torch.Generator().manual_seed(block)
+    w, s = _experts(4, 136, 200, block, gen)
+    x = torch.randn(9, 200, generator=gen)
+    experts = torch.stack([torch.randperm(4, generator=gen)[:3] for _ in range(9)])
+    weights = torch.rand(9, 3, generator=gen)
+    whole = torch.ops.mimo.moe_decode_fp8(x, *w, *s, block, block, weights, experts)
+    alone = torch.cat([torch.ops.mimo.moe_decode_fp8(x[t:t + 1].contiguous(), *w, *s, block, block,
+                                                     weights[t:t + 1].contiguous(), experts[t:t + 1].contiguous())
+                       for t in range(9)])
+    _same_bits(whole, alone)
+
+
 def test_fp8_ops_inside_torch_compile():
     gen = torch.Generator().manual_seed(11)
     n, k = 96, 160

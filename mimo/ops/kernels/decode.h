@@ -21,8 +21,11 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 namespace mimo_kernels {
@@ -91,6 +94,28 @@ inline float lane_sum(vfloat v) {
 // fp32; bf16 (the top half of an fp32: widening is a 16-bit shift); FP8 e4m3fn, widened to value * 2^-8
 // (the callers fold 2^8 into the block scale). Vectors and sums are fp32.
 
+// c + a * b, fused wherever the CPU can fuse: written out rather than left to -ffp-contract, which fuses or
+// not as each instantiation's code happens to come out, so that every product is summed the same way in every
+// kernel shape (rows, vectors), which the batch invariance of the decode kernels rests on (see chunked()).
+inline vfloat fmadd(vfloat a, vfloat b, vfloat c) {
+#if defined(__AVX512F__)
+  return (vfloat)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX__) && defined(__FMA__)
+  return (vfloat)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#elif defined(__aarch64__)
+  return (vfloat)vfmaq_f32((float32x4_t)c, (float32x4_t)a, (float32x4_t)b);
+#else
+  return c + a * b;  // no fused multiply-add on this CPU: nothing to fuse, the same everywhere
+#endif
+}
+inline float fmadd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__aarch64__)
+  return std::fma(a, b, c);
+#else
+  return c + a * b;
+#endif
+}
+
 inline vfloat load(const float* p) { return *reinterpret_cast<const vfloat*>(p); }
 inline float scalar(float v) { return v; }
 
@@ -126,9 +151,9 @@ template <typename T>
 inline float dot(const T* a, const float* x, int64_t n) {
   vfloat acc{};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc += load(a + i) * load(x + i);
+  for (; i + kLanes <= n; i += kLanes) acc = fmadd(load(a + i), load(x + i), acc);
   float s = lane_sum(acc);
-  for (; i < n; ++i) s += scalar(a[i]) * x[i];
+  for (; i < n; ++i) s = fmadd(scalar(a[i]), x[i], s);
   return s;
 }
 
@@ -221,34 +246,27 @@ __attribute__((always_inline)) inline void fma_at(const T* rows, int64_t ld, con
     for (int m = 0; m < M; ++m) v[m] = *reinterpret_cast<const vfloat*>(vec[m] + i);
     for (int r = 0; r < R; ++r) {
       const vfloat a = load(rows + r * ld + i);
-      for (int m = 0; m < M; ++m) acc[r][m] += a * v[m];
+      for (int m = 0; m < M; ++m) acc[r][m] = fmadd(a, v[m], acc[r][m]);
     }
   } else {
     vfloat a[R];
     for (int r = 0; r < R; ++r) a[r] = load(rows + r * ld + i);
     for (int m = 0; m < M; ++m) {
       const vfloat v = *reinterpret_cast<const vfloat*>(vec[m] + i);
-      for (int r = 0; r < R; ++r) acc[r][m] += a[r] * v;
+      for (int r = 0; r < R; ++r) acc[r][m] = fmadd(a[r], v, acc[r][m]);
     }
   }
 }
 
 // FP8 rows are read a chunk at a time while whole chunks remain (the vectors permuted within each chunk, see
-// chunk_source), then a vector at a time, then element by element, when a pass has at most kChunkVecs
-// vectors: the same sequence for every row of the pass (blocks of R rows and the single rows left over), so
-// the caller knows which vectors to permute from their count alone (chunked_vector). With more vectors the
-// widened rows are held and the vectors streamed, and the chunks, whose vectors cannot all be held, were
-// slower.
-constexpr int kChunkVecs = kRegisters >= 32 ? 4 : 3;
-
-template <typename T, int M>
+// chunk_source), then a vector at a time, then element by element, for any number of vectors: every lane of
+// every accumulator then sums the same products in the same order whatever the number of rows and vectors,
+// so a row's product with a vector does not depend on the other vectors of the call (a speculative verify's
+// rows get what plain decode steps get: greedy outputs stay identical) nor on the rows beside it. Taking
+// chunks only up to 4 vectors, as this code once did, summed the rows of larger calls in another order.
+template <typename T>
 constexpr bool chunked() {
-  return kFp8Chunks && std::is_same_v<T, uint8_t> && M <= kChunkVecs;
-}
-
-// Whether vector m of nvec meets chunked FP8 rows: its pass of up to kMaxVecs vectors (rows_times_any) is chunked.
-inline bool chunked_vector(int64_t m, int64_t nvec) {
-  return kFp8Chunks && std::min<int64_t>(kMaxVecs, nvec - m / kMaxVecs * kMaxVecs) <= kChunkVecs;
+  return kFp8Chunks && std::is_same_v<T, uint8_t>;
 }
 
 // The block's rows are rows[r * ld : + n] for r < R; the next block's, which are prefetched, next[r * ld : + n]
@@ -259,17 +277,29 @@ inline void dot_block(const T* rows, const T* next, int64_t ld, const float* con
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = vfloat{};
   int64_t i = 0;
-  if constexpr (chunked<T, M>()) {
+  if constexpr (chunked<T>()) {
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__F16C__))
     for (; i + kChunk <= n; i += kChunk) {
       for (int r = 0; r < R; ++r) __builtin_prefetch(next + r * ld + i, 0, 3);
-      for (int r = 0; r < R; ++r) {
+      if constexpr (R >= M) {  // each row's half-chunk widened, the vectors read from L1 by the FMAs
+        for (int r = 0; r < R; ++r) {
+          for (int half = 0; half < 2; ++half) {
+            vfloat w[2];
+            load_even_odd(rows + r * ld + i, w, half == 1);
+            for (int q = 0; q < 2; ++q)
+              for (int m = 0; m < M; ++m)
+                acc[r][m] = fmadd(w[q], *reinterpret_cast<const vfloat*>(vec[m] + i + (2 * half + q) * kLanes), acc[r][m]);
+          }
+        }
+      } else {  // more vectors than rows: the rows' half-chunks held, each vector read once for all of them
         for (int half = 0; half < 2; ++half) {
-          vfloat w[2];
-          load_even_odd(rows + r * ld + i, w, half == 1);
+          vfloat w[R][2];
+          for (int r = 0; r < R; ++r) load_even_odd(rows + r * ld + i, w[r], half == 1);
           for (int q = 0; q < 2; ++q)
-            for (int m = 0; m < M; ++m)
-              acc[r][m] += w[q] * *reinterpret_cast<const vfloat*>(vec[m] + i + (2 * half + q) * kLanes);
+            for (int m = 0; m < M; ++m) {
+              const vfloat v = *reinterpret_cast<const vfloat*>(vec[m] + i + (2 * half + q) * kLanes);
+              for (int r = 0; r < R; ++r) acc[r][m] = fmadd(w[r][q], v, acc[r][m]);
+            }
         }
       }
     }
@@ -285,7 +315,7 @@ inline void dot_block(const T* rows, const T* next, int64_t ld, const float* con
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) {
       float s = lane_sum(acc[r][m]);
-      for (int64_t j = i; j < n; ++j) s += scalar(rows[r * ld + j]) * vec[m][j];
+      for (int64_t j = i; j < n; ++j) s = fmadd(scalar(rows[r * ld + j]), vec[m][j], s);
       out[m][r] = s;
     }
 }

@@ -43,11 +43,13 @@ void check_scale(const at::Tensor& s, at::IntArrayRef want, const char* what, co
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Per-thread scratch for the scaled vectors (nvec x n floats) and pointers to them.
+// Per-thread scratch: the vectors in the chunked loads' order (once per call), and their scaled copies (per
+// run of rows sharing a scale row), with pointers to the latter.
 struct Scaled {
-  std::vector<float> buf;
+  std::vector<float> perm, buf;
   std::vector<const float*> ptr;
   const float* const* prepare(int64_t nvec, int64_t n) {
+    perm.resize(nvec * n);
     buf.resize(nvec * n);
     ptr.resize(nvec);
     for (int64_t m = 0; m < nvec; ++m) ptr[m] = buf.data() + m * n;
@@ -56,24 +58,43 @@ struct Scaled {
 };
 thread_local Scaled scaled;
 
-// xs[m][k] = vec[m][k] * srow[k / block_k] * 2^8, permuted within each whole chunk of the row as the chunked
-// FP8 loads order the codes where the vector meets chunked rows (decode.h, chunk_source and chunked_vector).
-void scale_vectors(const float* const* vec, int64_t nvec, int64_t n, const float* srow, int64_t block_k, float* xs) {
+// The position in the row of the code that the chunked FP8 loads put at position k of a vector (decode.h,
+// chunk_source): codes are permuted within each whole chunk, and the rest (the row's tail) are not.
+inline int64_t source_of(int64_t k, int64_t n) {
+  if (!kFp8Chunks || k >= n / kChunk * kChunk) return k;
+  const int64_t c = k / kChunk * kChunk, o = k - c;
+  return c + chunk_source(static_cast<int>(o / kLanes), static_cast<int>(o % kLanes));
+}
+
+// perm[m][k] = vec[m][source_of(k)]: once per call, as every run of rows meets the same vectors.
+void permute_vectors(const float* const* vec, int64_t nvec, int64_t n, float* perm) {
   for (int64_t m = 0; m < nvec; ++m) {
     const float* v = vec[m];
+    float* o = perm + m * n;
+    const int64_t whole = kFp8Chunks ? n / kChunk * kChunk : 0;
+    for (int64_t k0 = 0; k0 < whole; k0 += kChunk)
+      for (int q = 0; q < 4; ++q)
+        for (int l = 0; l < kLanes; ++l) o[k0 + q * kLanes + l] = v[k0 + chunk_source(q, l)];
+    std::memcpy(o + whole, v + whole, (n - whole) * sizeof(float));
+  }
+}
+
+// xs[m][k] = perm[m][k] * srow[source_of(k) / block_k] * 2^8. Where block_k is a multiple of the chunk (the
+// release's 128), a chunk lies in one block, so the permuted vector is scaled block by block; else element by
+// element through source_of.
+void scale_vectors(const float* perm, int64_t nvec, int64_t n, const float* srow, int64_t block_k, float* xs) {
+  const bool blockwise = !kFp8Chunks || block_k % kChunk == 0;
+  for (int64_t m = 0; m < nvec; ++m) {
+    const float* v = perm + m * n;
     float* o = xs + m * n;
-    for (int64_t k0 = 0, c = 0; k0 < n; k0 += block_k, ++c) {
-      const float s = srow[c] * 256.f;
-      const int64_t k1 = std::min(k0 + block_k, n);
-      for (int64_t k = k0; k < k1; ++k) o[k] = v[k] * s;
-    }
-    if (chunked_vector(m, nvec)) {
-      float tmp[kChunk];
-      for (int64_t k0 = 0; k0 + kChunk <= n; k0 += kChunk) {
-        std::memcpy(tmp, o + k0, sizeof(tmp));
-        for (int q = 0; q < 4; ++q)
-          for (int l = 0; l < kLanes; ++l) o[k0 + q * kLanes + l] = tmp[chunk_source(q, l)];
+    if (blockwise) {
+      for (int64_t k0 = 0, c = 0; k0 < n; k0 += block_k, ++c) {
+        const float s = srow[c] * 256.f;
+        const int64_t k1 = std::min(k0 + block_k, n);
+        for (int64_t k = k0; k < k1; ++k) o[k] = v[k] * s;
       }
+    } else {
+      for (int64_t k = 0; k < n; ++k) o[k] = v[k] * (srow[source_of(k, n) / block_k] * 256.f);
     }
   }
 }
@@ -86,9 +107,10 @@ void fp8_rows_times_any(const uint8_t* W, int64_t n, int64_t row0, int64_t row1,
                         const uint8_t* after = nullptr) {
   const int64_t cols = ceil_div(n, block_k);
   const float* const* xs = scaled.prepare(nvec, n);
+  permute_vectors(vec, nvec, n, scaled.perm.data());
   for (int64_t row = row0; row < row1;) {
     const auto [srow, end] = run(row, row1);
-    scale_vectors(vec, nvec, n, grid + srow * cols, block_k, scaled.buf.data());
+    scale_vectors(scaled.perm.data(), nvec, n, grid + srow * cols, block_k, scaled.buf.data());
     rows_times_any(W, n, row, end, xs, nvec, out, ldo, end < row1 ? W + end * n : after);
     row = end;
   }
