@@ -32,8 +32,16 @@ def route(
     ``experts_TK`` given: those experts, not the top-k of the scores (rollout routing replay, R3: a trainer
     replays the experts the inference engine chose). Their weights are still this forward's scores, so the
     router keeps its gradient; only the discrete choice is replayed."""
-    logits_TE = F.linear(x_TD.float(), gate_ED.float())
-    scores_TE = logits_TE.sigmoid()
+    x_TD, gate_ED = x_TD.float(), gate_ED.float()
+    if 0 < x_TD.shape[0] <= EXACT_ROWS and x_TD.is_contiguous() and kernels.ready(x_TD, gate_ED):
+        # the decode kernel sums each token's logits the same way however many tokens the step has (a GEMM's
+        # blocking changes with them): a verify's router then picks the experts plain steps pick, ties included
+        logits_TE = torch.ops.mimo.linear_decode(x_TD, gate_ED)
+    else:
+        logits_TE = F.linear(x_TD, gate_ED)
+    # sigmoid written out: torch.sigmoid takes another path for a handful of values than for many (a decode
+    # step's [1, 8] scores against a verify's [4, 8] differ in the last bit); exp and a division do not
+    scores_TE = 1.0 / (1.0 + torch.exp(-logits_TE))
     if experts_TK is not None:
         weights_TK = scores_TE.gather(1, experts_TK)
         if norm_topk_prob:
@@ -47,7 +55,9 @@ def route(
         keep_TG = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_idx, True)
         keep_TE = keep_TG[:, :, None].expand(n_tok, n_group, n_exp // n_group).reshape(n_tok, n_exp)
         choice_TE = choice_TE.masked_fill(~keep_TE, float("-inf"))
-    experts_TK = choice_TE.topk(top_k, dim=-1, sorted=False)[1]
+    # in expert order: an unsorted top-k's order may change with the number of tokens, and it is the order in
+    # which the weights are normalised (and so their last bits)
+    experts_TK = choice_TE.topk(top_k, dim=-1, sorted=False)[1].sort(dim=-1).values
     weights_TK = scores_TE.gather(1, experts_TK)
     if norm_topk_prob:
         weights_TK = weights_TK / (weights_TK.sum(-1, keepdim=True) + 1e-20)

@@ -92,6 +92,28 @@ def test_greedy_and_speculative_outputs_equal_the_dequantized_model(fp8_dir, k):
     assert got == want
 
 
+@pytest.fixture(scope="module")
+def release_like_dir(tmp_path_factory):
+    """FP8 in the release's layout with the rest in bf16 (o_proj, embeddings, lm_head) and the router in fp32."""
+    d = tmp_path_factory.mktemp("fp8-bf16")
+    random_model(_config(), seed=3).save_pretrained(d, quantization="fp8", block=128, dtype=torch.bfloat16)
+    return str(d)
+
+
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_speculative_logprobs_are_the_plain_ones_bit_for_bit(release_like_dir, policy):
+    # Batch invariance of a whole eager step: a verify's positions (3 sequences x 4) get exactly the logits plain
+    # steps give them (decode kernels, attention summed in position order, router and its sigmoid), so greedy
+    # speculation cannot part from plain greedy even on a tie.
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
+    prompts = [[3, 9, 1, 44], [i % 60 for i in range(17)], [5, 6, 7]]
+    plain = LLM(release_like_dir).generate(prompts, params)
+    spec = LLM(release_like_dir, num_speculative_tokens=3, speculative_policy=policy).generate(prompts, params)
+    for a, b in zip(plain, spec):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert [t.logprob for t in a.outputs[0].logprobs] == [t.logprob for t in b.outputs[0].logprobs]
+
+
 def test_an_fp8_model_saves_as_it_was_loaded(fp8_dir, tmp_path):
     path, _ = fp8_dir
     MiMoForCausalLM.from_pretrained(path).save_pretrained(tmp_path)

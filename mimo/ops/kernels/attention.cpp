@@ -24,8 +24,8 @@ template <typename T>
 inline void add_scaled(float w, const T* a, float* out, int64_t n) {
   const vfloat wv = vfloat{} + w;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) *reinterpret_cast<vfloat*>(out + i) = load(out + i) + wv * load(a + i);
-  for (; i < n; ++i) out[i] += w * scalar(a[i]);
+  for (; i + kLanes <= n; i += kLanes) *reinterpret_cast<vfloat*>(out + i) = fmadd(wv, load(a + i), load(out + i));
+  for (; i < n; ++i) out[i] = fmadd(w, scalar(a[i]), out[i]);
 }
 
 template <typename T>
@@ -52,6 +52,7 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
       const int64_t* kpos = kp + b * S;
       float top = sink ? sink[h] : -std::numeric_limits<float>::infinity();
       bool any = false;
+      int64_t first = 0, first_pos = std::numeric_limits<int64_t>::max();  // the slot of the oldest visible key
       for (int64_t s = 0; s < S; ++s) {
         const int64_t p = kpos[s];
         if (p < 0 || p > pos || (window > 0 && pos - p >= window)) {
@@ -61,6 +62,7 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
         score[s] = dot(kbase + s * ks[2], xq.data(), D);
         top = std::max(top, score[s]);
         any = true;
+        if (p < first_pos) first_pos = p, first = s;
       }
       float* o = out + r * Dv;
       if (!any) {  // nothing visible: no value to weigh (with a sink, all weight is the sink's)
@@ -69,7 +71,13 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       float sum = sink ? std::exp(sink[h] - top) : 0.f;
-      for (int64_t s = 0; s < S; ++s) {
+      // Keys are summed in the order of their positions, from the oldest visible one's slot on, wrapping: a ring
+      // buffer holds them at position % its size, and its size differs between engines (a speculative engine's
+      // ring has room for the drafts), so slot order would sum one query's keys in another order than a plain
+      // engine does. In a full cache slots are positions: the order is the slots'. (Batch invariance: a verify's
+      // query gets the bits a plain step's query gets.)
+      for (int64_t j = 0; j < S; ++j) {
+        const int64_t s = first + j < S ? first + j : first + j - S;
         if (score[s] == -std::numeric_limits<float>::infinity()) continue;
         const float p = std::exp(score[s] - top);
         sum += p;
