@@ -35,13 +35,12 @@ def route(
     x_TD, gate_ED = x_TD.float(), gate_ED.float()
     if 0 < x_TD.shape[0] <= EXACT_ROWS and x_TD.is_contiguous() and kernels.ready(x_TD, gate_ED):
         # the decode kernel sums each token's logits the same way however many tokens the step has (a GEMM's
-        # blocking changes with them): a verify's router then picks the experts plain steps pick, ties included
-        logits_TE = torch.ops.mimo.linear_decode(x_TD, gate_ED)
+        # blocking changes with them), and applies the sigmoid per element: a verify's router then picks the
+        # experts plain steps pick, ties included
+        scores_TE = torch.ops.mimo.router_decode(x_TD, gate_ED)
     else:
-        logits_TE = F.linear(x_TD, gate_ED)
-    # sigmoid written out: torch.sigmoid takes another path for a handful of values than for many (a decode
-    # step's [1, 8] scores against a verify's [4, 8] differ in the last bit); exp and a division do not
-    scores_TE = 1.0 / (1.0 + torch.exp(-logits_TE))
+        # sigmoid written out: torch.sigmoid takes another path for a handful of values than for many
+        scores_TE = 1.0 / (1.0 + torch.exp(-F.linear(x_TD, gate_ED)))
     if experts_TK is not None:
         weights_TK = scores_TE.gather(1, experts_TK)
         if norm_topk_prob:

@@ -169,6 +169,17 @@ def test_a_rows_product_does_not_depend_on_the_other_rows_of_x(dtype, k):
         assert torch.equal(torch.ops.mimo.linear_decode(x, w), alone), f"{m} rows"
 
 
+def test_router_scores_are_the_sigmoid_of_the_product_and_batch_invariant():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(12, 160, generator=g), torch.randn(8, 160, generator=g)
+    got = torch.ops.mimo.router_decode(x, w)
+    assert got.dtype == torch.float32 and (got - torch.sigmoid(x @ w.T)).abs().max() < 1e-6
+    assert torch.equal(got, torch.cat([torch.ops.mimo.router_decode(x[i:i + 1], w) for i in range(12)]))
+    with torch.no_grad():  # route() takes it for a decode step's few tokens
+        scores, _, _ = route(x, w, torch.zeros(8), 2)
+    assert torch.equal(scores, got)
+
+
 def test_linear_takes_the_kernel_only_for_a_few_rows_without_autograd(monkeypatch):
     calls = []
     real = torch.ops.mimo.linear_decode

@@ -152,6 +152,10 @@ def _register_fake() -> None:
     def _(x, w):
         return x.new_empty(x.shape[0], w.shape[0])
 
+    @torch.library.register_fake("mimo::router_decode")
+    def _(x, w):
+        return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
+
     @torch.library.register_fake("mimo::moe_decode_fp8")
     def _(x, w_gate, w_up, w_down, s_gate, s_up, s_down, block_r, block_k, weights, experts):
         return x.new_empty(x.shape)

@@ -53,6 +53,16 @@ at::Tensor linear_decode(const at::Tensor& x, const at::Tensor& w) {
   return y.to(x.scalar_type());
 }
 
+// The router's scores, sigmoid(x @ w.T), for a few tokens: the product as linear_decode computes it, then the
+// sigmoid element by element, in one call (eager decode pays a dispatch per operation, and torch.sigmoid takes
+// another code path for a handful of values than for many, so its last bits depended on the number of tokens).
+at::Tensor router_decode(const at::Tensor& x, const at::Tensor& w) {
+  at::Tensor y = linear_decode(x.to(at::kFloat), w);
+  float* p = y.data_ptr<float>();
+  for (int64_t i = 0, n = y.numel(); i < n; ++i) p[i] = 1.f / (1.f + std::exp(-p[i]));
+  return y;
+}
+
 at::Tensor moe_decode(const at::Tensor& x, const at::Tensor& w_gate, const at::Tensor& w_up, const at::Tensor& w_down,
                       const at::Tensor& weights, const at::Tensor& experts) {
   TORCH_CHECK(x.dim() == 2 && w_gate.dim() == 3 && w_up.dim() == 3 && w_down.dim() == 3,
@@ -107,10 +117,12 @@ std::string kernel_isa() {
 TORCH_LIBRARY(mimo, m) {
   m.def("moe_decode(Tensor x, Tensor w_gate, Tensor w_up, Tensor w_down, Tensor weights, Tensor experts) -> Tensor");
   m.def("linear_decode(Tensor x, Tensor w) -> Tensor");
+  m.def("router_decode(Tensor x, Tensor w) -> Tensor");
   m.def("kernel_isa() -> str", &kernel_isa);
 }
 
 TORCH_LIBRARY_IMPL(mimo, CPU, m) {
   m.impl("moe_decode", &moe_decode);
   m.impl("linear_decode", &linear_decode);
+  m.impl("router_decode", &router_decode);
 }
