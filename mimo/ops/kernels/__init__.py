@@ -1,15 +1,18 @@
 """mimo's own CPU kernels for decode steps, built on first use with the machine's C++ compiler.
 
 ``decode.cpp`` defines ``torch.ops.mimo.moe_decode`` (a step's routed experts in one pass over
-the chosen weights) and ``torch.ops.mimo.linear_decode`` (a linear map of up to 8 rows), for
-fp32 and bf16 weights; ``decode_fp8.cpp`` the same for FP8 (e4m3fn) weights with block scales,
+the chosen weights), ``torch.ops.mimo.linear_decode`` (a linear map of a few rows) and
+``torch.ops.mimo.router_decode`` (the router's sigmoid scores in one call), for fp32 and bf16
+weights; ``decode_fp8.cpp`` the same for FP8 (e4m3fn) weights with block scales,
 ``torch.ops.mimo.moe_decode_fp8`` and ``torch.ops.mimo.linear_decode_fp8``, and
 ``torch.ops.mimo.dequant_fp8``, which dequantizes one FP8 weight for prefill's GEMMs; ``attention.cpp``
 ``torch.ops.mimo.attention_decode``, a decode step's attention over the KV cache in one call; ``norm.cpp``
 ``torch.ops.mimo.rms_norm`` (torch's CPU RMSNorm costs ~8 us a row of 256). A decode
 step's cost is reading weights: MKL's fp32 GEMM reads them at a third of the memory bandwidth
 when 8 rows share them, inductor cannot fuse an expert gather into a mat-vec that streams as
-fast as a hand-blocked loop, and no maintained library offers either for the CPU.
+fast as a hand-blocked loop, and no maintained library offers either for the CPU. The kernels are
+batch invariant: a row's result has the same bits whatever the other rows of the call (benchmarks/README.md,
+"Batch-invariant decode kernels"), which keeps speculative and plain decode steps' logits identical.
 
 The build uses ``torch.utils.cpp_extension`` (g++ or clang, with OpenMP, the same toolchain
 ``torch.compile`` needs on a CPU). It is cached under ``~/.cache/torch_extensions/mimo`` (or

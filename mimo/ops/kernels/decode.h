@@ -2,11 +2,11 @@
 // vector width and register blocking chosen per instruction set at compile time, weight loads that widen
 // each weight type to fp32 in registers, and blocked dot products of a few weight rows with a few vectors.
 //
-// A decode step reads each weight row once for all of its vectors (1-8 tokens), several rows in flight with
-// R rows in flight from R stretches of a thread's rows, each kAhead bytes ahead prefetched. The inner loop
-// keeps R rows x M vectors of fp32 accumulators in registers; if they do not fit, the compiler spills them
-// to the stack and every multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow
-// and 8-token steps hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
+// A decode step reads each weight row once for all of its vectors (1-8 tokens), R rows in flight from R
+// stretches of a thread's rows, each stretch prefetched kAhead bytes ahead. The inner loop keeps R rows x M
+// vectors of fp32 accumulators in registers; if they do not fit, the compiler spills them to the stack and
+// every multiply-add becomes a load, an FMA and a store, which is what made AVX2 steps slow and 8-token steps
+// hardly faster than 1-token ones (benchmarks/README.md, "FP8 and AVX2 in the decode kernels").
 
 #pragma once
 
@@ -288,7 +288,8 @@ inline void dot_block(const T* rows, const T* next, int64_t ld, const float* con
             load_even_odd(rows + r * ld + i, w, half == 1);
             for (int q = 0; q < 2; ++q)
               for (int m = 0; m < M; ++m)
-                acc[r][m] = fmadd(w[q], *reinterpret_cast<const vfloat*>(vec[m] + i + (2 * half + q) * kLanes), acc[r][m]);
+                acc[r][m] =
+                    fmadd(w[q], *reinterpret_cast<const vfloat*>(vec[m] + i + (2 * half + q) * kLanes), acc[r][m]);
           }
         }
       } else {  // more vectors than rows: the rows' half-chunks held, each vector read once for all of them
@@ -327,10 +328,10 @@ constexpr int64_t kAhead = 8192;  // bytes
 // each (rows row0 + j + r * q), the rows left over (fewer than R) going one at a time at the end. Consecutive
 // rows would make one stream of reads per thread, whose memory-level parallelism a core's prefetchers cap:
 // short rows (a 512-wide lm_head or expert) read well below the rate of long ones, whose R rows are R streams
-// already (benchmarks/README.md, "Rows read in R streams"). While a block is read, each stream's row kAhead bytes further on is prefetched. Past the
-// end of a stretch the prefetches go to `after`, where the caller reads next (nullptr: W's next rows), as if
-// it were a matrix of the same shape read in the same streams (the next expert's matrix, or this one's next
-// projection).
+// already (benchmarks/README.md, "Rows read in R streams"). While a block is read, each stretch's row kAhead
+// bytes further on is prefetched. Past the end of a stretch the prefetches go to `after`, where the caller
+// reads next (nullptr: W's next rows), as if it were a matrix of the same shape read in the same stretches (the
+// next expert's matrix, or this one's next projection).
 template <typename T, int M>
 void rows_times_vecs(const T* W, int64_t n, int64_t row0, int64_t row1, const float* const* vec, float* out,
                      int64_t ldo, const T* after) {
