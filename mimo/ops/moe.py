@@ -33,14 +33,13 @@ def route(
     replays the experts the inference engine chose). Their weights are still this forward's scores, so the
     router keeps its gradient; only the discrete choice is replayed."""
     x_TD, gate_ED = x_TD.float(), gate_ED.float()
-    if 0 < x_TD.shape[0] <= EXACT_ROWS and x_TD.is_contiguous() and kernels.ready(x_TD, gate_ED):
+    if 0 < x_TD.shape[0] <= EXACT_ROWS and kernels.ready(x_TD, gate_ED):
         # the decode kernel sums each token's logits the same way however many tokens the step has (a GEMM's
-        # blocking changes with them), and applies the sigmoid per element: a verify's router then picks the
-        # experts plain steps pick, ties included
+        # blocking changes with them), and applies the sigmoid per element (torch.sigmoid takes another path for
+        # a handful of values than for many): a verify's router then picks the experts plain steps pick
         scores_TE = torch.ops.mimo.router_decode(x_TD, gate_ED)
     else:
-        # sigmoid written out: torch.sigmoid takes another path for a handful of values than for many
-        scores_TE = 1.0 / (1.0 + torch.exp(-F.linear(x_TD, gate_ED)))
+        scores_TE = F.linear(x_TD, gate_ED).sigmoid()
     if experts_TK is not None:
         weights_TK = scores_TE.gather(1, experts_TK)
         if norm_topk_prob:
