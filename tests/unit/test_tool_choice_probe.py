@@ -1,0 +1,37 @@
+"""scripts/tool_choice_probe.py: the tool a chat model picks among the offered ones, against chance."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.helpers import tiny_model_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "tool_choice_probe.py")
+
+
+def test_counts_right_choices_against_chance_and_the_first_listed(tmp_path):
+    model = tiny_model_dir(tmp_path / "model")
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "mimo", "domains", "--out", str(data), "--train", "6", "--heldout", "6"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "probe.json"
+    r = subprocess.run([sys.executable, SCRIPT, "--model", model, "--data", str(data), "--limit", "4",
+                        "--json-out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out.read_text())
+    with open(data / "tools" / "heldout.jsonl", encoding="utf-8") as f:
+        examples = [json.loads(line) for line in f][:4]
+    assert got["examples"] == 4
+    assert abs(got["chance"] - sum(1 / len(e["tools"]) for e in examples)) < 1e-9
+    assert got["listed_first"] == sum(e["tools"][0]["function"]["name"] == e["reference"]["name"] for e in examples)
+    assert 0 <= got["right_greedy_among_names"] <= 4 and 0 <= got["right_whole_name_likelihood"] <= 4
+    assert "the right tool" in r.stdout
+
+
+def test_names_the_missing_data(tmp_path):
+    r = subprocess.run([sys.executable, SCRIPT, "--model", str(tmp_path), "--data", str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "mimo domains --out" in r.stderr
