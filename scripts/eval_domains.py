@@ -5,7 +5,7 @@ in the sandbox. Prompts are the held-out conversations up to their first assista
 model's chat template with the example's tools and template settings.
 
     .venv/bin/python scripts/eval_domains.py --model DIR --data DIR [--per-domain 50] [--domains tools,...] [--json-out F]
-        [--tool-grammar]
+        [--tool-grammar] [--max-tokens N]
 
 ``--tool-grammar``: tool calls decoded under the grammar `mimo serve` applies (:mod:`mimo.chat_format.tool_grammar`,
 ``tool_choice="auto"``: free text until ``<tool_call>``, then one of the offered calls with valid arguments).
@@ -38,7 +38,11 @@ def main() -> int:
     ap.add_argument("--domains", default="tools,arithmetic,code", help="comma-separated (default all three)")
     ap.add_argument("--json-out")
     ap.add_argument("--tool-grammar", action="store_true", help="decode tool calls under the server's tool grammar")
+    ap.add_argument("--max-tokens", type=int, help="tokens a reply may take in every domain (default: tools 160, "
+                    "arithmetic 320, code 200; a reply that reasons before its tool call needs more)")
     args = ap.parse_args()
+    if args.max_tokens is not None and args.max_tokens < 1:
+        ap.error(f"--max-tokens must be at least 1, got {args.max_tokens}")
     llm = LLM(args.model, max_num_seqs=16)
     tok = llm.tokenizer
     result = {"model": args.model, "split": args.split, "tool_grammar": args.tool_grammar, "domains": {}}
@@ -51,7 +55,7 @@ def main() -> int:
         prompts = [domains.render_prompt(tok, ex) for ex in examples]
         t = time.perf_counter()
         # special tokens stay in the text (<tool_call> is one); the turn ends at <|im_end|>
-        greedy = SamplingParams(temperature=0, max_tokens=MAX_TOKENS[domain], skip_special_tokens=False,
+        greedy = SamplingParams(temperature=0, max_tokens=args.max_tokens or MAX_TOKENS[domain], skip_special_tokens=False,
                                 stop_token_ids=[tok.token_to_id("<|im_end|>")])
         params = [greedy] * len(examples)
         if domain == "tools" and args.tool_grammar:
