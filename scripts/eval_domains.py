@@ -38,8 +38,9 @@ def main() -> int:
     ap.add_argument("--domains", default="tools,arithmetic,code", help="comma-separated (default all three)")
     ap.add_argument("--json-out")
     ap.add_argument("--tool-grammar", action="store_true", help="decode tool calls under the server's tool grammar")
-    ap.add_argument("--max-tokens", type=int, help="tokens a reply may take in every domain (default: tools 160, "
-                    "arithmetic 320, code 200; a reply that reasons before its tool call needs more)")
+    ap.add_argument("--max-tokens", type=int, help="tokens a reply may take in every domain (default: "
+                    + ", ".join(f"{d} {n}" for d, n in MAX_TOKENS.items())
+                    + "; a reply that reasons before its tool call needs more)")
     args = ap.parse_args()
     if args.max_tokens is not None and args.max_tokens < 1:
         ap.error(f"--max-tokens must be at least 1, got {args.max_tokens}")

@@ -67,6 +67,8 @@ def main() -> int:
         while len(alive) > 1:
             row = lp[alive[0]][len(head) - 1 + pos]
             options = {conts[n][pos] for n in alive if pos < len(conts[n])}
+            if not options:  # names offered twice: the same tokens to the end, one choice
+                break
             pick = max(options, key=lambda t: row[t].item())
             alive = [n for n in alive if pos < len(conts[n]) and conts[n][pos] == pick]
             pos += 1
