@@ -31,20 +31,23 @@ def main() -> int:
     from tqdm import tqdm
 
     from mimo.checkpoint import MiMoForCausalLM
-    from mimo.posttrain.domains import render_prompt
+    from mimo.posttrain.domains import load, render_prompt
     from mimo.tokenizer import Tokenizer
 
-    path = os.path.join(args.data, "tools", f"{args.split}.jsonl")
-    if not os.path.isfile(path):
-        ap.error(f"{path} not found: write the data with `mimo domains --out {args.data}`")
-    with open(path, encoding="utf-8") as f:
-        examples = [json.loads(line) for line in f][: args.limit]
+    try:
+        examples = load(args.data, "tools", args.split)[: args.limit]
+    except FileNotFoundError as e:
+        ap.error(f"{e.filename} not found: write the data with `mimo domains --out {args.data}`")
     tok = Tokenizer.from_pretrained(args.model)
     model = MiMoForCausalLM.from_pretrained(args.model, dtype="float32").eval()
 
-    def log_probs(ids: list[int]) -> torch.Tensor:
+    def log_probs(rows: list[list[int]]) -> list[torch.Tensor]:
+        """Every row's log-probabilities in one forward: the rows are right-padded, which causal attention
+        leaves the real positions' logits unchanged by."""
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
         with torch.no_grad():
-            return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+            return list(torch.log_softmax(model(ids).logits.float(), dim=-1).unbind(0))
 
     greedy = whole = first = 0
     chance = 0.0
@@ -58,7 +61,7 @@ def main() -> int:
         for n in names:
             ids = tok.encode(prompt + n + ">")
             conts[n] = ids[len(head):] if ids[: len(head)] == head else tok.encode(n + ">")
-        lp = {n: log_probs(head + c) for n, c in conts.items()}
+        lp = dict(zip(names, log_probs([head + conts[n] for n in names])))
         score = {n: sum(lp[n][len(head) - 1 + i, t].item() for i, t in enumerate(c)) for n, c in conts.items()}
         whole += max(names, key=lambda n: score[n]) == want
         # greedy among the names still possible; the row of log-probs after a prefix is the same in every name's

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from mimo.posttrain.domains import write_domains
 from tests.helpers import tiny_model_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -14,9 +15,7 @@ SCRIPT = os.path.join(ROOT, "scripts", "tool_choice_probe.py")
 def test_counts_right_choices_against_chance_and_the_first_listed(tmp_path):
     model = tiny_model_dir(tmp_path / "model")
     data = tmp_path / "data"
-    r = subprocess.run([sys.executable, "-m", "mimo", "domains", "--out", str(data), "--train", "6", "--heldout", "6"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
+    write_domains(data, seed=0, counts={"train": 6, "heldout": 6})
     out = tmp_path / "probe.json"
     r = subprocess.run([sys.executable, SCRIPT, "--model", model, "--data", str(data), "--limit", "4",
                         "--json-out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
