@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 
-__all__ = ["synthetic_file", "write_synthetic_corpus"]
+__all__ = ["Query", "lookup_section", "reverse_lookup_section", "synthetic_file", "write_synthetic_corpus"]
 
 _ONSETS = ("b", "br", "d", "dr", "f", "fl", "g", "gr", "k", "kl", "m", "n", "p", "pl", "qu", "r", "s", "sn", "st",
            "t", "tr", "v", "w", "z", "zh")
@@ -91,31 +91,63 @@ def _definitions(rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _lookups(rng: random.Random) -> str:
+Query = tuple[int, str, list[str]]
+"""Where a lookup section asks: (character offset of the answer in the section's text, the answer, the answers the
+section offers to choose from)."""
+
+
+def lookup_section(rng: random.Random) -> tuple[str, list[Query]]:
+    """A table of made-up keys with values, then ``assert TABLE["key"] == value`` lines (find the key, copy what
+    follows it): the text and its queries."""
     table = _word(rng).upper() + "_TABLE"
     keys = list(dict.fromkeys(_word(rng) for _ in range(rng.randint(4, 12))))
     values = {k: _value(rng) for k in keys}
     lines = [f"{table} = {{"] + [f"    {k!r}: {v}," for k, v in values.items()] + ["}", ""]
+    choices = list(dict.fromkeys(values.values()))
+    queries: list[tuple[int, str]] = []  # (line index, answer)
     for _ in range(rng.randint(4, 16)):
         if rng.random() < 0.3:
             lines.append(_filler(rng, []))
         k = rng.choice(keys)
+        queries.append((len(lines), values[k]))
         lines.append(f"assert {table}[{k!r}] == {values[k]}")
-    return "\n".join(lines) + "\n"
+    return _joined(lines, queries, choices)
 
 
-def _reverse_lookups(rng: random.Random) -> str:
+def reverse_lookup_section(rng: random.Random) -> tuple[str, list[Query]]:
+    """A registry of made-up names with one-line descriptions, then comments that quote a description and the name
+    that goes with it (find the description, copy what *precedes* it): the text and its queries."""
     taken: set[str] = set()
     names = [_name(rng, taken) for _ in range(rng.randint(3, 8))]
     about = {n: f"{rng.choice(_VERBS).capitalize()} the {_word(rng)} {rng.choice(_NOUNS)} of a {_word(rng)}"
              for n in names}
     lines = ["REGISTRY = ["] + [f"    ({n!r}, {about[n]!r})," for n in names] + ["]", ""]
+    queries: list[tuple[int, str]] = []
     for _ in range(rng.randint(3, 10)):
         if rng.random() < 0.3:
             lines.append(_filler(rng, []))
         n = rng.choice(names)
-        lines += [f"# {about[n]}:", f"handler = REGISTRY_FUNCS[{n!r}]"]
-    return "\n".join(lines) + "\n"
+        lines.append(f"# {about[n]}:")
+        queries.append((len(lines), n))
+        lines.append(f"handler = REGISTRY_FUNCS[{n!r}]")
+    return _joined(lines, queries, names)
+
+
+def _joined(lines: list[str], queries: list[tuple[int, str]], choices: list[str]) -> tuple[str, list[Query]]:
+    """The section's text, and each query's answer located in it: the last occurrence of the answer on its line."""
+    starts, at = [], 0
+    for line in lines:
+        starts.append(at)
+        at += len(line) + 1
+    return "\n".join(lines) + "\n", [(starts[i] + lines[i].rindex(answer), answer, choices) for i, answer in queries]
+
+
+def _lookups(rng: random.Random) -> str:
+    return lookup_section(rng)[0]
+
+
+def _reverse_lookups(rng: random.Random) -> str:
+    return reverse_lookup_section(rng)[0]
 
 
 def synthetic_file(rng: random.Random) -> str:
