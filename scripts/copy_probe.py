@@ -10,7 +10,7 @@ fraction right per distance; ``--json-out`` writes it.
 ``<description>`` a request repeats): a registry of the made-up names, each with a one-line description, the
 filler, then a comment quoting one description and ``handler = REGISTRY_FUNCS['``
 (the shape of the reverse lookups in mimo's synthetic pre-training files); the model must give the name
-that *precedes* the quoted text. Scored by each registered name's log-likelihood there (a choice among the
+that *precedes* the quoted text. Scored by the log-likelihood of the line that names each registered one (a choice among the
 names, as the server's tool grammar lets a model choose; chance is 1 in the registry's size) and by greedy
 decoding.
 
@@ -51,10 +51,11 @@ def main() -> int:
     ap.add_argument("--tokenizer", help="tokenizer directory (a training checkpoint's model has none: the run's)")
     ap.add_argument("--distances", default=",".join(map(str, DISTANCES)),
                     help="tokens of filler between the definitions and the question, comma-separated (default %(default)s)")
-    ap.add_argument("--reverse", action="store_true",
-                    help="find the name that precedes a quoted description (a tool list's shape) instead")
-    ap.add_argument("--lookups", type=int, metavar="N",
-                    help="score N sections of each of the synthetic pre-training data's lookup kinds instead")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--reverse", action="store_true",
+                      help="find the name that precedes a quoted description (a tool list's shape) instead")
+    mode.add_argument("--lookups", type=int, metavar="N",
+                      help="score N sections of each of the synthetic pre-training data's lookup kinds instead")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     if args.lookups is not None and args.lookups < 1:
@@ -124,7 +125,10 @@ def lookups_probe(args, llm) -> int:
         for _ in range(args.lookups):
             text, queries = make(rng)
             for offset, answer, choices in queries:
-                pick = _choose(model, tok.encode(text[:offset]), [tok.encode(c) for c in choices])
+                # whole lines, so that no option is tokenized across an unnatural cut (``== 'x'`` or ``['x``)
+                start, end = text.rfind("\n", 0, offset) + 1, text.index("\n", offset) + 1
+                before, after = text[start:offset], text[offset + len(answer):end]
+                pick = _choose(model, tok.encode(text[:start]), [tok.encode(before + c + after) for c in choices])
                 right += choices[pick] == answer
                 asked += 1
                 chance += 1 / len(choices)
@@ -140,7 +144,6 @@ def lookups_probe(args, llm) -> int:
 def reverse_probe(args, llm, filler: list[int]) -> int:
     """For each distance and each of the registries (names taken REGISTRY at a time, each name asked once), the
     name picked by whole-name log-likelihood among the registry's, and by greedy decoding."""
-
     from mimo import SamplingParams
 
     tok, model = llm.tokenizer, llm.model
@@ -153,10 +156,10 @@ def reverse_probe(args, llm, filler: list[int]) -> int:
         for reg in registries:
             table = "REGISTRY = [\n" + "".join(f"    ({NAMES[i]!r}, {ABOUT[i]!r}),\n" for i in reg) + "]\n\n"
             for i in reg:
-                text = table + tok.decode(filler[:n]) + f"\n\n# {ABOUT[i]}:\nhandler = REGISTRY_FUNCS['"
-                head = tok.encode(text)
-                right_choice += reg[_choose(model, head, [tok.encode(NAMES[j] + "']") for j in reg])] == i
-                prompts.append(head)
+                text = table + tok.decode(filler[:n]) + f"\n\n# {ABOUT[i]}:\n"
+                lines = [tok.encode(f"handler = REGISTRY_FUNCS[{NAMES[j]!r}]\n") for j in reg]  # whole lines: see above
+                right_choice += reg[_choose(model, tok.encode(text), lines)] == i
+                prompts.append(tok.encode(text + "handler = REGISTRY_FUNCS['"))
                 wanted.append(NAMES[i])
                 asked += 1
         outs = llm.generate(prompts, greedy_params)
