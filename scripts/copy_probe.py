@@ -71,10 +71,10 @@ def main() -> int:
 
     llm = LLM(args.model, tokenizer=Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None)
     tok = llm.tokenizer
-    with open(os.path.join(os.path.dirname(json.__file__), "decoder.py"), encoding="utf-8") as f:
-        filler = tok.encode(f.read())
     if args.lookups:
         return lookups_probe(args, llm)
+    with open(os.path.join(os.path.dirname(json.__file__), "decoder.py"), encoding="utf-8") as f:
+        filler = tok.encode(f.read())
     if args.reverse:
         return reverse_probe(args, llm, filler)
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -100,12 +100,14 @@ def _choose(model, head: list[int], options: list[list[int]]) -> int:
     """The option whose tokens after ``head`` are likeliest (their log-probabilities summed), in one forward."""
     import torch
 
+    from mimo.posttrain.mopd import token_log_probs
+
     rows = [head + o for o in options]
     width = max(map(len, rows))
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])  # right padding: causal, harmless
     with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits.float(), dim=-1)
-    score = [sum(lp[k, p - 1, r[p]].item() for p in range(len(head), len(r))) for k, r in enumerate(rows)]
+        lp = token_log_probs(model(ids).logits[:, :-1], ids[:, 1:])  # [k, t]: log p(ids[k, t + 1])
+    score = [lp[k, len(head) - 1 : len(r) - 1].sum().item() for k, r in enumerate(rows)]
     return max(range(len(rows)), key=score.__getitem__)
 
 
@@ -155,9 +157,9 @@ def reverse_probe(args, llm, filler: list[int]) -> int:
         prompts, wanted = [], []
         for reg in registries:
             table = "REGISTRY = [\n" + "".join(f"    ({NAMES[i]!r}, {ABOUT[i]!r}),\n" for i in reg) + "]\n\n"
+            lines = [tok.encode(f"handler = REGISTRY_FUNCS[{NAMES[j]!r}]\n") for j in reg]  # whole lines: see above
             for i in reg:
                 text = table + tok.decode(filler[:n]) + f"\n\n# {ABOUT[i]}:\n"
-                lines = [tok.encode(f"handler = REGISTRY_FUNCS[{NAMES[j]!r}]\n") for j in reg]  # whole lines: see above
                 right_choice += reg[_choose(model, tok.encode(text), lines)] == i
                 prompts.append(tok.encode(text + "handler = REGISTRY_FUNCS['"))
                 wanted.append(NAMES[i])
