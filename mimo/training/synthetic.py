@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 
-__all__ = ["Query", "lookup_section", "reverse_lookup_section", "synthetic_file", "write_synthetic_corpus"]
+__all__ = ["Query", "lookup_section", "made_up_word", "reverse_lookup_section", "synthetic_file", "write_synthetic_corpus"]
 
 _ONSETS = ("b", "br", "d", "dr", "f", "fl", "g", "gr", "k", "kl", "m", "n", "p", "pl", "qu", "r", "s", "sn", "st",
            "t", "tr", "v", "w", "z", "zh")
@@ -34,14 +34,15 @@ _NOUNS = ("items", "rows", "state", "config", "index", "total", "limit", "record
           "buffer", "table", "queue", "report")
 
 
-def _word(rng: random.Random, syllables: int | None = None) -> str:
+def made_up_word(rng: random.Random, syllables: int | None = None) -> str:
+    """A pronounceable made-up word of ``syllables`` (default 2-3) syllables: no model has seen it before."""
     n = syllables or rng.randint(2, 3)
     return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(n))
 
 
 def _name(rng: random.Random, taken: set[str]) -> str:
     while True:
-        name = f"{rng.choice(_VERBS)}_{_word(rng)}_{rng.choice(_NOUNS)}"
+        name = f"{rng.choice(_VERBS)}_{made_up_word(rng)}_{rng.choice(_NOUNS)}"
         if name not in taken:
             taken.add(name)
             return name
@@ -53,16 +54,16 @@ def _value(rng: random.Random) -> str:
         return str(rng.randint(0, 10 ** rng.randint(1, 6)))
     if kind < 0.6:
         return f"{rng.uniform(0, 1000):.{rng.randint(1, 3)}f}"
-    return repr(f"{_word(rng)}-{rng.randint(0, 999)}")
+    return repr(f"{made_up_word(rng)}-{rng.randint(0, 999)}")
 
 
 def _filler(rng: random.Random, names: list[str]) -> str:
     """An unrelated statement (sometimes mentioning an earlier name, which must then be copied too)."""
-    a, b = _word(rng, 2), _word(rng, 2)
+    a, b = made_up_word(rng, 2), made_up_word(rng, 2)
     options = [f"{a} = {rng.randint(0, 9999)}", f"{a}_{b} = [{a} for {a} in range({rng.randint(2, 64)})]",
                f"if {a} > {rng.randint(0, 99)}:\n    {b} = {a} * {rng.randint(2, 9)}",
                f"for {a} in range({rng.randint(1, 30)}):\n    total += {a}",
-               f"log.debug({repr(_word(rng) + ' ' + _word(rng))})"]
+               f"log.debug({repr(made_up_word(rng) + ' ' + made_up_word(rng))})"]
     if names:
         options.append(f"result = {rng.choice(names)}({a})")
     return rng.choice(options)
@@ -71,19 +72,19 @@ def _filler(rng: random.Random, names: list[str]) -> str:
 def _definitions(rng: random.Random) -> str:
     taken: set[str] = set()
     funcs = [_name(rng, taken) for _ in range(rng.randint(3, 6))]
-    consts = [f"{_word(rng).upper()}_{rng.choice(_NOUNS).upper()}" for _ in range(rng.randint(2, 4))]
+    consts = [f"{made_up_word(rng).upper()}_{rng.choice(_NOUNS).upper()}" for _ in range(rng.randint(2, 4))]
     lines = []
     for c in consts:
         lines.append(f"{c} = {_value(rng)}")
     lines.append("")
     for f in funcs:
         arg = rng.choice(_NOUNS)
-        lines += [f"def {f}({arg}, {_word(rng, 2)}=None):", f'    """{f.replace("_", " ").capitalize()}."""',
+        lines += [f"def {f}({arg}, {made_up_word(rng, 2)}=None):", f'    """{f.replace("_", " ").capitalize()}."""',
                   f"    return len({arg}) + {rng.choice(consts)}" if rng.random() < 0.5 else f"    return {arg}", ""]
     for _ in range(rng.randint(8, 30)):
         r = rng.random()
         if r < 0.35:
-            lines.append(f"{_word(rng, 2)} = {rng.choice(funcs)}({rng.choice(consts)})")
+            lines.append(f"{made_up_word(rng, 2)} = {rng.choice(funcs)}({rng.choice(consts)})")
         elif r < 0.5:
             lines.append(f"assert {rng.choice(consts)} is not None")
         else:
@@ -99,8 +100,8 @@ section offers to choose from)."""
 def lookup_section(rng: random.Random) -> tuple[str, list[Query]]:
     """A table of made-up keys with values, then ``assert TABLE["key"] == value`` lines (find the key, copy what
     follows it): the text and its queries."""
-    table = _word(rng).upper() + "_TABLE"
-    keys = list(dict.fromkeys(_word(rng) for _ in range(rng.randint(4, 12))))
+    table = made_up_word(rng).upper() + "_TABLE"
+    keys = list(dict.fromkeys(made_up_word(rng) for _ in range(rng.randint(4, 12))))
     values = {k: _value(rng) for k in keys}
     lines = [f"{table} = {{"] + [f"    {k!r}: {v}," for k, v in values.items()] + ["}", ""]
     choices = list(dict.fromkeys(values.values()))
@@ -119,7 +120,7 @@ def reverse_lookup_section(rng: random.Random) -> tuple[str, list[Query]]:
     that goes with it (find the description, copy what *precedes* it): the text and its queries."""
     taken: set[str] = set()
     names = [_name(rng, taken) for _ in range(rng.randint(3, 8))]
-    about = {n: f"{rng.choice(_VERBS).capitalize()} the {_word(rng)} {rng.choice(_NOUNS)} of a {_word(rng)}"
+    about = {n: f"{rng.choice(_VERBS).capitalize()} the {made_up_word(rng)} {rng.choice(_NOUNS)} of a {made_up_word(rng)}"
              for n in names}
     lines = ["REGISTRY = ["] + [f"    ({n!r}, {about[n]!r})," for n in names] + ["]", ""]
     queries: list[tuple[int, str]] = []

@@ -1,0 +1,143 @@
+"""Can fine-tuning teach a model the lookup a tool choice needs? The two lookups in their smallest chat form (#15).
+
+``data`` writes chat examples: a user message lists a registry of made-up names, each with a few words the model
+knows (one token each in its tokenizer), then asks ``Which name has: WORDS``; the assistant answers the name.
+``--direction reverse`` writes the lines as ``NAME: WORDS`` (the name *precedes* the matched words, as a tool's
+``<name>`` precedes the ``<description>`` a request repeats); ``--direction forward`` as ``WORDS: NAME`` (the name
+*follows* them: the copying that induction does). Every registry is drawn fresh, so the answer cannot be memorised,
+only looked up. ``train.jsonl`` is what ``mimo sft --data`` reads; ``heldout.jsonl`` (another seed) is what
+``score`` reads.
+
+``score`` renders each held-out question with the model's chat template and picks the offered name of highest
+whole-name log-likelihood (as the server's tool grammar lets a model choose among names); prints right against
+chance (the mean of 1 / names offered); ``--json-out`` writes the counts.
+
+    .venv/bin/python scripts/lookup_sft.py data --out D --direction reverse
+    .venv/bin/mimo sft --data D --from models/mimo-nano-chat-base --out RUN --steps 600 --batch-size 32 \\
+        --max-len 256 --lr 5e-4 --dtype bf16 --checkpoint-interval 100
+    .venv/bin/python scripts/lookup_sft.py score --model RUN/checkpoints/step-00000200/model \\
+        --tokenizer models/mimo-nano-chat-base --data D/heldout.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mimo.training.synthetic import made_up_word  # noqa: E402
+
+
+def vocabulary_words(tokenizer_dir: str) -> list[str]:
+    """The lowercase words of three letters or more that the tokenizer has as one token each (with their leading
+    space): words the model knows, so matching them is easy and only the direction of the lookup differs."""
+    from mimo.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    spelled = (tok.id_to_token(i) for i in range(tok.vocab_size))
+    return sorted({t[1:] for t in spelled if t and re.fullmatch("\u0120[a-z]{3,}", t)})
+
+
+def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabulary: list[str]) -> dict:
+    """One question: a fresh registry of distinct made-up names, each with two to four words of ``vocabulary``."""
+    names: list[str] = []
+    size = rng.randint(*entries)
+    while len(names) < size:
+        name = "_".join(made_up_word(rng, rng.randint(1, 2)) for _ in range(rng.randint(1, 2)))
+        if name not in names:
+            names.append(name)
+    words = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(2, 4))) for _ in names]
+    asked = rng.randrange(len(names))
+    lines = [f"{n}: {w}" if direction == "reverse" else f"{w}: {n}" for n, w in zip(names, words)]
+    return {"messages": [{"role": "user", "content": "\n".join(lines) + f"\nWhich name has: {words[asked]}"},
+                         {"role": "assistant", "content": names[asked]}],
+            "choices": names, "answer": names[asked]}
+
+
+def write(out: str, direction: str, train: int, heldout: int, entries: tuple[int, int], seed: int,
+          vocabulary: list[str]) -> None:
+    os.makedirs(out, exist_ok=True)
+    for split, n, s in (("train", train, seed), ("heldout", heldout, seed + 1_000_003)):
+        rng = random.Random(s)
+        with open(os.path.join(out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+            for _ in range(n):
+                f.write(json.dumps(example(rng, direction, entries, vocabulary)) + "\n")
+
+
+def score(model_dir: str, tokenizer_dir: str, data: str, limit: int) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from mimo.checkpoint import MiMoForCausalLM
+    from mimo.posttrain.mopd import token_log_probs
+    from mimo.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    model = MiMoForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
+    with open(data, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f][:limit]
+    right, chance = 0, 0.0
+    for ex in tqdm(rows, desc="questions", unit="q"):
+        prompt = tok.apply_chat_template(ex["messages"][:1], add_generation_prompt=True)
+        head = tok.encode(prompt)
+        conts = [tok.encode(prompt + n)[len(head):] for n in ex["choices"]]
+        width = len(head) + max(map(len, conts))
+        ids = torch.tensor([head + c + [0] * (width - len(head) - len(c)) for c in conts])
+        with torch.no_grad():  # right padding leaves the real positions' logits unchanged (causal attention)
+            lp = token_log_probs(model(ids).logits[:, :-1], ids[:, 1:])
+        scores = [lp[i, len(head) - 1: len(head) - 1 + len(c)].sum().item() for i, c in enumerate(conts)]
+        right += ex["choices"][max(range(len(conts)), key=scores.__getitem__)] == ex["answer"]
+        chance += 1 / len(ex["choices"])
+    return {"model": model_dir, "data": data, "questions": len(rows), "right": right, "chance": round(chance, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="write train.jsonl and heldout.jsonl")
+    d.add_argument("--out", required=True)
+    d.add_argument("--direction", choices=("reverse", "forward"), default="reverse")
+    d.add_argument("--train", type=int, default=30000, help="training questions (default %(default)s)")
+    d.add_argument("--heldout", type=int, default=200, help="held-out questions (default %(default)s)")
+    d.add_argument("--entries", default="2-4", help="names per registry, LO-HI (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "mimo-nano-chat-base"),
+                   help="the words come from this tokenizer's vocabulary (default %(default)s)")
+    s = sub.add_parser("score", help="right answers among the offered names, against chance")
+    s.add_argument("--model", required=True)
+    s.add_argument("--tokenizer", help="tokenizer directory (default: --model; a training checkpoint has none)")
+    s.add_argument("--data", required=True, help="a heldout.jsonl written by `data`")
+    s.add_argument("--limit", type=int, default=200)
+    s.add_argument("--json-out")
+    args = ap.parse_args()
+    if args.cmd == "data":
+        try:
+            lo, hi = (int(x) for x in args.entries.split("-"))
+        except ValueError:
+            ap.error(f"--entries must be LO-HI, e.g. 2-4 (got {args.entries!r})")
+        if not 2 <= lo <= hi:
+            ap.error(f"--entries needs 2 <= LO <= HI (got {args.entries!r})")
+        vocabulary = vocabulary_words(args.tokenizer)
+        if len(vocabulary) < 50:
+            ap.error(f"{args.tokenizer} has {len(vocabulary)} one-token lowercase words; 50 or more are needed")
+        write(args.out, args.direction, args.train, args.heldout, (lo, hi), args.seed, vocabulary)
+        print(f"wrote {args.train} training and {args.heldout} held-out {args.direction} lookups to {args.out}")
+        return 0
+    if not os.path.isfile(args.data):
+        ap.error(f"{args.data} not found: write it with `lookup_sft.py data --out DIR`")
+    out = score(args.model, args.tokenizer or args.model, args.data, args.limit)
+    print(f"{out['questions']} questions: {out['right']} right by whole-name likelihood, chance {out['chance']}")
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
