@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import random
 import re
 import sys
@@ -134,8 +135,7 @@ def main() -> int:
     out = score(args.model, args.tokenizer or args.model, args.data, args.limit)
     print(f"{out['questions']} questions: {out['right']} right by whole-name likelihood, chance {out['chance']}")
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=1)
+        pathlib.Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
