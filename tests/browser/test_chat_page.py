@@ -218,7 +218,8 @@ def test_esc_stops_the_stream_and_the_server_aborts_the_request(page, chat_serve
 
 def test_key_protected_server_refuses_the_page_until_the_key_is_entered(page, key_server):
     _open(page, key_server, wait_for_model=False)
-    assert page.locator("#key-form").is_visible()
+    # the form appears when the page's first request comes back 401: after the load event, not with it
+    page.locator("#key-form").wait_for(state="visible", timeout=TIMEOUT_MS)
     assert page.get_attribute("#api-key", "type") == "password"
     page.locator("#model-name").filter(has_text="API key needed").wait_for(timeout=TIMEOUT_MS)
     page.fill("#max-tokens", "6")
