@@ -53,7 +53,11 @@ def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabu
         name = "_".join(made_up_word(rng, rng.randint(1, 2)) for _ in range(rng.randint(1, 2)))
         if name not in names:
             names.append(name)
-    words = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(2, 4))) for _ in names]
+    words: list[str] = []
+    while len(words) < size:  # distinct, so each question has one right answer
+        text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(2, 4)))
+        if text not in words:
+            words.append(text)
     asked = rng.randrange(len(names))
     lines = [f"{n}: {w}" if direction == "reverse" else f"{w}: {n}" for n, w in zip(names, words)]
     return {"messages": [{"role": "user", "content": "\n".join(lines) + f"\nWhich name has: {words[asked]}"},
@@ -87,7 +91,10 @@ def score(model_dir: str, tokenizer_dir: str, data: str, limit: int) -> dict:
     for ex in tqdm(rows, desc="questions", unit="q"):
         prompt = tok.apply_chat_template(ex["messages"][:1], add_generation_prompt=True)
         head = tok.encode(prompt)
-        conts = [tok.encode(prompt + n)[len(head):] for n in ex["choices"]]
+        conts = []
+        for name in ex["choices"]:  # each name's tokens as they follow the prompt (a merge across it: the name alone)
+            ids = tok.encode(prompt + name)
+            conts.append(ids[len(head):] if ids[: len(head)] == head else tok.encode(name))
         width = len(head) + max(map(len, conts))
         ids = torch.tensor([head + c + [0] * (width - len(head) - len(c)) for c in conts])
         with torch.no_grad():  # right padding leaves the real positions' logits unchanged (causal attention)
