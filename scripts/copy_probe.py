@@ -96,7 +96,7 @@ def main() -> int:
     return 0
 
 
-def _choose(model, head: list[int], options: list[list[int]]) -> int:
+def choose_by_likelihood(model, head: list[int], options: list[list[int]]) -> int:
     """The option whose tokens after ``head`` are likeliest (their log-probabilities summed), in one forward."""
     import torch
 
@@ -130,7 +130,7 @@ def lookups_probe(args, llm) -> int:
                 # whole lines, so that no option is tokenized across an unnatural cut (``== 'x'`` or ``['x``)
                 start, end = text.rfind("\n", 0, offset) + 1, text.index("\n", offset) + 1
                 before, after = text[start:offset], text[offset + len(answer):end]
-                pick = _choose(model, tok.encode(text[:start]), [tok.encode(before + c + after) for c in choices])
+                pick = choose_by_likelihood(model, tok.encode(text[:start]), [tok.encode(before + c + after) for c in choices])
                 right += choices[pick] == answer
                 asked += 1
                 chance += 1 / len(choices)
@@ -160,7 +160,7 @@ def reverse_probe(args, llm, filler: list[int]) -> int:
             lines = [tok.encode(f"handler = REGISTRY_FUNCS[{NAMES[j]!r}]\n") for j in reg]  # whole lines: see above
             for i in reg:
                 text = table + tok.decode(filler[:n]) + f"\n\n# {ABOUT[i]}:\n"
-                right_choice += reg[_choose(model, tok.encode(text), lines)] == i
+                right_choice += reg[choose_by_likelihood(model, tok.encode(text), lines)] == i
                 prompts.append(tok.encode(text + "handler = REGISTRY_FUNCS['"))
                 wanted.append(NAMES[i])
                 asked += 1

@@ -76,11 +76,10 @@ def write(out: str, direction: str, train: int, heldout: int, entries: tuple[int
 
 
 def score(model_dir: str, tokenizer_dir: str, data: str, limit: int) -> dict:
-    import torch
+    from copy_probe import choose_by_likelihood  # this script's neighbour
     from tqdm import tqdm
 
     from mimo.checkpoint import MiMoForCausalLM
-    from mimo.posttrain.mopd import token_log_probs
     from mimo.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(tokenizer_dir)
@@ -95,12 +94,7 @@ def score(model_dir: str, tokenizer_dir: str, data: str, limit: int) -> dict:
         for name in ex["choices"]:  # each name's tokens as they follow the prompt (a merge across it: the name alone)
             ids = tok.encode(prompt + name)
             conts.append(ids[len(head):] if ids[: len(head)] == head else tok.encode(name))
-        width = len(head) + max(map(len, conts))
-        ids = torch.tensor([head + c + [0] * (width - len(head) - len(c)) for c in conts])
-        with torch.no_grad():  # right padding leaves the real positions' logits unchanged (causal attention)
-            lp = token_log_probs(model(ids).logits[:, :-1], ids[:, 1:])
-        scores = [lp[i, len(head) - 1: len(head) - 1 + len(c)].sum().item() for i, c in enumerate(conts)]
-        right += ex["choices"][max(range(len(conts)), key=scores.__getitem__)] == ex["answer"]
+        right += ex["choices"][choose_by_likelihood(model, head, conts)] == ex["answer"]
         chance += 1 / len(ex["choices"])
     return {"model": model_dir, "data": data, "questions": len(rows), "right": right, "chance": round(chance, 1)}
 
