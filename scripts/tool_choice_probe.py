@@ -7,6 +7,8 @@ each whole name's log-likelihood (``<function=NAME>``, summed over its tokens). 
 (the mean of 1 / tools offered) and the count of examples whose tool is listed first; ``--json-out`` writes them.
 
     .venv/bin/python scripts/tool_choice_probe.py --model models/mimo-nano-chat-sft --data DATA --limit 50
+    .venv/bin/python scripts/tool_choice_probe.py --model RUN/checkpoints/step-00000200/model \\
+        --tokenizer models/mimo-nano-chat-sft --data DATA
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a chat model directory (with its tokenizer)")
     ap.add_argument("--data", required=True, help="the directory `mimo domains` wrote")
+    ap.add_argument("--tokenizer", help="where the tokenizer is, if not with the model (a training checkpoint has "
+                    "none: give the model it was trained from)")
     ap.add_argument("--split", default="heldout", choices=("train", "heldout"))
     ap.add_argument("--limit", type=int, default=50, help="the first N tools examples of the split (default 50)")
     ap.add_argument("--json-out")
@@ -38,7 +42,7 @@ def main() -> int:
         examples = load(args.data, "tools", args.split)[: args.limit]
     except FileNotFoundError as e:
         ap.error(f"{e.filename} not found: write the data with `mimo domains --out {args.data}`")
-    tok = Tokenizer.from_pretrained(args.model)
+    tok = Tokenizer.from_pretrained(args.tokenizer or args.model)
     model = MiMoForCausalLM.from_pretrained(args.model, dtype="float32").eval()
 
     def log_probs(rows: list[list[int]]) -> list[torch.Tensor]:

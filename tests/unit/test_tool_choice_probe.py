@@ -30,6 +30,24 @@ def test_counts_right_choices_against_chance_and_the_first_listed(tmp_path):
     assert "the right tool" in r.stdout
 
 
+def test_reads_the_tokenizer_from_elsewhere_for_a_checkpoint_without_one(tmp_path):
+    from mimo.checkpoint import MiMoForCausalLM
+
+    model = tiny_model_dir(tmp_path / "model")
+    bare = tmp_path / "checkpoint"  # as a training checkpoint's model/: weights and config only
+    MiMoForCausalLM.from_pretrained(model, dtype="float32").save_pretrained(bare)
+    data = tmp_path / "data"
+    write_domains(data, seed=0, counts={"train": 6, "heldout": 6})
+    got = []
+    for extra in (["--model", model], ["--model", str(bare), "--tokenizer", model]):
+        out = tmp_path / f"probe{len(got)}.json"
+        r = subprocess.run([sys.executable, SCRIPT, *extra, "--data", str(data), "--limit", "3", "--json-out", str(out)],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        got.append({k: v for k, v in json.loads(out.read_text()).items() if k != "model"})
+    assert got[0] == got[1]
+
+
 def test_names_the_missing_data(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT, "--model", str(tmp_path), "--data", str(tmp_path / "none")],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
