@@ -1,4 +1,5 @@
-"""Can fine-tuning teach a model the lookup a tool choice needs? The two lookups in their smallest chat form (#15).
+"""Can training teach a model the lookup a tool choice needs? The two lookups in their smallest chat form, and the
+reverse one as a corpus to pre-train on (#15).
 
 ``data`` writes chat examples: a user message lists a registry of made-up names, each with a few words the model
 knows (one token each in its tokenizer), then asks ``Which name has: WORDS``; the assistant answers the name.
@@ -8,15 +9,27 @@ knows (one token each in its tokenizer), then asks ``Which name has: WORDS``; th
 only looked up. ``train.jsonl`` is what ``mimo sft --data`` reads; ``heldout.jsonl`` (another seed) is what
 ``score`` reads.
 
+``corpus`` writes the reverse lookup as plain text to pre-train on (``mimo train --init-from MODEL --data-root
+OUT/train``): sections that list ``NAME: WORDS`` lines and then ask every name as ``? WORDS -> NAME``, and with
+``--selfcopy F`` a fraction F of sections whose lines end by repeating their own name (``NAME: WORDS -> NAME``:
+the look-back from the end of a description to the name that began its line, which the reverse lookup needs, under
+the ordinary next-token loss); ``OUT/heldout_reverse.jsonl`` and ``OUT/heldout_selfcopy.jsonl`` hold held-out
+questions of both kinds.
+
 ``score`` renders each held-out question with the model's chat template and picks the offered name of highest
-whole-name log-likelihood (as the server's tool grammar lets a model choose among names); prints right against
-chance (the mean of 1 / names offered); ``--json-out`` writes the counts.
+whole-name log-likelihood (as the server's tool grammar lets a model choose among names; a plain-text question
+as it stands, the name after it); prints right against chance (the mean of 1 / names offered); ``--json-out``
+writes the counts.
 
     .venv/bin/python scripts/lookup_sft.py data --out D --direction reverse
     .venv/bin/mimo sft --data D --from models/mimo-nano-chat-base --out RUN --steps 600 --batch-size 32 \\
         --max-len 256 --lr 5e-4 --dtype bf16 --checkpoint-interval 100
     .venv/bin/python scripts/lookup_sft.py score --model RUN/checkpoints/step-00000200/model \\
         --tokenizer models/mimo-nano-chat-base --data D/heldout.jsonl
+    .venv/bin/python scripts/lookup_sft.py corpus --out C --selfcopy 0.5 --seed 1
+    .venv/bin/mimo train --init-from models/mimo-nano-chat-base --data-root C/train --out RUN --steps 400 \\
+        --batch-size 8 --seq-len 512 --lr 1e-3 --warmup 40 --dtype bf16 --checkpoint-interval 100
+    .venv/bin/python scripts/lookup_sft.py score --model RUN/final --data C/heldout_reverse.jsonl
 """
 
 from __future__ import annotations
@@ -45,8 +58,8 @@ def vocabulary_words(tokenizer_dir: str) -> list[str]:
     return sorted({t[1:] for t in spelled if t and re.fullmatch("\u0120[a-z]{3,}", t)})
 
 
-def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabulary: list[str]) -> dict:
-    """One question: a fresh registry of distinct made-up names, each with two to four words of ``vocabulary``."""
+def registry(rng: random.Random, entries: tuple[int, int], vocabulary: list[str]) -> tuple[list[str], list[str]]:
+    """2-4 (``entries``) distinct made-up names, and as many distinct strings of two to four ``vocabulary`` words."""
     names: list[str] = []
     size = rng.randint(*entries)
     while len(names) < size:
@@ -58,6 +71,57 @@ def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabu
         text = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(2, 4)))
         if text not in words:
             words.append(text)
+    return names, words
+
+
+def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str]) -> str:
+    """6-12 sections of plain text. A reverse section lists ``NAME: WORDS`` lines, a blank line, then asks for every
+    name in a shuffled order as ``? WORDS -> NAME``; a self-copy section (a ``selfcopy`` fraction) has lines that end
+    by repeating their own name, ``NAME: WORDS -> NAME``, and asks nothing."""
+    sections = []
+    for _ in range(rng.randint(6, 12)):
+        if rng.random() < selfcopy:
+            names, words = registry(rng, (2, 4), vocabulary)
+            sections.append("\n".join(f"{n}: {w} -> {n}" for n, w in zip(names, words)) + "\n")
+            continue
+        names, words = registry(rng, (2, 4), vocabulary)
+        order = list(range(len(names)))
+        rng.shuffle(order)
+        lines = [f"{n}: {w}" for n, w in zip(names, words)] + [""] + [f"? {words[i]} -> {names[i]}" for i in order]
+        sections.append("\n".join(lines) + "\n")
+    return "\n".join(sections)
+
+
+def text_question(rng: random.Random, kind: str, vocabulary: list[str]) -> dict:
+    """A held-out plain-text question in the corpus's shape: ``reverse`` asks one name of a fresh registry
+    (``? WORDS ->``); ``selfcopy`` ends on a line to be finished with its own name (``NAME: WORDS ->``)."""
+    names, words = registry(rng, (2, 4), vocabulary)
+    if kind == "reverse":
+        asked = rng.randrange(len(names))
+        prompt = "\n".join(f"{n}: {w}" for n, w in zip(names, words)) + f"\n\n? {words[asked]} ->"
+    else:
+        asked = len(names) - 1
+        prompt = "\n".join(f"{n}: {w} -> {n}" for n, w in zip(names[:-1], words)) + f"\n{names[-1]}: {words[-1]} ->"
+    return {"prompt": prompt, "choices": names, "answer": names[asked]}
+
+
+def write_corpus(out: str, files: int, selfcopy: float, heldout: int, seed: int, vocabulary: list[str]) -> None:
+    """``out/train/t_NNNNN.py`` for ``mimo train --data-root``, and held-out questions of each kind."""
+    os.makedirs(os.path.join(out, "train"), exist_ok=True)
+    rng = random.Random(seed)
+    for f in range(files):
+        with open(os.path.join(out, "train", f"t_{f:05d}.py"), "w", encoding="utf-8") as fh:
+            fh.write(corpus_file(rng, selfcopy, vocabulary))
+    for kind, offset in (("reverse", 1_000_003), ("selfcopy", 2_000_003)):
+        rng = random.Random(seed + offset)
+        with open(os.path.join(out, f"heldout_{kind}.jsonl"), "w", encoding="utf-8") as fh:
+            for _ in range(heldout):
+                fh.write(json.dumps(text_question(rng, kind, vocabulary)) + "\n")
+
+
+def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabulary: list[str]) -> dict:
+    """One question: a fresh registry of distinct made-up names, each with two to four words of ``vocabulary``."""
+    names, words = registry(rng, entries, vocabulary)
     asked = rng.randrange(len(names))
     lines = [f"{n}: {w}" if direction == "reverse" else f"{w}: {n}" for n, w in zip(names, words)]
     return {"messages": [{"role": "user", "content": "\n".join(lines) + f"\nWhich name has: {words[asked]}"},
@@ -88,12 +152,15 @@ def score(model_dir: str, tokenizer_dir: str, data: str, limit: int) -> dict:
         rows = [json.loads(line) for line in f][:limit]
     right, chance = 0, 0.0
     for ex in tqdm(rows, desc="questions", unit="q"):
-        prompt = tok.apply_chat_template(ex["messages"][:1], add_generation_prompt=True)
+        if "messages" in ex:  # a chat question (`data`): the name is the assistant's answer
+            prompt, before, after = tok.apply_chat_template(ex["messages"][:1], add_generation_prompt=True), "", ""
+        else:  # a plain-text one (`corpus`): the name follows ` -> ` and ends its line
+            prompt, before, after = ex["prompt"], " ", "\n"
         head = tok.encode(prompt)
         conts = []
         for name in ex["choices"]:  # each name's tokens as they follow the prompt (a merge across it: the name alone)
-            ids = tok.encode(prompt + name)
-            conts.append(ids[len(head):] if ids[: len(head)] == head else tok.encode(name))
+            ids = tok.encode(prompt + before + name + after)
+            conts.append(ids[len(head):] if ids[: len(head)] == head else tok.encode(before + name + after))
         right += ex["choices"][choose_by_likelihood(model, head, conts)] == ex["answer"]
         chance += 1 / len(ex["choices"])
     return {"model": model_dir, "data": data, "questions": len(rows), "right": right, "chance": round(chance, 1)}
@@ -111,10 +178,20 @@ def main() -> int:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "mimo-nano-chat-base"),
                    help="the words come from this tokenizer's vocabulary (default %(default)s)")
+    c = sub.add_parser("corpus", help="plain-text reverse lookups to pre-train on (mimo train --data-root OUT/train), "
+                       "and held-out questions")
+    c.add_argument("--out", required=True)
+    c.add_argument("--files", type=int, default=1500, help="training files of 6-12 sections each (default %(default)s)")
+    c.add_argument("--selfcopy", type=float, default=0.0,
+                   help="fraction of sections whose lines repeat their own name (default %(default)s)")
+    c.add_argument("--heldout", type=int, default=200, help="held-out questions of each kind (default %(default)s)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "mimo-nano-chat-base"),
+                   help="the words come from this tokenizer's vocabulary (default %(default)s)")
     s = sub.add_parser("score", help="right answers among the offered names, against chance")
     s.add_argument("--model", required=True)
     s.add_argument("--tokenizer", help="tokenizer directory (default: --model; a training checkpoint has none)")
-    s.add_argument("--data", required=True, help="a heldout.jsonl written by `data`")
+    s.add_argument("--data", required=True, help="a heldout.jsonl written by `data`, or a heldout_KIND.jsonl by `corpus`")
     s.add_argument("--limit", type=int, default=200)
     s.add_argument("--json-out")
     args = ap.parse_args()
@@ -130,6 +207,16 @@ def main() -> int:
             ap.error(f"{args.tokenizer} has {len(vocabulary)} one-token lowercase words; 50 or more are needed")
         write(args.out, args.direction, args.train, args.heldout, (lo, hi), args.seed, vocabulary)
         print(f"wrote {args.train} training and {args.heldout} held-out {args.direction} lookups to {args.out}")
+        return 0
+    if args.cmd == "corpus":
+        if not 0.0 <= args.selfcopy <= 1.0:
+            ap.error(f"--selfcopy is a fraction between 0 and 1 (got {args.selfcopy})")
+        vocabulary = vocabulary_words(args.tokenizer)
+        if len(vocabulary) < 50:
+            ap.error(f"{args.tokenizer} has {len(vocabulary)} one-token lowercase words; 50 or more are needed")
+        write_corpus(args.out, args.files, args.selfcopy, args.heldout, args.seed, vocabulary)
+        print(f"wrote {args.files} training files to {args.out}/train and {args.heldout} held-out questions of each "
+              f"kind to {args.out}/heldout_{{reverse,selfcopy}}.jsonl")
         return 0
     if not os.path.isfile(args.data):
         ap.error(f"{args.data} not found: write it with `lookup_sft.py data --out DIR`")

@@ -1,4 +1,5 @@
-"""scripts/lookup_sft.py: the forward and reverse lookups of a tool choice as chat data, and their scoring."""
+"""scripts/lookup_sft.py: the forward and reverse lookups of a tool choice as chat data and as a plain-text corpus to
+pre-train on, and their scoring."""
 
 import json
 import os
@@ -48,6 +49,58 @@ def test_score_picks_among_the_offered_names_against_chance(tmp_path):
     assert "right by whole-name likelihood" in r.stdout
 
 
+def _corpus(tmp_path, selfcopy):
+    out = tmp_path / f"corpus{selfcopy}"
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(out), "--files", "6", "--selfcopy", str(selfcopy),
+                        "--heldout", "5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_corpus_sections_ask_every_name_by_its_words_or_repeat_it(tmp_path):
+    kinds = {"reverse": 0, "selfcopy": 0}
+    for selfcopy in (0.0, 0.5):
+        out = _corpus(tmp_path, selfcopy)
+        files = sorted((out / "train").glob("t_*.py"))
+        assert len(files) == 6
+        for path in files:
+            previous: list[str] = []
+            for section in path.read_text().strip("\n").split("\n\n"):
+                lines = section.split("\n")
+                if lines[0].startswith("? "):  # the questions of the registry before
+                    registry = dict(line.split(": ", 1) for line in previous)
+                    asked = [line[2:].rsplit(" -> ", 1) for line in lines]
+                    assert sorted(name for _, name in asked) == sorted(registry)  # every name once
+                    assert all(registry[name] == words for words, name in asked)
+                    kinds["reverse"] += 1
+                elif " -> " in lines[0]:  # a self-copy registry: each line ends with its own name
+                    assert selfcopy > 0
+                    assert all(line.split(": ", 1)[0] == line.rsplit(" -> ", 1)[1] for line in lines)
+                    kinds["selfcopy"] += 1
+                previous = lines
+    assert kinds["reverse"] > 0 and kinds["selfcopy"] > 0
+    rows = [json.loads(line) for line in (out / "heldout_reverse.jsonl").read_text().splitlines()]
+    assert len(rows) == 5
+    for ex in rows:
+        registry, question = ex["prompt"].split("\n\n")
+        assert question.startswith("? ") and question.endswith(" ->")
+        assert f"{ex['answer']}: {question[2:-3]}" in registry.split("\n")
+        assert [line.split(": ")[0] for line in registry.split("\n")] == ex["choices"]
+    for ex in map(json.loads, (out / "heldout_selfcopy.jsonl").read_text().splitlines()):
+        *done, last = ex["prompt"].split("\n")
+        assert last.startswith(ex["answer"] + ": ") and last.endswith(" ->")
+        assert all(line.split(": ", 1)[0] == line.rsplit(" -> ", 1)[1] for line in done)
+
+
+def test_score_reads_plain_text_questions(tmp_path):
+    out = _corpus(tmp_path, 0.0)
+    model = tiny_model_dir(tmp_path / "model")
+    r = subprocess.run([sys.executable, SCRIPT, "score", "--model", model, "--data", str(out / "heldout_selfcopy.jsonl")],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "5 questions:" in r.stdout and "chance" in r.stdout
+
+
 def test_bad_entries_and_missing_data_are_clear_errors(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT, "data", "--out", str(tmp_path / "d"), "--entries", "1-3"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
@@ -56,6 +109,9 @@ def test_bad_entries_and_missing_data_are_clear_errors(tmp_path):
     r = subprocess.run([sys.executable, SCRIPT, "data", "--out", str(tmp_path / "d"), "--tokenizer", small],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "one-token lowercase words" in r.stderr
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(tmp_path / "c"), "--selfcopy", "1.5"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "between 0 and 1" in r.stderr
     r = subprocess.run([sys.executable, SCRIPT, "score", "--model", str(tmp_path), "--data", str(tmp_path / "x.jsonl")],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "not found" in r.stderr
