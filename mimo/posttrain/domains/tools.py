@@ -429,7 +429,7 @@ _TRAIN_STDLIB = tuple(m for m in STDLIB if m not in HELDOUT)
 _MODULE_SHARE = 0.5  # the share of standard-library examples whose tools are offered the way held-out ones are: the
 # target among tools of its own module (similar names, sorted, the first one no hint), told apart by description and
 # parameter names. A model trained on mixed lists only chose the right tool of such a list about half the time, even
-# on training modules, and the first one listed when unsure (README, post-training).
+# on training modules, and the first one listed when unsure (docs/POSTTRAINING.md, section 4).
 
 
 def _stated_request(rng: random.Random, description: str, args: dict[str, Any]) -> str:
