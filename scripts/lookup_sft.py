@@ -59,7 +59,8 @@ def vocabulary_words(tokenizer_dir: str) -> list[str]:
 
 
 def registry(rng: random.Random, entries: tuple[int, int], vocabulary: list[str]) -> tuple[list[str], list[str]]:
-    """2-4 (``entries``) distinct made-up names, and as many distinct strings of two to four ``vocabulary`` words."""
+    """LO-HI (``entries``) distinct made-up names, and as many distinct strings of two to four ``vocabulary``
+    words."""
     names: list[str] = []
     size = rng.randint(*entries)
     while len(names) < size:
@@ -80,11 +81,11 @@ def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str]) -> s
     by repeating their own name, ``NAME: WORDS -> NAME``, and asks nothing."""
     sections = []
     for _ in range(rng.randint(6, 12)):
-        if rng.random() < selfcopy:
-            names, words = registry(rng, (2, 4), vocabulary)
+        copies = rng.random() < selfcopy
+        names, words = registry(rng, (2, 4), vocabulary)
+        if copies:
             sections.append("\n".join(f"{n}: {w} -> {n}" for n, w in zip(names, words)) + "\n")
             continue
-        names, words = registry(rng, (2, 4), vocabulary)
         order = list(range(len(names)))
         rng.shuffle(order)
         lines = [f"{n}: {w}" for n, w in zip(names, words)] + [""] + [f"? {words[i]} -> {names[i]}" for i in order]
@@ -195,6 +196,13 @@ def main() -> int:
     s.add_argument("--limit", type=int, default=200)
     s.add_argument("--json-out")
     args = ap.parse_args()
+
+    def words() -> list[str]:
+        vocabulary = vocabulary_words(args.tokenizer)
+        if len(vocabulary) < 50:
+            ap.error(f"{args.tokenizer} has {len(vocabulary)} one-token lowercase words; 50 or more are needed")
+        return vocabulary
+
     if args.cmd == "data":
         try:
             lo, hi = (int(x) for x in args.entries.split("-"))
@@ -202,19 +210,15 @@ def main() -> int:
             ap.error(f"--entries must be LO-HI, e.g. 2-4 (got {args.entries!r})")
         if not 2 <= lo <= hi:
             ap.error(f"--entries needs 2 <= LO <= HI (got {args.entries!r})")
-        vocabulary = vocabulary_words(args.tokenizer)
-        if len(vocabulary) < 50:
-            ap.error(f"{args.tokenizer} has {len(vocabulary)} one-token lowercase words; 50 or more are needed")
-        write(args.out, args.direction, args.train, args.heldout, (lo, hi), args.seed, vocabulary)
+        write(args.out, args.direction, args.train, args.heldout, (lo, hi), args.seed, words())
         print(f"wrote {args.train} training and {args.heldout} held-out {args.direction} lookups to {args.out}")
         return 0
     if args.cmd == "corpus":
         if not 0.0 <= args.selfcopy <= 1.0:
             ap.error(f"--selfcopy is a fraction between 0 and 1 (got {args.selfcopy})")
-        vocabulary = vocabulary_words(args.tokenizer)
-        if len(vocabulary) < 50:
-            ap.error(f"{args.tokenizer} has {len(vocabulary)} one-token lowercase words; 50 or more are needed")
-        write_corpus(args.out, args.files, args.selfcopy, args.heldout, args.seed, vocabulary)
+        if args.files < 1 or args.heldout < 0:
+            ap.error(f"--files needs 1 or more and --heldout 0 or more (got {args.files} and {args.heldout})")
+        write_corpus(args.out, args.files, args.selfcopy, args.heldout, args.seed, words())
         print(f"wrote {args.files} training files to {args.out}/train and {args.heldout} held-out questions of each "
               f"kind to {args.out}/heldout_{{reverse,selfcopy}}.jsonl")
         return 0
