@@ -30,6 +30,10 @@ writes the counts.
     .venv/bin/mimo train --init-from models/mimo-nano-chat-base --data-root C/train --out RUN --steps 400 \\
         --batch-size 8 --seq-len 512 --lr 1e-3 --warmup 40 --dtype bf16 --checkpoint-interval 100
     .venv/bin/python scripts/lookup_sft.py score --model RUN/final --data C/heldout_reverse.jsonl
+
+The reverse lookup is learnt in two stages, not in one (docs/POSTTRAINING.md, section 7): ``--selfcopy 0.5`` as
+above, then ``corpus --out C2 --seed 2`` (reverse only) with ``mimo train --init-from RUN/final --data-root
+C2/train``.
 """
 
 from __future__ import annotations
