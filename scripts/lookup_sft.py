@@ -79,6 +79,12 @@ def registry(rng: random.Random, entries: tuple[int, int], vocabulary: list[str]
     return names, words
 
 
+def registry_lines(names: list[str], words: list[str], repeat: bool = False) -> list[str]:
+    """``NAME: WORDS`` lines (``NAME: WORDS -> NAME`` with ``repeat``): one spelling for the corpus and the questions
+    held out from it."""
+    return [f"{n}: {w} -> {n}" if repeat else f"{n}: {w}" for n, w in zip(names, words)]
+
+
 def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str]) -> str:
     """6-12 sections of plain text. A reverse section lists ``NAME: WORDS`` lines, a blank line, then asks for every
     name in a shuffled order as ``? WORDS -> NAME``; a self-copy section (a ``selfcopy`` fraction) has lines that end
@@ -88,11 +94,11 @@ def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str]) -> s
         copies = rng.random() < selfcopy
         names, words = registry(rng, (2, 4), vocabulary)
         if copies:
-            sections.append("\n".join(f"{n}: {w} -> {n}" for n, w in zip(names, words)) + "\n")
+            sections.append("\n".join(registry_lines(names, words, repeat=True)) + "\n")
             continue
         order = list(range(len(names)))
         rng.shuffle(order)
-        lines = [f"{n}: {w}" for n, w in zip(names, words)] + [""] + [f"? {words[i]} -> {names[i]}" for i in order]
+        lines = registry_lines(names, words) + [""] + [f"? {words[i]} -> {names[i]}" for i in order]
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
 
@@ -103,10 +109,10 @@ def text_question(rng: random.Random, kind: str, vocabulary: list[str]) -> dict:
     names, words = registry(rng, (2, 4), vocabulary)
     if kind == "reverse":
         asked = rng.randrange(len(names))
-        prompt = "\n".join(f"{n}: {w}" for n, w in zip(names, words)) + f"\n\n? {words[asked]} ->"
+        prompt = "\n".join(registry_lines(names, words)) + f"\n\n? {words[asked]} ->"
     else:
         asked = len(names) - 1
-        prompt = "\n".join(f"{n}: {w} -> {n}" for n, w in zip(names[:-1], words)) + f"\n{names[-1]}: {words[-1]} ->"
+        prompt = "\n".join(registry_lines(names[:-1], words, repeat=True)) + f"\n{names[-1]}: {words[-1]} ->"
     return {"prompt": prompt, "choices": names, "answer": names[asked]}
 
 
@@ -227,7 +233,7 @@ def main() -> int:
               f"kind to {args.out}/heldout_{{reverse,selfcopy}}.jsonl")
         return 0
     if not os.path.isfile(args.data):
-        ap.error(f"{args.data} not found: write it with `lookup_sft.py data --out DIR`")
+        ap.error(f"{args.data} not found: write it with `lookup_sft.py data --out DIR` or `lookup_sft.py corpus --out DIR`")
     out = score(args.model, args.tokenizer or args.model, args.data, args.limit)
     print(f"{out['questions']} questions: {out['right']} right by whole-name likelihood, chance {out['chance']}")
     if args.json_out:
