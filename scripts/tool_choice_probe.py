@@ -3,8 +3,10 @@
 An exact tool call needs the right tool first. For each tools example of a ``mimo domains`` split, the model is
 given the rendered prompt and ``<tool_call>\\n<function=`` and must choose among the offered names two ways:
 token by token among the names still possible (what the server's tool grammar lets greedy decoding do), and by
-each whole name's log-likelihood (``<function=NAME>``, summed over its tokens). Prints both counts beside chance
-(the mean of 1 / tools offered) and the count of examples whose tool is listed first; ``--json-out`` writes them.
+each whole name's log-likelihood (``<function=NAME>``, summed over its tokens). A choice is right when it is a tool
+that answers the request (``mimo.posttrain.domains.tools.answers``: the reference, or an offered tool the request
+cannot tell apart from it). Prints both counts beside chance (the mean share of offered tools that answer) and
+the count of examples whose first listed tool answers; ``--json-out`` writes them.
 
     .venv/bin/python scripts/tool_choice_probe.py --model models/mimo-nano-chat-sft --data DATA --limit 50
     .venv/bin/python scripts/tool_choice_probe.py --model RUN/checkpoints/step-00000200/model \\
@@ -36,6 +38,7 @@ def main() -> int:
 
     from mimo.checkpoint import MiMoForCausalLM
     from mimo.posttrain.domains import load, render_prompt
+    from mimo.posttrain.domains.tools import answers
     from mimo.tokenizer import Tokenizer
 
     try:
@@ -59,7 +62,7 @@ def main() -> int:
         prompt = render_prompt(tok, ex) + "<tool_call>\n<function="
         head = tok.encode(prompt)
         names = [t["function"]["name"] for t in ex["tools"]]
-        want = ex["reference"]["name"]
+        want = answers(ex)  # the reference and any offered tool the request cannot tell apart from it
         # each name's tokens as they follow the prompt (a merge across the boundary falls back to the name alone)
         conts = {}
         for n in names:
@@ -67,7 +70,7 @@ def main() -> int:
             conts[n] = ids[len(head):] if ids[: len(head)] == head else tok.encode(n + ">")
         lp = dict(zip(names, log_probs([head + conts[n] for n in names])))
         score = {n: sum(lp[n][len(head) - 1 + i, t].item() for i, t in enumerate(c)) for n, c in conts.items()}
-        whole += max(names, key=lambda n: score[n]) == want
+        whole += max(names, key=lambda n: score[n]) in want
         # greedy among the names still possible; the row of log-probs after a prefix is the same in every name's
         # pass that shares it
         alive, pos = list(names), 0
@@ -79,9 +82,9 @@ def main() -> int:
             pick = max(options, key=lambda t: row[t].item())
             alive = [n for n in alive if pos < len(conts[n]) and conts[n][pos] == pick]
             pos += 1
-        greedy += alive[0] == want
-        first += names[0] == want
-        chance += 1.0 / len(names)
+        greedy += alive[0] in want
+        first += names[0] in want
+        chance += len(want) / len(names)
     out = {"model": args.model, "split": args.split, "examples": len(examples), "right_greedy_among_names": greedy,
            "right_whole_name_likelihood": whole, "chance": chance, "listed_first": first}
     print(f"{len(examples)} {args.split} tools examples: the right tool {greedy} (greedy among the offered names), "

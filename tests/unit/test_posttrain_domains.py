@@ -130,6 +130,28 @@ def test_tool_metric_refuses_wrong_calls():
     assert tooldom.score(ex, [{"type": "function", "function": {"name": ref["name"], "arguments": "{not json"}}]) == 0.0
 
 
+def test_a_tool_the_request_cannot_tell_from_the_reference_is_right_too():
+    # ipaddress's three functions share one docstring and take `address`: a request stating that description and
+    # an address names each of them alike, so calling any of them is right; a tool it does tell apart is not.
+    rng = stream(0, "tools", "heldout", "ipaddress")
+    ex = next(e for e in (tooldom.generate("ipaddress", i, rng) for i in range(50))
+              if e is not None and set(e["reference"]["arguments"]) == {"address"})
+    ref = ex["reference"]
+    assert tooldom.answers(ex) == {t["function"]["name"] for t in ex["tools"]} and len(ex["tools"]) == 3
+
+    def call(name, args):
+        return [{"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]
+
+    for name in tooldom.answers(ex):
+        assert tooldom.score(ex, call(name, ref["arguments"])) == 1.0
+        assert tooldom.score(ex, call(name, {"address": "10.0.0.1"} if ref["arguments"]["address"] != "10.0.0.1"
+                                      else {"address": "10.0.0.2"})) == 0.0
+    assert tooldom.score(ex, call("ipaddress_ip_network", dict(ref["arguments"], strict=1))) == 0.0  # not a boolean
+    # A sibling with a different description is a different tool.
+    textwrap_ex = _textwrap_example_with_width()
+    assert tooldom.answers(textwrap_ex) == {textwrap_ex["reference"]["name"]}
+
+
 def test_arithmetic_references_are_right_and_score_one(data_dir, tokenizer):
     ops = {"+": int.__add__, "-": int.__sub__, "×": int.__mul__, "÷": int.__floordiv__}
     for split in ("train", "heldout"):

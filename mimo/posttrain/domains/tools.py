@@ -40,12 +40,16 @@ Every example: the assistant calls the tool (the release's XML format, through t
 ``tool`` message carries the result; the assistant answers in one sentence.
 
 Metric, :func:`score`: exact-call accuracy of the first assistant turn. 1 when there is exactly one tool
-call, its name is the expected one, its arguments are a JSON object that validates against the tool's
-schema (:func:`validate`: types, required, no unknown keys, enums), every stated argument has exactly the
-stated value (JSON types compared strictly, ``true`` is not ``1``, but ``3`` and ``3.0`` are one number),
-and any argument not stated equals its schema default. Else 0. Parsing the model's XML into
+call, its name is the expected one (or a tool the request cannot tell apart from it, :func:`answers`), its
+arguments are a JSON object that validates against that tool's schema (:func:`validate`: types, required, no
+unknown keys, enums), every stated argument has exactly the stated value (JSON types compared strictly,
+``true`` is not ``1``, but ``3`` and ``3.0`` are one number), and any argument not stated equals its schema
+default. Else 0. Parsing the model's XML into
 ``tool_calls`` is the server's parser's job (``mimo.server.parsers.extract``); the metric takes OpenAI
-``tool_calls``.
+``tool_calls``. Why a tool other than the reference can be right: ``ipaddress``'s three functions share one
+docstring and one required parameter, and ``bisect_left``/``bisect_right`` (as ``urllib.parse``'s ``parse_qs``/
+``parse_qsl``) share theirs, so a request that states the description and the values names all of them alike
+(71 of the first 300 held-out examples); no answer could pick the reference there more often than by chance.
 """
 
 from __future__ import annotations
@@ -566,6 +570,18 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+def answers(example: Mapping[str, Any]) -> set[str]:
+    """The offered tools that answer the request: the reference and every offered tool the request cannot tell
+    apart from it (the same description, and the reference's arguments are a valid call of it)."""
+    ref = example["reference"]
+    target = next(t["function"] for t in example["tools"] if t["function"]["name"] == ref["name"])
+    return {ref["name"]} | {
+        t["function"]["name"] for t in example["tools"]
+        if t["function"].get("description") == target.get("description")
+        and validate(ref["arguments"], t["function"]["parameters"])
+    }
+
+
 def score(example: Mapping[str, Any], tool_calls: list[Mapping[str, Any]] | None) -> float:
     """Exact-call accuracy of one answer: 1.0 or 0.0 (see the module docstring). ``tool_calls`` is the
     OpenAI list the server's parser returns for the first assistant turn."""
@@ -573,7 +589,7 @@ def score(example: Mapping[str, Any], tool_calls: list[Mapping[str, Any]] | None
         return 0.0
     fn = tool_calls[0].get("function", tool_calls[0])
     ref = example["reference"]
-    if fn.get("name") != ref["name"]:
+    if fn.get("name") not in answers(example):
         return 0.0
     args = fn.get("arguments")
     if isinstance(args, str):
@@ -581,7 +597,7 @@ def score(example: Mapping[str, Any], tool_calls: list[Mapping[str, Any]] | None
             args = json.loads(args)
         except json.JSONDecodeError:
             return 0.0
-    tool = next(t for t in example["tools"] if t["function"]["name"] == ref["name"])
+    tool = next(t for t in example["tools"] if t["function"]["name"] == fn["name"])
     params = tool["function"]["parameters"]
     if not validate(args, params):
         return 0.0
