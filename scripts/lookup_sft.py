@@ -14,7 +14,9 @@ OUT/train``): sections that list ``NAME: WORDS`` lines and then ask every name a
 ``--selfcopy F`` a fraction F of sections whose lines end by repeating their own name (``NAME: WORDS -> NAME``:
 the look-back from the end of a description to the name that began its line, which the reverse lookup needs, under
 the ordinary next-token loss); ``OUT/heldout_reverse.jsonl`` and ``OUT/heldout_selfcopy.jsonl`` hold held-out
-questions of both kinds.
+questions of both kinds. ``--shape tools`` writes each reverse registry as the release's tool list does (a
+``<function>`` block per name: ``<name>``, ``<description>`` with the words, a ``<parameters>`` block of 0-2
+made-up parameters) instead of ``NAME: WORDS`` lines; the questions stay ``? WORDS -> NAME``.
 
 ``score`` renders each held-out question with the model's chat template and picks the offered name of highest
 whole-name log-likelihood (as the server's tool grammar lets a model choose among names; a plain-text question
@@ -85,10 +87,31 @@ def registry_lines(names: list[str], words: list[str], repeat: bool = False) -> 
     return [f"{n}: {w} -> {n}" if repeat else f"{n}: {w}" for n, w in zip(names, words)]
 
 
-def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str]) -> str:
-    """6-12 sections of plain text. A reverse section lists ``NAME: WORDS`` lines, a blank line, then asks for every
-    name in a shuffled order as ``? WORDS -> NAME``; a self-copy section (a ``selfcopy`` fraction) has lines that end
-    by repeating their own name, ``NAME: WORDS -> NAME``, and asks nothing."""
+_TYPES = ("string", "integer", "number", "boolean")
+
+
+def tool_list(rng: random.Random, names: list[str], words: list[str], vocabulary: list[str]) -> list[str]:
+    """The registry as the release's chat template lists tools: the name first, then the description (the words)
+    and 0-2 made-up parameters."""
+    lines = ["<tools>"]
+    for n, w in zip(names, words):
+        lines += ["<function>", f"<name>{n}</name>", f"<description>{w}</description>", "<parameters>"]
+        params = rng.sample(vocabulary, rng.randint(0, 2))
+        for p in params:
+            lines += ["<parameter>", f"<name>{p}</name>", f"<type>{rng.choice(_TYPES)}</type>", "</parameter>"]
+        lines += [f"<required>{json.dumps(params[:1])}</required>", "</parameters>", "</function>"]
+    return lines + ["</tools>"]
+
+
+def registry_text(rng: random.Random, names: list[str], words: list[str], shape: str, vocabulary: list[str]) -> str:
+    return "\n".join(tool_list(rng, names, words, vocabulary) if shape == "tools" else registry_lines(names, words))
+
+
+def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str], shape: str = "lines") -> str:
+    """6-12 sections of plain text. A reverse section lists its registry (``NAME: WORDS`` lines, or a tool list
+    with ``shape="tools"``), a blank line, then asks for every name in a shuffled order as ``? WORDS -> NAME``; a
+    self-copy section (a ``selfcopy`` fraction) has lines that end by repeating their own name, ``NAME: WORDS ->
+    NAME``, and asks nothing."""
     sections = []
     for _ in range(rng.randint(6, 12)):
         copies = rng.random() < selfcopy
@@ -98,36 +121,37 @@ def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str]) -> s
             continue
         order = list(range(len(names)))
         rng.shuffle(order)
-        lines = registry_lines(names, words) + [""] + [f"? {words[i]} -> {names[i]}" for i in order]
+        lines = [registry_text(rng, names, words, shape, vocabulary), ""] + [f"? {words[i]} -> {names[i]}" for i in order]
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
 
 
-def text_question(rng: random.Random, kind: str, vocabulary: list[str]) -> dict:
+def text_question(rng: random.Random, kind: str, vocabulary: list[str], shape: str = "lines") -> dict:
     """A held-out plain-text question in the corpus's shape: ``reverse`` asks one name of a fresh registry
     (``? WORDS ->``); ``selfcopy`` ends on a line to be finished with its own name (``NAME: WORDS ->``)."""
     names, words = registry(rng, (2, 4), vocabulary)
     if kind == "reverse":
         asked = rng.randrange(len(names))
-        prompt = "\n".join(registry_lines(names, words)) + f"\n\n? {words[asked]} ->"
+        prompt = registry_text(rng, names, words, shape, vocabulary) + f"\n\n? {words[asked]} ->"
     else:
         asked = len(names) - 1
         prompt = "\n".join(registry_lines(names[:-1], words, repeat=True)) + f"\n{names[-1]}: {words[-1]} ->"
     return {"prompt": prompt, "choices": names, "answer": names[asked]}
 
 
-def write_corpus(out: str, files: int, selfcopy: float, heldout: int, seed: int, vocabulary: list[str]) -> None:
+def write_corpus(out: str, files: int, selfcopy: float, heldout: int, seed: int, vocabulary: list[str],
+                 shape: str = "lines") -> None:
     """``out/train/t_NNNNN.py`` for ``mimo train --data-root``, and held-out questions of each kind."""
     os.makedirs(os.path.join(out, "train"), exist_ok=True)
     rng = random.Random(seed)
     for f in range(files):
         with open(os.path.join(out, "train", f"t_{f:05d}.py"), "w", encoding="utf-8") as fh:
-            fh.write(corpus_file(rng, selfcopy, vocabulary))
+            fh.write(corpus_file(rng, selfcopy, vocabulary, shape))
     for kind, offset in (("reverse", 1_000_003), ("selfcopy", 2_000_003)):
         rng = random.Random(seed + offset)
         with open(os.path.join(out, f"heldout_{kind}.jsonl"), "w", encoding="utf-8") as fh:
             for _ in range(heldout):
-                fh.write(json.dumps(text_question(rng, kind, vocabulary)) + "\n")
+                fh.write(json.dumps(text_question(rng, kind, vocabulary, shape)) + "\n")
 
 
 def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabulary: list[str]) -> dict:
@@ -195,6 +219,8 @@ def main() -> int:
     c.add_argument("--files", type=int, default=1500, help="training files of 6-12 sections each (default %(default)s)")
     c.add_argument("--selfcopy", type=float, default=0.0,
                    help="fraction of sections whose lines repeat their own name (default %(default)s)")
+    c.add_argument("--shape", choices=("lines", "tools"), default="lines",
+                   help="registries as NAME: WORDS lines, or as the release's tool list (default %(default)s)")
     c.add_argument("--heldout", type=int, default=200, help="held-out questions of each kind (default %(default)s)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "mimo-nano-chat-base"),
@@ -228,7 +254,7 @@ def main() -> int:
             ap.error(f"--selfcopy is a fraction between 0 and 1 (got {args.selfcopy})")
         if args.files < 1 or args.heldout < 0:
             ap.error(f"--files needs 1 or more and --heldout 0 or more (got {args.files} and {args.heldout})")
-        write_corpus(args.out, args.files, args.selfcopy, args.heldout, args.seed, words())
+        write_corpus(args.out, args.files, args.selfcopy, args.heldout, args.seed, words(), args.shape)
         print(f"wrote {args.files} training files to {args.out}/train and {args.heldout} held-out questions of each "
               f"kind to {args.out}/heldout_{{reverse,selfcopy}}.jsonl")
         return 0

@@ -92,6 +92,38 @@ def test_corpus_sections_ask_every_name_by_its_words_or_repeat_it(tmp_path):
         assert all(line.split(": ", 1)[0] == line.rsplit(" -> ", 1)[1] for line in done)
 
 
+def _tool_list(text):
+    """{name: description} of a `--shape tools` registry, in order, and its whole parse."""
+    import re
+
+    blocks = re.findall(r"<function>\n<name>(\w+)</name>\n<description>([a-z ]+)</description>\n<parameters>\n"
+                        r"(?:<parameter>\n<name>[a-z]+</name>\n<type>(?:string|integer|number|boolean)</type>\n"
+                        r"</parameter>\n){0,2}<required>\[[^]]*\]</required>\n</parameters>\n</function>", text)
+    assert text.startswith("<tools>\n") and text.endswith("\n</tools>")
+    assert text.count("<function>") == len(blocks)
+    return dict(blocks)
+
+
+def test_corpus_can_write_its_registries_as_the_release_tool_list(tmp_path):
+    out = tmp_path / "tools"
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(out), "--files", "4", "--heldout", "5",
+                        "--shape", "tools"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    sections = 0
+    for path in sorted((out / "train").glob("t_*.py")):
+        text = path.read_text()
+        for registry, questions in zip(text.split("<tools>")[1:], text.split("</tools>")[1:]):
+            tools = _tool_list("<tools>" + registry.split("</tools>")[0] + "</tools>")
+            asked = [q[2:].rsplit(" -> ", 1) for q in questions.strip("\n").split("\n\n")[0].split("\n")]
+            assert sorted(name for _, name in asked) == sorted(tools) and all(tools[n] == w for w, n in asked)
+            sections += 1
+    assert sections >= 4 * 6
+    for ex in map(json.loads, (out / "heldout_reverse.jsonl").read_text().splitlines()):
+        registry, question = ex["prompt"].split("\n\n")
+        tools = _tool_list(registry)
+        assert list(tools) == ex["choices"] and tools[ex["answer"]] == question[2:-3]
+
+
 def test_score_reads_plain_text_questions(tmp_path):
     out = _corpus(tmp_path, 0.0)
     model = tiny_model_dir(tmp_path / "model")
