@@ -220,7 +220,8 @@ def main() -> int:
     c.add_argument("--selfcopy", type=float, default=0.0,
                    help="fraction of sections whose lines repeat their own name (default %(default)s)")
     c.add_argument("--shape", choices=("lines", "tools"), default="lines",
-                   help="registries as NAME: WORDS lines, or as the release's tool list (default %(default)s)")
+                   help="reverse registries as NAME: WORDS lines, or as the release's tool list; self-copy sections "
+                   "stay lines (default %(default)s)")
     c.add_argument("--heldout", type=int, default=200, help="held-out questions of each kind (default %(default)s)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "mimo-nano-chat-base"),
