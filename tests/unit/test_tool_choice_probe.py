@@ -24,8 +24,16 @@ def test_counts_right_choices_against_chance_and_the_first_listed(tmp_path):
     with open(data / "tools" / "heldout.jsonl", encoding="utf-8") as f:
         examples = [json.loads(line) for line in f][:4]
     assert got["examples"] == 4
-    assert abs(got["chance"] - sum(1 / len(e["tools"]) for e in examples)) < 1e-9
-    assert got["listed_first"] == sum(e["tools"][0]["function"]["name"] == e["reference"]["name"] for e in examples)
+
+    def answering(e):  # the offered tools the request names alike: the reference's description, its arguments fit
+        ref = e["reference"]
+        want = next(t["function"] for t in e["tools"] if t["function"]["name"] == ref["name"])
+        return [t["function"]["name"] for t in e["tools"] if t["function"]["description"] == want["description"]
+                and set(t["function"]["parameters"].get("required", [])) <= set(ref["arguments"])
+                <= set(t["function"]["parameters"]["properties"])]
+
+    assert abs(got["chance"] - sum(len(answering(e)) / len(e["tools"]) for e in examples)) < 1e-9
+    assert got["listed_first"] == sum(e["tools"][0]["function"]["name"] in answering(e) for e in examples)
     assert 0 <= got["right_greedy_among_names"] <= 4 and 0 <= got["right_whole_name_likelihood"] <= 4
     assert "the right tool" in r.stdout
 
