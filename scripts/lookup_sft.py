@@ -18,6 +18,10 @@ questions of both kinds. ``--shape tools`` writes each reverse registry as the r
 ``<function>`` block per name: ``<name>``, ``<description>`` with the words, a ``<parameters>`` block of 0-2
 made-up parameters) instead of ``NAME: WORDS`` lines; the questions stay ``? WORDS -> NAME``.
 
+``--code-fraction F`` copies real Python (the standard library's training split, whose held-out files ``mimo eval``
+scores) into ``OUT/train/code`` until it is a fraction F of the training tokens, so that the lookup is learnt beside
+the code the base models rather than over it (docs/POSTTRAINING.md, section 9).
+
 ``score`` renders each held-out question with the model's chat template and picks the offered name of highest
 whole-name log-likelihood (as the server's tool grammar lets a model choose among names; a plain-text question
 as it stands, the name after it); prints right against chance (the mean of 1 / names offered); ``--json-out``
@@ -154,6 +158,37 @@ def write_corpus(out: str, files: int, selfcopy: float, heldout: int, seed: int,
                 fh.write(json.dumps(text_question(rng, kind, vocabulary, shape)) + "\n")
 
 
+def add_code(out: str, fraction: float, seed: int, tokenizer_dir: str, code_root: str | None = None) -> tuple[int, int, int]:
+    """Copy real Python into ``out/train/code/`` until it is ``fraction`` of the training tokens (the lookup files
+    count as written), so that a run learns the lookup beside the code it already models instead of over it. Files
+    come in a seeded random order from the training split of ``code_root`` (default this Python's standard library,
+    whose held-out split is what ``mimo eval`` scores, so no scored file is copied). Returns (lookup tokens, code
+    tokens, code files)."""
+    from mimo.tokenizer import Tokenizer
+    from mimo.training.data import split_files, stdlib_files
+
+    tok = Tokenizer.from_pretrained(tokenizer_dir)
+    train_dir = pathlib.Path(out, "train")
+    lookup = sum(len(ids) for ids in tok.encode_batch([p.read_text(encoding="utf-8") for p in train_dir.glob("t_*.py")]))
+    want = lookup * fraction / (1.0 - fraction)
+    files, _ = split_files(stdlib_files(code_root))
+    random.Random(seed + 3_000_003).shuffle(files)
+    got = copied = 0
+    for rel, path in files:
+        if got >= want:
+            break
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+        dest = train_dir / "code" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text, encoding="utf-8")
+        got += len(tok.encode(text))
+        copied += 1
+    if got < want:
+        raise SystemExit(f"{code_root or 'the standard library'} has {got} training tokens of code; "
+                         f"--code-fraction {fraction} needs {int(want)}")
+    return lookup, got, copied
+
+
 def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabulary: list[str]) -> dict:
     """One question: a fresh registry of distinct made-up names, each with two to four words of ``vocabulary``."""
     names, words = registry(rng, entries, vocabulary)
@@ -223,6 +258,10 @@ def main() -> int:
                    help="reverse registries as NAME: WORDS lines, or as the release's tool list; self-copy sections "
                    "stay lines (default %(default)s)")
     c.add_argument("--heldout", type=int, default=200, help="held-out questions of each kind (default %(default)s)")
+    c.add_argument("--code-fraction", type=float, default=0.0,
+                   help="also copy real Python (the standard library's training split) into OUT/train/code until it "
+                        "is this fraction of the training tokens (default %(default)s: the lookup alone)")
+    c.add_argument("--code-root", help="where --code-fraction takes its Python from (default: this Python's stdlib)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--tokenizer", default=os.path.join(ROOT, "models", "mimo-nano-chat-base"),
                    help="the words come from this tokenizer's vocabulary (default %(default)s)")
@@ -255,9 +294,15 @@ def main() -> int:
             ap.error(f"--selfcopy is a fraction between 0 and 1 (got {args.selfcopy})")
         if args.files < 1 or args.heldout < 0:
             ap.error(f"--files needs 1 or more and --heldout 0 or more (got {args.files} and {args.heldout})")
+        if not 0.0 <= args.code_fraction < 1.0:
+            ap.error(f"--code-fraction is a fraction in [0, 1) (got {args.code_fraction})")
         write_corpus(args.out, args.files, args.selfcopy, args.heldout, args.seed, words(), args.shape)
         print(f"wrote {args.files} training files to {args.out}/train and {args.heldout} held-out questions of each "
               f"kind to {args.out}/heldout_{{reverse,selfcopy}}.jsonl")
+        if args.code_fraction > 0:
+            lookup, code, copied = add_code(args.out, args.code_fraction, args.seed, args.tokenizer, args.code_root)
+            print(f"copied {copied} Python files ({code} tokens) to {args.out}/train/code beside {lookup} tokens of "
+                  f"lookup sections: {code / (code + lookup):.1%} code")
         return 0
     if not os.path.isfile(args.data):
         ap.error(f"{args.data} not found: write it with `lookup_sft.py data --out DIR` or `lookup_sft.py corpus --out DIR`")

@@ -124,6 +124,37 @@ def test_corpus_can_write_its_registries_as_the_release_tool_list(tmp_path):
         assert list(tools) == ex["choices"] and tools[ex["answer"]] == question[2:-3]
 
 
+def test_corpus_mixes_in_real_python_without_the_files_mimo_eval_scores(tmp_path):
+    from mimo.training.data import is_heldout
+
+    root = tmp_path / "py"
+    for i in range(300):  # short files named so that some fall in the 2% held-out split
+        (root / f"pkg{i % 7}").mkdir(parents=True, exist_ok=True)
+        (root / f"pkg{i % 7}" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i} + len('abc')\n" * 5)
+    held = [f"pkg{i % 7}/m{i}.py" for i in range(300) if is_heldout(f"pkg{i % 7}/m{i}.py")]
+    assert held  # the check below means something
+    out = tmp_path / "mixed"
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(out), "--files", "3", "--heldout", "2",
+                        "--code-fraction", "0.25", "--code-root", str(root)], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    copied = sorted(p.relative_to(out / "train" / "code").as_posix() for p in (out / "train" / "code").rglob("*.py"))
+    assert copied and not set(copied) & set(held)
+    for rel in copied:
+        assert (out / "train" / "code" / rel).read_text() == (root / rel).read_text()
+    share = float(r.stdout.rsplit(": ", 1)[1].split("%")[0]) / 100
+    assert 0.25 <= share < 0.35  # stops at the first file past the fraction
+    assert len(list((out / "train").glob("t_*.py"))) == 3
+    # a root with too little code says so; a fraction of 1 (no lookup at all) is refused
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(tmp_path / "m2"), "--files", "3", "--heldout", "2",
+                        "--code-fraction", "0.99", "--code-root", str(root)], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode != 0 and "training tokens of code" in r.stderr
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(tmp_path / "m3"), "--code-fraction", "1"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "[0, 1)" in r.stderr
+
+
 def test_score_reads_plain_text_questions(tmp_path):
     out = _corpus(tmp_path, 0.0)
     model = tiny_model_dir(tmp_path / "model")
