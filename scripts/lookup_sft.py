@@ -16,7 +16,9 @@ the look-back from the end of a description to the name that began its line, whi
 the ordinary next-token loss); ``OUT/heldout_reverse.jsonl`` and ``OUT/heldout_selfcopy.jsonl`` hold held-out
 questions of both kinds. ``--shape tools`` writes each reverse registry as the release's tool list does (a
 ``<function>`` block per name: ``<name>``, ``<description>`` with the words, a ``<parameters>`` block of 0-2
-made-up parameters) instead of ``NAME: WORDS`` lines; the questions stay ``? WORDS -> NAME``.
+made-up parameters) instead of ``NAME: WORDS`` lines, and each self-copy registry likewise with descriptions that
+end by repeating their tool's name (``<description>WORDS -> NAME</description>``); the questions stay ``? WORDS ->
+NAME``.
 
 ``--code-fraction F`` copies real Python (the standard library's training split, whose held-out files ``mimo eval``
 scores) into ``OUT/train/code`` until it is a fraction F of the training tokens, so that the lookup is learnt beside
@@ -94,12 +96,14 @@ def registry_lines(names: list[str], words: list[str], repeat: bool = False) -> 
 _TYPES = ("string", "integer", "number", "boolean")
 
 
-def tool_list(rng: random.Random, names: list[str], words: list[str], vocabulary: list[str]) -> list[str]:
-    """The registry as the release's chat template lists tools: the name first, then the description (the words)
-    and 0-2 made-up parameters."""
+def tool_list(rng: random.Random, names: list[str], words: list[str], vocabulary: list[str],
+              repeat: bool = False) -> list[str]:
+    """The registry as the release's chat template lists tools: the name first, then the description (the words;
+    ``WORDS -> NAME`` with ``repeat``) and 0-2 made-up parameters."""
     lines = ["<tools>"]
     for n, w in zip(names, words):
-        lines += ["<function>", f"<name>{n}</name>", f"<description>{w}</description>", "<parameters>"]
+        described = f"{w} -> {n}" if repeat else w
+        lines += ["<function>", f"<name>{n}</name>", f"<description>{described}</description>", "<parameters>"]
         params = rng.sample(vocabulary, rng.randint(0, 2))
         for p in params:
             lines += ["<parameter>", f"<name>{p}</name>", f"<type>{rng.choice(_TYPES)}</type>", "</parameter>"]
@@ -107,21 +111,25 @@ def tool_list(rng: random.Random, names: list[str], words: list[str], vocabulary
     return lines + ["</tools>"]
 
 
-def registry_text(rng: random.Random, names: list[str], words: list[str], shape: str, vocabulary: list[str]) -> str:
-    return "\n".join(tool_list(rng, names, words, vocabulary) if shape == "tools" else registry_lines(names, words))
+def registry_text(rng: random.Random, names: list[str], words: list[str], shape: str, vocabulary: list[str],
+                  repeat: bool = False) -> str:
+    if shape == "tools":
+        return "\n".join(tool_list(rng, names, words, vocabulary, repeat))
+    return "\n".join(registry_lines(names, words, repeat))
 
 
 def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str], shape: str = "lines") -> str:
     """6-12 sections of plain text. A reverse section lists its registry (``NAME: WORDS`` lines, or a tool list
     with ``shape="tools"``), a blank line, then asks for every name in a shuffled order as ``? WORDS -> NAME``; a
     self-copy section (a ``selfcopy`` fraction) has lines that end by repeating their own name, ``NAME: WORDS ->
-    NAME``, and asks nothing."""
+    NAME`` (with ``shape="tools"``, descriptions that do: ``<description>WORDS -> NAME</description>``), and asks
+    nothing."""
     sections = []
     for _ in range(rng.randint(6, 12)):
         copies = rng.random() < selfcopy
         names, words = registry(rng, (2, 4), vocabulary)
         if copies:
-            sections.append("\n".join(registry_lines(names, words, repeat=True)) + "\n")
+            sections.append(registry_text(rng, names, words, shape, vocabulary, repeat=True) + "\n")
             continue
         order = list(range(len(names)))
         rng.shuffle(order)
@@ -132,14 +140,19 @@ def corpus_file(rng: random.Random, selfcopy: float, vocabulary: list[str], shap
 
 def text_question(rng: random.Random, kind: str, vocabulary: list[str], shape: str = "lines") -> dict:
     """A held-out plain-text question in the corpus's shape: ``reverse`` asks one name of a fresh registry
-    (``? WORDS ->``); ``selfcopy`` ends on a line to be finished with its own name (``NAME: WORDS ->``)."""
+    (``? WORDS ->``); ``selfcopy`` ends on a line to be finished with its own name (``NAME: WORDS ->``; in the
+    tool-list shape, on a description: ``<description>WORDS ->``)."""
     names, words = registry(rng, (2, 4), vocabulary)
     if kind == "reverse":
         asked = rng.randrange(len(names))
         prompt = registry_text(rng, names, words, shape, vocabulary) + f"\n\n? {words[asked]} ->"
     else:
         asked = len(names) - 1
-        prompt = "\n".join(registry_lines(names[:-1], words, repeat=True)) + f"\n{names[-1]}: {words[-1]} ->"
+        if shape == "tools":  # the whole list, cut where its last description is to repeat its name
+            full = registry_text(rng, names, words, shape, vocabulary, repeat=True)
+            prompt = full[: full.rindex(f"{words[-1]} -> {names[-1]}</description>")] + f"{words[-1]} ->"
+        else:
+            prompt = "\n".join(registry_lines(names[:-1], words, repeat=True)) + f"\n{names[-1]}: {words[-1]} ->"
     return {"prompt": prompt, "choices": names, "answer": names[asked]}
 
 
@@ -255,8 +268,8 @@ def main() -> int:
     c.add_argument("--selfcopy", type=float, default=0.0,
                    help="fraction of sections whose lines repeat their own name (default %(default)s)")
     c.add_argument("--shape", choices=("lines", "tools"), default="lines",
-                   help="reverse registries as NAME: WORDS lines, or as the release's tool list; self-copy sections "
-                   "stay lines (default %(default)s)")
+                   help="registries as NAME: WORDS lines, or as the release's tool list (self-copy sections too: "
+                   "<description>WORDS -> NAME</description>) (default %(default)s)")
     c.add_argument("--heldout", type=int, default=200, help="held-out questions of each kind (default %(default)s)")
     c.add_argument("--code-fraction", type=float, default=0.0,
                    help="also copy real Python (the standard library's training split) into OUT/train/code until it "

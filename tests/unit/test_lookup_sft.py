@@ -3,6 +3,7 @@ pre-train on, and their scoring."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,9 +95,7 @@ def test_corpus_sections_ask_every_name_by_its_words_or_repeat_it(tmp_path):
 
 def _tool_list(text):
     """{name: description} of a `--shape tools` registry, in order, and its whole parse."""
-    import re
-
-    blocks = re.findall(r"<function>\n<name>(\w+)</name>\n<description>([a-z ]+)</description>\n<parameters>\n"
+    blocks = re.findall(r"<function>\n<name>(\w+)</name>\n<description>([a-z_ >-]+)</description>\n<parameters>\n"
                         r"(?:<parameter>\n<name>[a-z]+</name>\n<type>(?:string|integer|number|boolean)</type>\n"
                         r"</parameter>\n){0,2}<required>\[[^]]*\]</required>\n</parameters>\n</function>", text)
     assert text.startswith("<tools>\n") and text.endswith("\n</tools>")
@@ -153,6 +152,26 @@ def test_corpus_mixes_in_real_python_without_the_files_mimo_eval_scores(tmp_path
     r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(tmp_path / "m3"), "--code-fraction", "1"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "[0, 1)" in r.stderr
+
+
+def test_tool_list_self_copy_sections_end_each_description_with_its_name(tmp_path):
+    out = tmp_path / "tools_copy"
+    r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(out), "--files", "3", "--heldout", "4",
+                        "--shape", "tools", "--selfcopy", "1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    for path in sorted((out / "train").glob("t_*.py")):
+        text = path.read_text()
+        assert "? " not in text  # nothing is asked
+        for registry in text.split("<tools>")[1:]:
+            tools = _tool_list("<tools>" + registry.split("</tools>")[0] + "</tools>")
+            assert tools and all(d.endswith(f" -> {n}") and " -> " not in d[: -len(n) - 4] for n, d in tools.items())
+    for ex in map(json.loads, (out / "heldout_selfcopy.jsonl").read_text().splitlines()):
+        assert ex["answer"] == ex["choices"][-1] and ex["prompt"].endswith(" ->")
+        # cut in the last description, after every earlier one repeated its own name
+        assert ex["prompt"].rsplit("<description>", 1)[0].endswith(f"<name>{ex['answer']}</name>\n")
+        named = re.findall(r"<name>(\w+)</name>\n<description>", ex["prompt"])
+        assert named == ex["choices"]
+        assert re.findall(r"-> (\w+)</description>", ex["prompt"]) == named[:-1]
 
 
 def test_score_reads_plain_text_questions(tmp_path):
