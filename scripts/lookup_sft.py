@@ -148,11 +148,8 @@ def text_question(rng: random.Random, kind: str, vocabulary: list[str], shape: s
         prompt = registry_text(rng, names, words, shape, vocabulary) + f"\n\n? {words[asked]} ->"
     else:
         asked = len(names) - 1
-        if shape == "tools":  # the whole list, cut where its last description is to repeat its name
-            full = registry_text(rng, names, words, shape, vocabulary, repeat=True)
-            prompt = full[: full.rindex(f"{words[-1]} -> {names[-1]}</description>")] + f"{words[-1]} ->"
-        else:
-            prompt = "\n".join(registry_lines(names[:-1], words, repeat=True)) + f"\n{names[-1]}: {words[-1]} ->"
+        full = registry_text(rng, names, words, shape, vocabulary, repeat=True)  # cut before its last name
+        prompt = full[: full.rindex(f"{words[-1]} -> {names[-1]}")] + f"{words[-1]} ->"
     return {"prompt": prompt, "choices": names, "answer": names[asked]}
 
 
