@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import random
@@ -183,20 +184,24 @@ def add_code(out: str, fraction: float, seed: int, tokenizer_dir: str, code_root
     want = lookup * fraction / (1.0 - fraction)
     files, _ = split_files(stdlib_files(code_root))
     random.Random(seed + 3_000_003).shuffle(files)
-    got = copied = 0
-    for rel, path in files:
+    chosen, got = [], 0
+    for rel, path in files:  # choose first, copy after: too little code leaves OUT/train/code untouched
         if got >= want:
             break
         text = pathlib.Path(path).read_text(encoding="utf-8")
+        chosen.append((rel, text))
+        got += len(tok.encode(text))
+    if got < want:
+        most = math.floor(1000 * got / (got + lookup)) / 1000
+        raise SystemExit(f"{code_root or 'the standard library'} has {got} training tokens of code; "
+                         f"--code-fraction {fraction} needs {int(want)} beside {lookup} tokens of lookup sections "
+                         f"(at most {most} here: pass that or less, or a larger --code-root); "
+                         f"no code was copied")
+    for rel, text in chosen:
         dest = train_dir / "code" / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(text, encoding="utf-8")
-        got += len(tok.encode(text))
-        copied += 1
-    if got < want:
-        raise SystemExit(f"{code_root or 'the standard library'} has {got} training tokens of code; "
-                         f"--code-fraction {fraction} needs {int(want)}")
-    return lookup, got, copied
+    return lookup, got, len(chosen)
 
 
 def example(rng: random.Random, direction: str, entries: tuple[int, int], vocabulary: list[str]) -> dict:

@@ -149,6 +149,9 @@ def test_corpus_mixes_in_real_python_without_the_files_mimo_eval_scores(tmp_path
                         "--code-fraction", "0.99", "--code-root", str(root)], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode != 0 and "training tokens of code" in r.stderr
+    assert not (tmp_path / "m2" / "train" / "code").exists()  # refused before copying anything
+    most = float(r.stderr.split("at most ")[1].split(" ")[0])
+    assert 0.25 < most < 0.99
     r = subprocess.run([sys.executable, SCRIPT, "corpus", "--out", str(tmp_path / "m3"), "--code-fraction", "1"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "[0, 1)" in r.stderr
