@@ -592,16 +592,16 @@ def test_explorations_thin_out_where_close_k_swap_on_noise():
     accept = [0.8, 0.7, 0.6]
     for seed in range(3):
         rng = random.Random(seed)
+
+        def accepted(k, rng=rng):
+            a = 0
+            while a < k and rng.random() < accept[a]:
+                a += 1
+            return a
+
         p = SpeculationPolicy(3, explore_every=16)
-        for step in range(3000):
-            k = p.choose(["a"])
-            if k:
-                a = 0
-                while a < k and rng.random() < accept[a]:
-                    a += 1
-                p.observe_row("a", k, a)
-            p.observe_step(1, k, cost[k] * rng.uniform(0.93, 1.07))
-            if step == 499:
-                explored = p.stats.explored
+        _run(p, ["a"], 500, accepted, lambda k, rng=rng: cost[k] * rng.uniform(0.93, 1.07))
+        explored = p.stats.explored
+        _run(p, ["a"], 2500, accepted, lambda k, rng=rng: cost[k] * rng.uniform(0.93, 1.07))
         assert (p.stats.explored - explored) / 2500 < 0.02, (seed, p.stats.as_dict())
         assert p.stats.steps_by_k[2] > 0.8 * 3000, (seed, p.stats.as_dict())  # the best (1.28 tokens a unit of time)
